@@ -130,7 +130,7 @@ pub fn sniff_idx(path: &Path) -> bool {
     }
     magic[0] == 0
         && magic[1] == 0
-        && (1..=4).contains(&magic[3])
+        && (1..=8).contains(&magic[3])
         && (0x08..=0x0e).contains(&magic[2])
 }
 
@@ -152,8 +152,18 @@ pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
         );
     }
     let n = h.dims[0];
-    let mut labels = vec![0u8; n];
-    read_full(&mut r, &mut labels, path, "the labels")?;
+    let mut labels = Vec::new();
+    (&mut r)
+        .take(n as u64)
+        .read_to_end(&mut labels)
+        .with_context(|| format!("data: cannot read IDX file {}", path.display()))?;
+    if labels.len() < n {
+        bail!(
+            "data: labels file {} is truncated (header says {n} labels, file holds {})",
+            path.display(),
+            labels.len()
+        );
+    }
     let extra = count_remaining(&mut r, path)?;
     if extra != 0 {
         bail!(
@@ -437,6 +447,10 @@ pub(crate) mod tests {
         // labels file given as images
         let e = IdxSource::open(&lp, None).err().unwrap().to_string();
         assert!(e.contains("not an images file"), "{e}");
+        // labels header claiming far more than the file holds
+        std::fs::write(&lp, gz(&idx_bytes(&[u32::MAX], &[1, 2, 3]))).unwrap();
+        let e = IdxSource::open(&ip, Some(&lp)).err().unwrap().to_string();
+        assert!(e.contains("truncated") && e.contains("file holds 3"), "{e}");
         // trailing data in labels
         std::fs::write(&lp, idx_bytes(&[4], &[1, 2, 3, 4, 5])).unwrap();
         let e = IdxSource::open(&ip, Some(&lp)).err().unwrap().to_string();

@@ -259,13 +259,22 @@ fn read_labels(r: &mut dyn Read, name: &str) -> Result<Vec<usize>> {
         );
     }
     let n = h.shape[0];
-    let mut bytes = vec![
-        0u8;
-        n.checked_mul(h.dtype.size())
-            .ok_or_else(|| anyhow!("data: {name} is too large"))?
-    ];
-    read_full(r, &mut bytes, name, "the labels")?;
-    let mut out = Vec::with_capacity(n);
+    let want = (n as u64).saturating_mul(h.dtype.size() as u64);
+    let mut bytes = Vec::new();
+    r.take(want)
+        .read_to_end(&mut bytes)
+        .map_err(|e| anyhow!("data: cannot read {name}: {e}"))?;
+    if (bytes.len() as u64) < want {
+        bail!("data: {name} is truncated (ended inside the labels)");
+    }
+    let mut extra = [0u8; 1];
+    if r.read(&mut extra)
+        .map_err(|e| anyhow!("data: cannot read {name}: {e}"))?
+        != 0
+    {
+        bail!("data: {name} has data after its {n} labels (trailing data)");
+    }
+    let mut out = Vec::with_capacity(bytes.len() / h.dtype.size());
     for (i, c) in bytes.chunks_exact(h.dtype.size()).enumerate() {
         let v: f64 = match h.dtype {
             Dtype::U8 => c[0] as f64,
@@ -356,7 +365,7 @@ impl NpySource {
                 let mut file = zip
                     .by_name(m)
                     .map_err(|e| anyhow!("data: cannot read member {m} of {pname}: {e}"))?;
-                let mut v = Vec::with_capacity(file.size().min(1 << 32) as usize);
+                let mut v = Vec::with_capacity(file.size().min(1 << 28) as usize);
                 file.read_to_end(&mut v)
                     .map_err(|e| anyhow!("data: cannot decompress member {m} of {pname}: {e}"))?;
                 Ok(v)
@@ -394,7 +403,9 @@ impl NpySource {
             );
         }
         let count = h.count(&name)?;
-        let data_len = (count as u64) * h.dtype.size() as u64;
+        let data_len = (count as u64)
+            .checked_mul(h.dtype.size() as u64)
+            .ok_or_else(|| anyhow!("data: {name} has absurd shape {:?}", h.shape))?;
         let have = total_len.saturating_sub(h.data_offset as u64);
         if have != data_len {
             bail!(
@@ -409,7 +420,10 @@ impl NpySource {
         }
         let n = h.shape[0];
         let shape = h.shape[1..].to_vec();
-        let row_bytes = shape.iter().product::<usize>() * h.dtype.size();
+        let row_bytes = shape
+            .iter()
+            .try_fold(h.dtype.size(), |a, &d| a.checked_mul(d))
+            .ok_or_else(|| anyhow!("data: {name} has absurd shape {:?}", h.shape))?;
         if let Some(l) = &labels {
             if l.len() != n {
                 bail!(
@@ -741,6 +755,23 @@ pub(crate) mod tests {
             e.contains("have 2 labels but") && e.contains("has 3 examples"),
             "{e}"
         );
+        // a lying header must not make us allocate its claimed size
+        write_npz(
+            &p,
+            &[
+                ("x.npy", x.clone()),
+                ("y.npy", npy_bytes("<i8", &[1 << 60], false, &[0; 16], 1)),
+            ],
+        );
+        let e = NpySource::open_npz(&p).err().unwrap().to_string();
+        assert!(e.contains("truncated") && e.contains("y.npy"), "{e}");
+        let huge = 1usize << 40;
+        write_npz(
+            &p,
+            &[("x.npy", npy_bytes("<f4", &[0, huge, huge], false, &[], 1))],
+        );
+        let e = NpySource::open_npz(&p).err().unwrap().to_string();
+        assert!(e.contains("absurd shape"), "{e}");
         std::fs::write(&p, b"garbage").unwrap();
         assert!(NpySource::open_npz(&p)
             .err()

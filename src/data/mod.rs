@@ -35,6 +35,11 @@ pub trait DataSource: Send {
         xs: &mut Vec<f32>,
         ys: &mut Vec<Option<usize>>,
     ) -> Result<usize>;
+    /// The range the stored values are declared to lie in, where the format declares one
+    /// (vnnlib input boxes); `None` otherwise.
+    fn value_bounds(&self) -> Option<(f32, f32)> {
+        None
+    }
 }
 
 pub mod idx;
@@ -269,6 +274,9 @@ impl DataSource for Limit {
     }
     fn describe(&self) -> String {
         format!("{} (first {})", self.inner.describe(), self.limit)
+    }
+    fn value_bounds(&self) -> Option<(f32, f32)> {
+        self.inner.value_bounds()
     }
     fn next_batch(
         &mut self,

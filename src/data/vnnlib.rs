@@ -837,9 +837,16 @@ impl VnnlibSource {
         &self.properties
     }
 
+    /// The file each property came from (same order as [`Self::properties`]).
+    pub fn property_paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+}
+
+impl DataSource for VnnlibSource {
     /// Smallest lower and largest upper bound over all boxes (the range the
     /// examples' values are declared to lie in); `None` when there are no properties.
-    pub fn value_bounds(&self) -> Option<(f32, f32)> {
+    fn value_bounds(&self) -> Option<(f32, f32)> {
         let lo = self
             .properties
             .iter()
@@ -855,13 +862,6 @@ impl VnnlibSource {
         (lo <= hi).then_some((lo as f32, hi as f32))
     }
 
-    /// The file each property came from (same order as [`Self::properties`]).
-    pub fn property_paths(&self) -> &[PathBuf] {
-        &self.paths
-    }
-}
-
-impl DataSource for VnnlibSource {
     fn example_shape(&self) -> &[usize] {
         &self.shape
     }

@@ -1,0 +1,229 @@
+//! `harden audit`: clean accuracy, per-class precision/recall/F1 and the confusion
+//! matrix, streamed over the data in batches. (Attacks join in a later stage.)
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::classifier::Classifier;
+use crate::data::DataSource;
+use crate::metrics::{argmax, CleanMetrics, Confusion};
+use crate::model::{OnnxModel, OutputKind, TensorInfo};
+use crate::spec::{DataMapping, InputSpec};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelFacts {
+    pub path: String,
+    pub sha256: String,
+    pub opset: i64,
+    pub ir_version: i64,
+    pub producer: String,
+    pub input: TensorInfo,
+    pub outputs: Vec<TensorInfo>,
+    /// Judged from the graph: does the first output come from a Softmax?
+    pub output_kind: OutputKind,
+    pub parameters: u64,
+}
+
+impl ModelFacts {
+    pub fn of(model: &OnnxModel, input: TensorInfo) -> ModelFacts {
+        ModelFacts {
+            path: model.path.display().to_string(),
+            sha256: model.sha256.clone(),
+            opset: model.opset(),
+            ir_version: model.proto.ir_version,
+            producer: model.producer(),
+            input,
+            outputs: model.outputs(),
+            output_kind: model.output_kind(),
+            parameters: model.parameter_count(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DataFacts {
+    pub spec: String,
+    pub source: String,
+    pub examples: u64,
+    pub stored_example_shape: Vec<usize>,
+}
+
+/// Volatile facts, kept apart so that the rest of a report reproduces exactly.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct Meta {
+    pub harden_version: String,
+    pub seconds: f64,
+    pub examples_per_second: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditReport {
+    pub schema_version: u32,
+    pub model: ModelFacts,
+    pub input_spec: InputSpec,
+    pub runtime: String,
+    pub data: DataFacts,
+    pub classes: usize,
+    /// Examples whose outputs all lie in [0,1] and sum to 1 (a sign of a softmax output).
+    pub rows_like_probabilities: u64,
+    pub clean: CleanMetrics,
+    #[serde(skip)]
+    pub predictions: Vec<usize>,
+    pub meta: Meta,
+}
+
+/// Scores every example of `data` (as mapped by `mapping`) and returns the report.
+/// `progress` is called with the number of examples done so far.
+pub fn clean_audit(
+    model: &OnnxModel,
+    spec: &InputSpec,
+    classifier: &mut Classifier,
+    data: &mut dyn DataSource,
+    data_spec: &str,
+    mapping: &DataMapping,
+    progress: &mut dyn FnMut(u64),
+) -> Result<AuditReport> {
+    let k = classifier.num_classes();
+    let mut confusion = Confusion::new(k);
+    let mut predictions = vec![];
+    let mut like_probs = 0u64;
+    let chunk = classifier.batch().max(64);
+    let (mut raw, mut labels, mut mapped) = (vec![], vec![], vec![]);
+    let mut seen = 0usize;
+    loop {
+        raw.clear();
+        labels.clear();
+        let n = data.next_batch(chunk, &mut raw, &mut labels)?;
+        if n == 0 {
+            break;
+        }
+        mapping.map_batch(&raw, &mut mapped, seen)?;
+        let logits = classifier.logits(&mapped)?;
+        for (i, row) in logits.rows().into_iter().enumerate() {
+            let row = row.as_slice().unwrap_or(&[]);
+            let p = argmax(row);
+            predictions.push(p);
+            let sum: f32 = row.iter().sum();
+            if row.iter().all(|v| (0.0..=1.0).contains(v)) && (sum - 1.0).abs() < 1e-3 {
+                like_probs += 1;
+            }
+            if let Some(y) = labels[i] {
+                if y >= k {
+                    bail!(
+                        "data example {} has label {y}, out of range for a model with {k} outputs",
+                        seen + i
+                    );
+                }
+                confusion.add(y, p);
+            }
+        }
+        seen += n;
+        progress(seen as u64);
+    }
+    if seen == 0 {
+        bail!("the data holds no examples");
+    }
+    Ok(AuditReport {
+        schema_version: SCHEMA_VERSION,
+        model: ModelFacts::of(model, model.classifier_input()?),
+        input_spec: spec.clone(),
+        runtime: classifier.runtime_name().to_string(),
+        data: DataFacts {
+            spec: data_spec.to_string(),
+            source: data.describe(),
+            examples: seen as u64,
+            stored_example_shape: data.example_shape().to_vec(),
+        },
+        classes: k,
+        rows_like_probabilities: like_probs,
+        clean: confusion.metrics(),
+        predictions,
+        meta: Meta::default(),
+    })
+}
+
+/// The report as a terminal table.
+pub fn render_text(r: &AuditReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let pct = |v: Option<f64>| {
+        v.map(|v| format!("{:6.2}%", 100.0 * v))
+            .unwrap_or_else(|| "    n/a".into())
+    };
+    let _ = writeln!(
+        s,
+        "model    {} (sha256 {}…)",
+        r.model.path,
+        &r.model.sha256[..12.min(r.model.sha256.len())]
+    );
+    let _ = writeln!(
+        s,
+        "input    {} {} layout={:?} range=[{}, {}]{}{}",
+        r.input_spec.input_name,
+        crate::model::shape_string(&r.input_spec.model_shape),
+        r.input_spec.layout,
+        r.input_spec.range.0,
+        r.input_spec.range.1,
+        if r.input_spec.mean.is_empty() {
+            String::new()
+        } else {
+            format!(" mean={:?} std={:?}", r.input_spec.mean, r.input_spec.std)
+        },
+        if r.input_spec.guessed.is_empty() {
+            String::new()
+        } else {
+            format!(" (guessed: {})", r.input_spec.guessed.join(", "))
+        }
+    );
+    let _ = writeln!(s, "runtime  {}", r.runtime);
+    let _ = writeln!(
+        s,
+        "data     {} ({} examples)",
+        r.data.source, r.data.examples
+    );
+    if r.model.output_kind == OutputKind::Probabilities
+        || r.rows_like_probabilities == r.data.examples
+    {
+        let _ = writeln!(
+            s,
+            "warning  the model outputs probabilities (softmax), not logits; attacks will use log-probabilities"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "clean accuracy {} ({}/{} labelled)",
+        pct(r.clean.accuracy),
+        r.clean.correct,
+        r.clean.labelled
+    );
+    if r.clean.labelled > 0 {
+        let _ = writeln!(s, "\nclass  support  precision   recall       F1");
+        for c in &r.clean.per_class {
+            let _ = writeln!(
+                s,
+                "{:>5} {:>8}    {}  {}  {}",
+                c.class,
+                c.support,
+                pct(c.precision),
+                pct(c.recall),
+                pct(c.f1)
+            );
+        }
+        let _ = writeln!(s, "\nconfusion (rows: true class, columns: predicted)");
+        let _ = write!(s, "     ");
+        for p in 0..r.classes {
+            let _ = write!(s, "{p:>6}");
+        }
+        let _ = writeln!(s);
+        for (t, row) in r.clean.confusion.iter().enumerate() {
+            let _ = write!(s, "{t:>5}");
+            for v in row {
+                let _ = write!(s, "{v:>6}");
+            }
+            let _ = writeln!(s);
+        }
+    }
+    s
+}

@@ -1,0 +1,127 @@
+//! A classifier ready to score batches: the wrapped model (raw input in, logits out) on
+//! one runtime, with the batching that the model's declared shape demands.
+
+use anyhow::{bail, Result};
+use ndarray::{Array2, ArrayViewD, IxDyn};
+
+use crate::model::OnnxModel;
+use crate::runtime::{self, OrtLocator, Runtime, RuntimeChoice};
+use crate::spec::InputSpec;
+
+/// How to open a classifier.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub runtime: RuntimeChoice,
+    pub threads: usize,
+    /// Examples per run for models with a dynamic batch dimension.
+    pub batch_size: usize,
+    pub ort: OrtLocator,
+}
+
+pub struct Classifier {
+    runtime: Box<dyn Runtime>,
+    /// Examples per runtime call (the model's fixed batch, or the chosen batch size).
+    batch: usize,
+    example_shape: Vec<usize>,
+    num_classes: usize,
+    /// Reused input buffer, `batch * example_len` values.
+    buffer: Vec<f32>,
+}
+
+impl Classifier {
+    /// Opens `model` behind the preprocessing of `spec`, for examples of `example_shape`.
+    pub fn open(
+        model: &OnnxModel,
+        spec: &InputSpec,
+        example_shape: &[usize],
+        opts: &RunOptions,
+    ) -> Result<Classifier> {
+        if opts.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        let wrapped = spec.wrap(model)?;
+        let bytes = prost::Message::encode_to_vec(&wrapped);
+        let runtime = runtime::open(opts.runtime, &bytes, opts.threads, &opts.ort)?;
+        let batch = spec.fixed_batch().unwrap_or(opts.batch_size);
+        let example_len: usize = example_shape.iter().product();
+        let mut c = Classifier {
+            runtime,
+            batch,
+            example_shape: example_shape.to_vec(),
+            num_classes: 0,
+            buffer: Vec::with_capacity(batch * example_len),
+        };
+        // One run on zeros: checks that the model runs and reads the number of classes.
+        let zeros = vec![0.0f32; example_len];
+        let out = c.run_padded(&zeros, 1)?;
+        c.num_classes = out.ncols();
+        if c.num_classes < 2 {
+            bail!(
+                "the model's first output has {} value(s) per example; harden needs a classifier with at least 2 classes",
+                c.num_classes
+            );
+        }
+        Ok(c)
+    }
+
+    pub fn runtime_name(&self) -> &'static str {
+        self.runtime.name()
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    pub fn example_len(&self) -> usize {
+        self.example_shape.iter().product()
+    }
+
+    /// Examples per runtime call.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Logits (first output, one row per example) for `x`, `n * example_len` values in
+    /// the model's raw input space.
+    pub fn logits(&mut self, x: &[f32]) -> Result<Array2<f32>> {
+        let len = self.example_len();
+        let n = x.len() / len;
+        let mut rows: Vec<f32> = Vec::with_capacity(n * self.num_classes);
+        let mut done = 0;
+        while done < n {
+            let take = (n - done).min(self.batch);
+            let out = self.run_padded(&x[done * len..(done + take) * len], take)?;
+            rows.extend(out.iter());
+            done += take;
+        }
+        let cols = self.num_classes.max(1);
+        Ok(Array2::from_shape_vec((n, cols), rows)?)
+    }
+
+    /// Runs `take <= batch` examples, padded with zeros to a full batch so that every
+    /// call has one shape (one tract plan, one ORT allocation pattern).
+    fn run_padded(&mut self, x: &[f32], take: usize) -> Result<Array2<f32>> {
+        let len = self.example_len();
+        self.buffer.clear();
+        self.buffer.extend_from_slice(x);
+        self.buffer.resize(self.batch * len, 0.0);
+        let mut shape = vec![self.batch];
+        shape.extend(&self.example_shape);
+        let view = ArrayViewD::from_shape(IxDyn(&shape), &self.buffer)?;
+        let outputs = self.runtime.run(&[view])?;
+        let Some(first) = outputs.into_iter().next() else {
+            bail!("the model produced no output");
+        };
+        let total = first.len();
+        if first.ndim() == 0 || first.shape()[0] != self.batch || total % self.batch != 0 {
+            bail!(
+                "the model's first output has shape {:?}, which does not have the batch ({}) first",
+                first.shape(),
+                self.batch
+            );
+        }
+        let cols = total / self.batch;
+        let flat: Vec<f32> = first.iter().copied().take(take * cols).collect();
+        Ok(Array2::from_shape_vec((take, cols), flat)?)
+    }
+}

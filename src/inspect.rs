@@ -1,0 +1,118 @@
+//! `harden inspect`: what a model is, and what harden can do with it.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::model::{self, OnnxModel, OutputKind, TensorInfo};
+use crate::spec::{guess_layout, Layout};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct UnsupportedNode {
+    pub node: String,
+    pub op: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Inspection {
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+    pub ir_version: i64,
+    pub opset: i64,
+    pub producer: String,
+    pub inputs: Vec<TensorInfo>,
+    pub outputs: Vec<TensorInfo>,
+    pub guessed_layout: Option<Layout>,
+    pub parameters: u64,
+    pub nodes: usize,
+    pub ops: BTreeMap<String, usize>,
+    pub output_kind: OutputKind,
+    pub unsupported: Vec<UnsupportedNode>,
+}
+
+pub fn inspect(m: &OnnxModel) -> Inspection {
+    let inputs = m.inputs();
+    Inspection {
+        path: m.path.display().to_string(),
+        sha256: m.sha256.clone(),
+        bytes: m.file_bytes,
+        ir_version: m.proto.ir_version,
+        opset: m.opset(),
+        producer: m.producer(),
+        guessed_layout: (inputs.len() == 1).then(|| guess_layout(&inputs[0].shape)),
+        inputs,
+        outputs: m.outputs(),
+        parameters: m.parameter_count(),
+        nodes: m.graph().node.len(),
+        ops: m.op_histogram(),
+        output_kind: m.output_kind(),
+        unsupported: m
+            .unsupported_nodes()
+            .into_iter()
+            .map(|(node, op)| UnsupportedNode { node, op })
+            .collect(),
+    }
+}
+
+pub fn render_text(i: &Inspection) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let tensor = |t: &TensorInfo| {
+        format!(
+            "{} {} {}",
+            t.name,
+            t.elem_type,
+            model::shape_string(&t.shape)
+        )
+    };
+    let _ = writeln!(
+        s,
+        "model       {} ({} bytes, sha256 {})",
+        i.path, i.bytes, i.sha256
+    );
+    let _ = writeln!(
+        s,
+        "producer    {}",
+        if i.producer.is_empty() {
+            "(none)"
+        } else {
+            &i.producer
+        }
+    );
+    let _ = writeln!(s, "ir_version  {}   opset {}", i.ir_version, i.opset);
+    for t in &i.inputs {
+        let _ = writeln!(s, "input       {}", tensor(t));
+    }
+    if let Some(l) = i.guessed_layout {
+        let _ = writeln!(s, "layout      {l:?} (guessed; override with --layout)");
+    }
+    for t in &i.outputs {
+        let _ = writeln!(s, "output      {}", tensor(t));
+    }
+    let _ = writeln!(
+        s,
+        "output kind {}",
+        match i.output_kind {
+            OutputKind::Logits => "logits",
+            OutputKind::Probabilities => "probabilities (ends in Softmax; harden attacks its log)",
+        }
+    );
+    let _ = writeln!(s, "parameters  {}", i.parameters);
+    let ops: Vec<String> = i.ops.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+    let _ = writeln!(s, "ops         {} nodes: {}", i.nodes, ops.join(", "));
+    if i.unsupported.is_empty() {
+        let _ = writeln!(s, "unsupported none");
+    } else {
+        let names: std::collections::BTreeSet<&str> =
+            i.unsupported.iter().map(|u| u.op.as_str()).collect();
+        let names: Vec<&str> = names.into_iter().collect();
+        let _ = writeln!(
+            s,
+            "unsupported {} (first node: {})",
+            names.join(", "),
+            i.unsupported[0].node
+        );
+    }
+    s
+}

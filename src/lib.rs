@@ -1,0 +1,14 @@
+//! harden: audit and adversarially harden ONNX classifiers, without the training framework.
+//!
+//! See ARCHITECTURE.md for the map of the code.
+
+pub mod audit;
+pub mod classifier;
+pub mod cli;
+pub mod data;
+pub mod inspect;
+pub mod metrics;
+pub mod model;
+pub mod ops;
+pub mod runtime;
+pub mod spec;

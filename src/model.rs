@@ -1,0 +1,561 @@
+//! ONNX import: the only module that touches protobuf types.
+//!
+//! Decodes a model with prost (tract-onnx's generated `pb` types), inlines external
+//! data (refusing paths that leave the model's folder), checks the opset, and answers the
+//! questions the rest of harden asks of a model: its real inputs and outputs, parameter
+//! count, op histogram, whether it ends in a Softmax, and which ops harden cannot handle.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use prost::Message;
+use sha2::{Digest, Sha256};
+pub use tract_onnx::pb;
+
+use crate::ops;
+
+/// The opsets harden accepts for the default `ai.onnx` domain.
+pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 7..=21;
+
+/// A tensor dimension as declared in the model.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Dim {
+    Fixed(usize),
+    Symbolic(String),
+}
+
+impl Dim {
+    pub fn fixed(&self) -> Option<usize> {
+        match self {
+            Dim::Fixed(n) => Some(*n),
+            Dim::Symbolic(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Dim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Symbolic(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// Formats a shape as `[1, 28, 28]`.
+pub fn shape_string(dims: &[Dim]) -> String {
+    let parts: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// A graph input or output: name, element type and shape.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TensorInfo {
+    pub name: String,
+    pub elem_type: String,
+    pub shape: Vec<Dim>,
+}
+
+/// What the model's first output looks like, judged from the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    Logits,
+    Probabilities,
+}
+
+/// A decoded, self-contained ONNX model (external data inlined).
+#[derive(Clone)]
+pub struct OnnxModel {
+    pub proto: pb::ModelProto,
+    pub path: PathBuf,
+    pub sha256: String,
+    pub file_bytes: u64,
+}
+
+impl OnnxModel {
+    /// Reads and decodes `path`, inlining external data found next to it.
+    pub fn load(path: &Path) -> Result<OnnxModel> {
+        let bytes =
+            fs::read(path).with_context(|| format!("cannot read model {}", path.display()))?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Decodes a model from `bytes`; `path` names it in messages and locates external data.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<OnnxModel> {
+        let sha256 = hex(&Sha256::digest(bytes));
+        let mut proto = pb::ModelProto::decode(bytes).map_err(|e| {
+            anyhow!(
+                "{} is not a valid ONNX file (protobuf decoding failed: {e})",
+                path.display()
+            )
+        })?;
+        if proto.ir_version <= 0 {
+            bail!(
+                "{} is not a valid ONNX model: ir_version is missing",
+                path.display()
+            );
+        }
+        let graph = proto
+            .graph
+            .as_mut()
+            .ok_or_else(|| anyhow!("{} is not an ONNX model: it has no graph", path.display()))?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        inline_external_data(graph, dir, path)?;
+        let model = OnnxModel {
+            proto,
+            path: path.to_path_buf(),
+            sha256,
+            file_bytes: bytes.len() as u64,
+        };
+        model.check_structure()?;
+        Ok(model)
+    }
+
+    pub fn graph(&self) -> &pb::GraphProto {
+        // `load` refuses models without a graph.
+        self.proto.graph.as_ref().expect("graph checked at load")
+    }
+
+    fn check_structure(&self) -> Result<()> {
+        let opset = self.opset();
+        if !OPSET_RANGE.contains(&opset) {
+            bail!(
+                "{}: unsupported opset {opset} (harden supports ai.onnx opsets {} to {})",
+                self.path.display(),
+                OPSET_RANGE.start(),
+                OPSET_RANGE.end()
+            );
+        }
+        let inputs = self.inputs();
+        if inputs.is_empty() {
+            bail!("{}: the graph has no inputs", self.path.display());
+        }
+        if self.graph().output.is_empty() {
+            bail!("{}: the graph has no outputs", self.path.display());
+        }
+        Ok(())
+    }
+
+    /// The version of the default (`ai.onnx`) opset.
+    pub fn opset(&self) -> i64 {
+        self.proto
+            .opset_import
+            .iter()
+            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map(|o| o.version)
+            .unwrap_or(0)
+    }
+
+    pub fn producer(&self) -> String {
+        let p = &self.proto;
+        match (p.producer_name.is_empty(), p.producer_version.is_empty()) {
+            (true, _) => String::new(),
+            (false, true) => p.producer_name.clone(),
+            (false, false) => format!("{} {}", p.producer_name, p.producer_version),
+        }
+    }
+
+    fn initializer_names(&self) -> HashSet<&str> {
+        self.graph()
+            .initializer
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect()
+    }
+
+    /// Graph inputs that are fed by the user (IR < 4 also lists initializers as inputs).
+    pub fn inputs(&self) -> Vec<TensorInfo> {
+        let inits = self.initializer_names();
+        self.graph()
+            .input
+            .iter()
+            .filter(|v| !inits.contains(v.name.as_str()))
+            .map(value_info)
+            .collect()
+    }
+
+    pub fn outputs(&self) -> Vec<TensorInfo> {
+        self.graph().output.iter().map(value_info).collect()
+    }
+
+    /// The single classifier input; errors if the model has several.
+    pub fn classifier_input(&self) -> Result<TensorInfo> {
+        let inputs = self.inputs();
+        match inputs.as_slice() {
+            [one] => {
+                if one.elem_type != "float" {
+                    bail!(
+                        "{}: input '{}' has element type {}; harden handles float inputs only",
+                        self.path.display(),
+                        one.name,
+                        one.elem_type
+                    );
+                }
+                if one.shape.is_empty() {
+                    bail!(
+                        "{}: input '{}' has no declared shape",
+                        self.path.display(),
+                        one.name
+                    );
+                }
+                Ok(one.clone())
+            }
+            _ => bail!(
+                "{}: the model has {} inputs ({}); harden handles classifiers with one input",
+                self.path.display(),
+                inputs.len(),
+                inputs
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// Number of elements in floating-point initializers and Constant nodes.
+    pub fn parameter_count(&self) -> u64 {
+        let g = self.graph();
+        let init: u64 = g
+            .initializer
+            .iter()
+            .filter(|t| is_float_type(t.data_type))
+            .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
+            .sum();
+        let consts: u64 = g
+            .node
+            .iter()
+            .filter(|n| n.op_type == "Constant")
+            .flat_map(|n| n.attribute.iter())
+            .filter_map(|a| a.t.as_ref())
+            .filter(|t| is_float_type(t.data_type) && t.dims.len() > 1)
+            .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
+            .sum();
+        init + consts
+    }
+
+    /// Op type (with domain prefix where not `ai.onnx`) to number of nodes, sorted by name.
+    pub fn op_histogram(&self) -> BTreeMap<String, usize> {
+        let mut h = BTreeMap::new();
+        for n in &self.graph().node {
+            *h.entry(op_name(n)).or_insert(0) += 1;
+        }
+        h
+    }
+
+    /// Nodes whose op harden does not handle: (node name, op).
+    pub fn unsupported_nodes(&self) -> Vec<(String, String)> {
+        self.graph()
+            .node
+            .iter()
+            .filter(|n| !ops::is_supported(&n.domain, &n.op_type))
+            .map(|n| (node_label(n), op_name(n)))
+            .collect()
+    }
+
+    /// Errors naming the first unsupported node, if any.
+    pub fn require_supported(&self) -> Result<()> {
+        if let Some((node, op)) = self.unsupported_nodes().into_iter().next() {
+            bail!(
+                "{}: node '{node}' uses op {op}, which harden does not support (`harden inspect` lists the model's unsupported ops)",
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the first output is produced by a Softmax (possibly through shape-only ops).
+    pub fn output_kind(&self) -> OutputKind {
+        let g = self.graph();
+        let Some(out) = g.output.first() else {
+            return OutputKind::Logits;
+        };
+        let mut name = out.name.as_str();
+        for _ in 0..8 {
+            let Some(node) = g.node.iter().find(|n| n.output.iter().any(|o| o == name)) else {
+                break;
+            };
+            match node.op_type.as_str() {
+                "Softmax" => return OutputKind::Probabilities,
+                "Identity" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Cast" => {
+                    match node.input.first() {
+                        Some(i) => name = i.as_str(),
+                        None => break,
+                    }
+                }
+                _ => break,
+            }
+        }
+        OutputKind::Logits
+    }
+
+    /// Re-encodes the (self-contained) model to bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.proto.encode_to_vec()
+    }
+}
+
+fn is_float_type(t: i32) -> bool {
+    // FLOAT, FLOAT16, DOUBLE, BFLOAT16
+    matches!(t, 1 | 10 | 11 | 16)
+}
+
+fn op_name(n: &pb::NodeProto) -> String {
+    if n.domain.is_empty() || n.domain == "ai.onnx" {
+        n.op_type.clone()
+    } else {
+        format!("{}:{}", n.domain, n.op_type)
+    }
+}
+
+fn node_label(n: &pb::NodeProto) -> String {
+    if !n.name.is_empty() {
+        n.name.clone()
+    } else {
+        format!(
+            "{} -> {}",
+            n.op_type,
+            n.output.first().map(String::as_str).unwrap_or("?")
+        )
+    }
+}
+
+/// ONNX element type names, as in the spec's TensorProto.DataType.
+pub fn elem_type_name(t: i32) -> &'static str {
+    match t {
+        1 => "float",
+        2 => "uint8",
+        3 => "int8",
+        4 => "uint16",
+        5 => "int16",
+        6 => "int32",
+        7 => "int64",
+        8 => "string",
+        9 => "bool",
+        10 => "float16",
+        11 => "double",
+        12 => "uint32",
+        13 => "uint64",
+        16 => "bfloat16",
+        _ => "unknown",
+    }
+}
+
+fn value_info(v: &pb::ValueInfoProto) -> TensorInfo {
+    use pb::tensor_shape_proto::dimension::Value;
+    use pb::type_proto::Value as TV;
+    let (elem_type, shape) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(TV::TensorType(tt)) => {
+            let shape = tt
+                .shape
+                .as_ref()
+                .map(|s| {
+                    s.dim
+                        .iter()
+                        .map(|d| match &d.value {
+                            Some(Value::DimValue(n)) if *n > 0 => Dim::Fixed(*n as usize),
+                            Some(Value::DimParam(p)) if !p.is_empty() => Dim::Symbolic(p.clone()),
+                            _ => Dim::Symbolic("?".into()),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (elem_type_name(tt.elem_type).to_string(), shape)
+        }
+        _ => ("unknown".to_string(), vec![]),
+    };
+    TensorInfo {
+        name: v.name.clone(),
+        elem_type,
+        shape,
+    }
+}
+
+/// Sets the shape of graph input `name` (used to give a dynamic batch a name or value).
+pub fn set_value_shape(v: &mut pb::ValueInfoProto, dims: &[Dim]) {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    use pb::type_proto::Value as TV;
+    if let Some(TV::TensorType(tt)) = v.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        tt.shape = Some(pb::TensorShapeProto {
+            dim: dims
+                .iter()
+                .map(|d| Dimension {
+                    denotation: String::new(),
+                    value: Some(match d {
+                        Dim::Fixed(n) => Value::DimValue(*n as i64),
+                        Dim::Symbolic(s) => Value::DimParam(s.clone()),
+                    }),
+                })
+                .collect(),
+        });
+    }
+}
+
+/// A float tensor value-info, for graphs harden builds.
+pub fn float_value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
+    let mut v = pb::ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: None,
+            })),
+        }),
+        ..Default::default()
+    };
+    set_value_shape(&mut v, dims);
+    v
+}
+
+/// A float initializer with the given dims.
+pub fn float_tensor(name: &str, dims: &[i64], values: &[f32]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.to_string(),
+        dims: dims.to_vec(),
+        data_type: 1,
+        float_data: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A node in the default domain.
+pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: op.to_string(),
+        name: name.to_string(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn inline_external_data(graph: &mut pb::GraphProto, dir: &Path, model_path: &Path) -> Result<()> {
+    let mut tensors: Vec<&mut pb::TensorProto> = graph.initializer.iter_mut().collect();
+    for n in graph.node.iter_mut() {
+        for a in n.attribute.iter_mut() {
+            if let Some(t) = a.t.as_mut() {
+                tensors.push(t);
+            }
+        }
+    }
+    let mut canonical_dir: Option<PathBuf> = None;
+    for t in tensors {
+        // TensorProto.DataLocation.EXTERNAL = 1
+        if t.data_location != Some(1) {
+            continue;
+        }
+        let mut location = None;
+        let mut offset = 0u64;
+        let mut length = None;
+        for kv in &t.external_data {
+            match kv.key.as_str() {
+                "location" => location = Some(kv.value.clone()),
+                "offset" => {
+                    offset = kv.value.parse().map_err(|_| {
+                        anyhow!(
+                            "{}: tensor '{}' has a bad external data offset '{}'",
+                            model_path.display(),
+                            t.name,
+                            kv.value
+                        )
+                    })?
+                }
+                "length" => {
+                    length = Some(kv.value.parse::<u64>().map_err(|_| {
+                        anyhow!(
+                            "{}: tensor '{}' has a bad external data length '{}'",
+                            model_path.display(),
+                            t.name,
+                            kv.value
+                        )
+                    })?)
+                }
+                _ => {}
+            }
+        }
+        let location = location.ok_or_else(|| {
+            anyhow!(
+                "{}: tensor '{}' is stored externally but names no location",
+                model_path.display(),
+                t.name
+            )
+        })?;
+        let rel = Path::new(&location);
+        let escapes = rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+        if escapes {
+            bail!(
+                "{}: tensor '{}' refers to external data '{}' outside the model's folder; refusing to read it",
+                model_path.display(),
+                t.name,
+                location
+            );
+        }
+        let file = dir.join(rel);
+        if !file.is_file() {
+            bail!(
+                "{}: external data file '{}' for tensor '{}' not found next to the model",
+                model_path.display(),
+                location,
+                t.name
+            );
+        }
+        // Symlinks must not lead out of the folder either.
+        let cdir = match &canonical_dir {
+            Some(d) => d.clone(),
+            None => {
+                let d = dir.canonicalize().with_context(|| {
+                    format!("cannot resolve the model's folder {}", dir.display())
+                })?;
+                canonical_dir = Some(d.clone());
+                d
+            }
+        };
+        let cfile = file
+            .canonicalize()
+            .with_context(|| format!("cannot resolve external data file {}", file.display()))?;
+        if !cfile.starts_with(&cdir) {
+            bail!(
+                "{}: external data '{}' for tensor '{}' resolves outside the model's folder; refusing to read it",
+                model_path.display(),
+                location,
+                t.name
+            );
+        }
+        let data = fs::read(&cfile)
+            .with_context(|| format!("cannot read external data file {}", cfile.display()))?;
+        let start = offset as usize;
+        let end = match length {
+            Some(l) => start.checked_add(l as usize),
+            None => Some(data.len()),
+        };
+        let slice = end.and_then(|end| data.get(start..end)).ok_or_else(|| {
+            anyhow!(
+                "{}: external data file '{}' is too short for tensor '{}' (offset {offset}, length {:?}, file size {})",
+                model_path.display(),
+                location,
+                t.name,
+                length,
+                data.len()
+            )
+        })?;
+        t.raw_data = slice.to_vec();
+        t.external_data.clear();
+        t.data_location = None;
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,253 @@
+//! Runtimes behind one trait: ONNX Runtime (`ort`, loaded at run time from
+//! `libonnxruntime.so`) and tract (pure Rust, always compiled in).
+//!
+//! A runtime runs one ONNX graph (given as bytes) on float inputs, in graph input order,
+//! and returns every graph output as a float array, in graph output order.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ndarray::{ArrayD, ArrayViewD};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeChoice {
+    /// ONNX Runtime when its library loads, tract otherwise.
+    Auto,
+    /// ONNX Runtime (fails if the library cannot be loaded).
+    Ort,
+    /// tract, pure Rust.
+    Tract,
+}
+
+/// Where harden looks for `libonnxruntime.so`, in order (the CLI supplies the
+/// environment-derived entries, so library code reads no environment).
+#[derive(Clone, Debug, Default)]
+pub struct OrtLocator {
+    pub candidates: Vec<PathBuf>,
+}
+
+impl OrtLocator {
+    /// `ORT_DYLIB_PATH` (explicit), then `~/.cache/harden/onnxruntime/libonnxruntime.so`
+    /// (where `scripts/fetch-onnxruntime.sh` puts it), then next to the executable.
+    pub fn standard(
+        ort_dylib_path: Option<PathBuf>,
+        home: Option<&Path>,
+        exe_dir: Option<&Path>,
+    ) -> Self {
+        let mut candidates = vec![];
+        candidates.extend(ort_dylib_path);
+        if let Some(h) = home {
+            candidates.push(h.join(".cache/harden/onnxruntime/libonnxruntime.so"));
+        }
+        if let Some(d) = exe_dir {
+            candidates.push(d.join("libonnxruntime.so"));
+        }
+        OrtLocator { candidates }
+    }
+}
+
+/// A graph ready to run.
+pub trait Runtime: Send {
+    /// `"onnxruntime"` or `"tract"`.
+    fn name(&self) -> &'static str;
+    /// Runs the graph; inputs in graph input order, outputs in graph output order.
+    fn run(&mut self, inputs: &[ArrayViewD<'_, f32>]) -> Result<Vec<ArrayD<f32>>>;
+}
+
+/// Opens `model_bytes` on the chosen runtime with `threads` intra-op threads.
+pub fn open(
+    choice: RuntimeChoice,
+    model_bytes: &[u8],
+    threads: usize,
+    ort: &OrtLocator,
+) -> Result<Box<dyn Runtime>> {
+    match choice {
+        RuntimeChoice::Tract => Ok(Box::new(TractRuntime::new(model_bytes)?)),
+        RuntimeChoice::Ort => Ok(Box::new(OrtRuntime::new(model_bytes, threads, ort)?)),
+        RuntimeChoice::Auto => match ort_environment(ort) {
+            Ok(_) => Ok(Box::new(OrtRuntime::new(model_bytes, threads, ort)?)),
+            Err(_) => Ok(Box::new(TractRuntime::new(model_bytes)?)),
+        },
+    }
+}
+
+/// The ONNX Runtime library in use, or why none could be loaded.
+pub fn ort_status(ort: &OrtLocator) -> Result<PathBuf> {
+    ort_environment(ort).map(|(_, p)| p.clone())
+}
+
+static ORT_ENV: OnceLock<std::result::Result<(ort::environment::Environment, PathBuf), String>> =
+    OnceLock::new();
+
+fn ort_environment(loc: &OrtLocator) -> Result<&'static (ort::environment::Environment, PathBuf)> {
+    let r = ORT_ENV.get_or_init(|| {
+        let mut tried = vec![];
+        for c in &loc.candidates {
+            if !c.is_file() {
+                tried.push(format!("{} (absent)", c.display()));
+                continue;
+            }
+            match ort::init_from(c) {
+                Ok(b) => {
+                    return b
+                        .with_name("harden")
+                        .with_telemetry(false)
+                        .build()
+                        .map(|e| (e, c.clone()))
+                        .map_err(|e| format!("ONNX Runtime at {} failed to start: {e}", c.display()))
+                }
+                Err(e) => tried.push(format!("{} ({e})", c.display())),
+            }
+        }
+        Err(format!(
+            "ONNX Runtime library not found (tried: {}); run scripts/fetch-onnxruntime.sh or set ORT_DYLIB_PATH",
+            if tried.is_empty() { "nothing".to_string() } else { tried.join(", ") }
+        ))
+    });
+    r.as_ref().map_err(|e| anyhow!("{e}"))
+}
+
+/// ONNX Runtime session.
+pub struct OrtRuntime {
+    session: ort::session::Session,
+}
+
+impl OrtRuntime {
+    pub fn new(model_bytes: &[u8], threads: usize, loc: &OrtLocator) -> Result<Self> {
+        let (env, _) = ort_environment(loc)?;
+        use ort::session::builder::GraphOptimizationLevel;
+        let err =
+            |e: ort::Error<ort::session::builder::SessionBuilder>| anyhow!("onnxruntime: {e}");
+        let session = ort::session::Session::builder(env)
+            .map_err(|e| anyhow!("onnxruntime: {e}"))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(err)?
+            .with_intra_threads(threads.max(1))
+            .map_err(err)?
+            .with_inter_threads(1)
+            .map_err(err)?
+            .commit_from_memory(model_bytes)
+            .map_err(|e| anyhow!("onnxruntime cannot load the model: {e}"))?;
+        Ok(OrtRuntime { session })
+    }
+}
+
+impl Runtime for OrtRuntime {
+    fn name(&self) -> &'static str {
+        "onnxruntime"
+    }
+
+    fn run(&mut self, inputs: &[ArrayViewD<'_, f32>]) -> Result<Vec<ArrayD<f32>>> {
+        let names: Vec<String> = self
+            .session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
+        if names.len() != inputs.len() {
+            bail!("graph takes {} inputs, {} given", names.len(), inputs.len());
+        }
+        let mut values = Vec::with_capacity(inputs.len());
+        for (name, x) in names.iter().zip(inputs) {
+            let t = ort::value::TensorRef::from_array_view(x.view())
+                .map_err(|e| anyhow!("onnxruntime: input '{name}': {e}"))?;
+            values.push((name.clone(), t));
+        }
+        let outputs = self
+            .session
+            .run(values)
+            .map_err(|e| anyhow!("onnxruntime failed to run the model: {e}"))?;
+        let mut result = Vec::with_capacity(outputs.len());
+        for (name, v) in outputs.iter() {
+            let a = v
+                .try_extract_array::<f32>()
+                .map_err(|e| anyhow!("onnxruntime: output '{name}' is not a float tensor: {e}"))?;
+            result.push(a.to_owned());
+        }
+        Ok(result)
+    }
+}
+
+type TractPlan = Arc<tract_onnx::prelude::TypedRunnableModel>;
+
+/// tract: optimised plans, one per distinct input shape, built on first use.
+pub struct TractRuntime {
+    model: tract_onnx::prelude::InferenceModel,
+    plans: HashMap<Vec<Vec<usize>>, TractPlan>,
+}
+
+impl TractRuntime {
+    pub fn new(model_bytes: &[u8]) -> Result<Self> {
+        use tract_onnx::prelude::*;
+        let model = tract_onnx::onnx()
+            .model_for_read(&mut &model_bytes[..])
+            .map_err(|e| anyhow!("tract cannot load the model: {}", one_line(&e)))?;
+        Ok(TractRuntime {
+            model,
+            plans: HashMap::new(),
+        })
+    }
+
+    fn plan(&mut self, shapes: Vec<Vec<usize>>) -> Result<TractPlan> {
+        use tract_onnx::prelude::*;
+        if let Some(p) = self.plans.get(&shapes) {
+            return Ok(p.clone());
+        }
+        let mut m = self.model.clone();
+        for (i, s) in shapes.iter().enumerate() {
+            m = m
+                .with_input_fact(i, f32::fact(s).into())
+                .map_err(|e| anyhow!("tract: input {i}: {}", one_line(&e)))?;
+        }
+        let plan = m
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(|e| {
+                anyhow!(
+                    "tract cannot prepare the model for shapes {shapes:?}: {}",
+                    one_line(&e)
+                )
+            })?;
+        self.plans.insert(shapes, plan.clone());
+        Ok(plan)
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+impl Runtime for TractRuntime {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn run(&mut self, inputs: &[ArrayViewD<'_, f32>]) -> Result<Vec<ArrayD<f32>>> {
+        use tract_onnx::prelude::*;
+        let shapes = inputs.iter().map(|x| x.shape().to_vec()).collect();
+        let plan = self.plan(shapes)?;
+        let tensors: TVec<TValue> = inputs
+            .iter()
+            .map(|x| Tensor::from(x.to_owned()).into())
+            .collect();
+        let outputs = plan
+            .run(tensors)
+            .map_err(|e| anyhow!("tract failed to run the model: {}", one_line(&e)))?;
+        outputs
+            .into_iter()
+            .map(|t| {
+                let t = t
+                    .into_tensor()
+                    .cast_to::<f32>()
+                    .map_err(|e| anyhow!("tract: output is not numeric: {}", one_line(&e)))?
+                    .into_owned();
+                t.into_plain_array::<f32>()
+                    .map_err(|e| anyhow!("tract: {}", one_line(&e)))
+            })
+            .collect::<Result<Vec<_>>>()
+            .context("reading tract outputs")
+    }
+}

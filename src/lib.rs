@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the map of the code.
 
+pub mod attack;
 pub mod audit;
 pub mod classifier;
 pub mod cli;
@@ -10,5 +11,6 @@ pub mod inspect;
 pub mod metrics;
 pub mod model;
 pub mod ops;
+pub mod rng;
 pub mod runtime;
 pub mod spec;

@@ -1,0 +1,259 @@
+//! PGD (Madry et al. 2018): projected gradient ascent on the loss from an optional random
+//! start in the eps-ball, x_{t+1} = P(x_t + alpha * step(grad_x L(x_t))), with restarts.
+//! Linf steps along sign(grad); L2 steps along grad/||grad||. Targeted attacks descend the
+//! cross-entropy of the target class.
+
+use anyhow::{bail, Result};
+
+use super::{check_batch, gather, record, Head, Oracle, Outcome, Threat};
+use crate::rng::Rng;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PgdConfig {
+    pub steps: usize,
+    /// Step size; `None` means 2.5 * eps / steps (Madry et al.).
+    pub step_size: Option<f32>,
+    pub random_start: bool,
+    /// Independent runs; later runs attack only the examples still not broken.
+    pub restarts: usize,
+    /// Use the C&W margin instead of cross-entropy (untargeted only).
+    pub margin_loss: bool,
+    pub seed: u64,
+}
+
+impl Default for PgdConfig {
+    fn default() -> Self {
+        PgdConfig {
+            steps: 10,
+            step_size: None,
+            random_start: true,
+            restarts: 1,
+            margin_loss: false,
+            seed: 0,
+        }
+    }
+}
+
+impl PgdConfig {
+    pub fn check(&self) -> Result<()> {
+        if self.steps == 0 {
+            bail!("PGD needs at least 1 step");
+        }
+        if self.restarts == 0 {
+            bail!("PGD needs at least 1 restart");
+        }
+        if let Some(a) = self.step_size {
+            if !(a.is_finite() && a > 0.0) {
+                bail!("PGD step size must be positive, got {a}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs PGD on the batch; `targets` makes it targeted.
+pub fn pgd(
+    oracle: &mut dyn Oracle,
+    x0: &[f32],
+    labels: &[usize],
+    targets: Option<&[usize]>,
+    threat: &Threat,
+    cfg: &PgdConfig,
+) -> Result<Outcome> {
+    cfg.check()?;
+    let len = check_batch(oracle, x0, labels, 2)?;
+    let n = labels.len();
+    let alpha = cfg.step_size.unwrap_or(2.5 * threat.eps / cfg.steps as f32);
+    let mut out = Outcome {
+        x_adv: x0.to_vec(),
+        success: vec![false; n],
+        evaluations: 0,
+    };
+    for restart in 0..cfg.restarts {
+        let idx: Vec<usize> = (0..n).filter(|i| !out.success[*i]).collect();
+        if idx.is_empty() {
+            break;
+        }
+        let m = idx.len();
+        let c0 = gather(x0, &idx, len);
+        let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
+        let t: Option<Vec<usize>> = targets.map(|t| idx.iter().map(|i| t[*i]).collect());
+        let head = match (&t, cfg.margin_loss) {
+            (Some(t), _) => Head::TargetedCrossEntropy { targets: t },
+            (None, true) => Head::Margin { labels: &y },
+            (None, false) => Head::CrossEntropy { labels: &y },
+        };
+        let mut x = if cfg.random_start {
+            threat.random_start(&c0, len, &mut Rng::derive(cfg.seed, restart as u64))
+        } else {
+            c0.clone()
+        };
+        let steps = vec![alpha; m];
+        for step in 0..cfg.steps {
+            let lg = oracle.loss_grad(&x, head)?;
+            out.evaluations += m as u64;
+            // The logits belong to the current iterate: a random start, or the last step.
+            if step > 0 || cfg.random_start {
+                record(&mut out, &lg.logits, &x, &idx, labels, targets, len);
+            }
+            threat.ascend(&mut x, &lg.grad, &steps, len);
+            threat.project(&mut x, &c0, len);
+        }
+        let logits = oracle.logits(&x)?;
+        out.evaluations += m as u64;
+        record(&mut out, &logits, &x, &idx, labels, targets, len);
+        // Examples not broken keep the last iterate of the last restart.
+        for (j, &i) in idx.iter().enumerate() {
+            if !out.success[i] {
+                out.x_adv[i * len..(i + 1) * len].copy_from_slice(&x[j * len..(j + 1) * len]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attack::testing::{dataset, TinyNet};
+    use crate::attack::{fgsm::fgsm, Norm};
+
+    fn robust(o: &Outcome) -> usize {
+        o.success.iter().filter(|s| !**s).count()
+    }
+
+    #[test]
+    fn one_step_pgd_without_random_start_is_fgsm() {
+        let mut net = TinyNet::new(20, 16, 4, 1);
+        let (x, y) = dataset(&mut net, 64, 2);
+        let threat = Threat::new(Norm::Linf, 0.05, (0.0, 1.0)).unwrap();
+        let f = fgsm(&mut net, &x, &y, &threat).unwrap();
+        let cfg = PgdConfig {
+            steps: 1,
+            step_size: Some(0.05),
+            random_start: false,
+            ..Default::default()
+        };
+        let p = pgd(&mut net, &x, &y, None, &threat, &cfg).unwrap();
+        assert_eq!(f.x_adv, p.x_adv);
+        assert_eq!(f.success, p.success);
+        assert!(f.success.iter().any(|s| *s) && f.success.iter().any(|s| !*s));
+    }
+
+    #[test]
+    fn iterates_stay_in_ball_and_range() {
+        for norm in [Norm::Linf, Norm::L2] {
+            let mut net = TinyNet::new(20, 16, 4, 5);
+            let (x, y) = dataset(&mut net, 32, 6);
+            let eps = if norm == Norm::Linf { 0.1 } else { 0.5 };
+            let threat = Threat::new(norm, eps, (0.0, 1.0)).unwrap();
+            let p = pgd(&mut net, &x, &y, None, &threat, &PgdConfig::default()).unwrap();
+            for i in 0..y.len() {
+                let a = &p.x_adv[i * 20..(i + 1) * 20];
+                assert!(
+                    threat.contains(a, &x[i * 20..(i + 1) * 20]),
+                    "{norm:?} example {i}"
+                );
+                if p.success[i] {
+                    let l = net.logits(a).unwrap();
+                    assert_ne!(crate::metrics::argmax(l.row(0).as_slice().unwrap()), y[i]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn more_steps_and_restarts_never_raise_robustness() {
+        let mut net = TinyNet::new(20, 16, 4, 7);
+        let (x, y) = dataset(&mut net, 128, 8);
+        let threat = Threat::new(Norm::Linf, 0.04, (0.0, 1.0)).unwrap();
+        let base = PgdConfig {
+            steps: 5,
+            step_size: Some(0.01),
+            ..Default::default()
+        };
+        let r5 = robust(&pgd(&mut net, &x, &y, None, &threat, &base).unwrap());
+        let r20 = robust(
+            &pgd(
+                &mut net,
+                &x,
+                &y,
+                None,
+                &threat,
+                &PgdConfig {
+                    steps: 20,
+                    ..base.clone()
+                },
+            )
+            .unwrap(),
+        );
+        let r5x3 = robust(
+            &pgd(
+                &mut net,
+                &x,
+                &y,
+                None,
+                &threat,
+                &PgdConfig {
+                    restarts: 3,
+                    ..base.clone()
+                },
+            )
+            .unwrap(),
+        );
+        assert!(r20 <= r5, "20 steps {r20} vs 5 steps {r5}");
+        assert!(r5x3 <= r5, "3 restarts {r5x3} vs 1 {r5}");
+        assert!(r5 < 128, "the attack breaks something");
+    }
+
+    #[test]
+    fn targeted_pgd_hits_its_target() {
+        let mut net = TinyNet::new(20, 16, 4, 11);
+        let (x, y) = dataset(&mut net, 32, 12);
+        let t: Vec<usize> = y.iter().map(|v| (v + 1) % 4).collect();
+        let threat = Threat::new(Norm::Linf, 0.3, (0.0, 1.0)).unwrap();
+        let p = pgd(
+            &mut net,
+            &x,
+            &y,
+            Some(&t),
+            &threat,
+            &PgdConfig {
+                steps: 30,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut hits = 0;
+        for i in 0..32 {
+            if p.success[i] {
+                let l = net.logits(&p.x_adv[i * 20..(i + 1) * 20]).unwrap();
+                assert_eq!(crate::metrics::argmax(l.row(0).as_slice().unwrap()), t[i]);
+                hits += 1;
+            }
+        }
+        assert!(hits > 0);
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let mut net = TinyNet::new(4, 4, 3, 1);
+        let (x, y) = dataset(&mut net, 2, 1);
+        let threat = Threat::new(Norm::Linf, 0.1, (0.0, 1.0)).unwrap();
+        let e = pgd(
+            &mut net,
+            &x,
+            &y,
+            None,
+            &threat,
+            &PgdConfig {
+                steps: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("at least 1 step"));
+        assert!(Threat::new(Norm::Linf, 0.0, (0.0, 1.0)).is_err());
+        assert!(Threat::new(Norm::Linf, 1.5, (0.0, 1.0)).is_err());
+    }
+}

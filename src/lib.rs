@@ -7,6 +7,7 @@ pub mod audit;
 pub mod classifier;
 pub mod cli;
 pub mod data;
+pub mod falsify;
 pub mod inspect;
 pub mod metrics;
 pub mod model;

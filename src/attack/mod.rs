@@ -177,6 +177,9 @@ pub enum Head<'a> {
     },
     /// KL(p || softmax(z)) to given probabilities, `n * k` values (TRADES).
     Kl { probs: &'a [f32] },
+    /// sum_j c_j z_j with given coefficients, `n * k` values: the gradient is J^T c, so
+    /// any objective's gradient can be taken one step behind its logits (falsification).
+    Linear { coeffs: &'a [f32] },
 }
 
 impl Head<'_> {

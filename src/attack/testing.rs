@@ -150,6 +150,10 @@ pub fn head_loss(z: &[f32], head: &Head<'_>, i: usize) -> (f32, Vec<f32>) {
                 .sum();
             (kl, p.iter().zip(q).map(|(a, b)| a - b).collect())
         }
+        Head::Linear { coeffs } => {
+            let c = &coeffs[i * k..(i + 1) * k];
+            (c.iter().zip(z).map(|(a, b)| a * b).sum(), c.to_vec())
+        }
     }
 }
 
@@ -218,6 +222,7 @@ fn reference_heads_match_finite_differences() {
             targets: &t,
         },
         Head::Kl { probs: &probs },
+        Head::Linear { coeffs: &probs },
     ];
     for head in heads {
         let lg = net.loss_grad(&x, head).unwrap();

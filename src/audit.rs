@@ -64,6 +64,10 @@ pub struct AuditReport {
     pub model: ModelFacts,
     pub input_spec: InputSpec,
     pub runtime: String,
+    /// Examples per runtime call, and whether a fixed batch of 1 was made dynamic
+    /// (checked to give the same outputs).
+    pub batch: usize,
+    pub batch_freed: bool,
     pub data: DataFacts,
     pub classes: usize,
     /// Examples whose outputs all lie in [0,1] and sum to 1 (a sign of a softmax output).
@@ -130,6 +134,8 @@ pub fn clean_audit(
         model: ModelFacts::of(model, model.classifier_input()?),
         input_spec: spec.clone(),
         runtime: classifier.runtime_name().to_string(),
+        batch: classifier.batch(),
+        batch_freed: classifier.batch_freed(),
         data: DataFacts {
             spec: data_spec.to_string(),
             source: data.describe(),
@@ -177,7 +183,17 @@ pub fn render_text(r: &AuditReport) -> String {
             format!(" (guessed: {})", r.input_spec.guessed.join(", "))
         }
     );
-    let _ = writeln!(s, "runtime  {}", r.runtime);
+    let _ = writeln!(
+        s,
+        "runtime  {} (batch {}{})",
+        r.runtime,
+        r.batch,
+        if r.batch_freed {
+            ", the model's fixed batch made dynamic after an equality check"
+        } else {
+            ""
+        }
+    );
     let _ = writeln!(
         s,
         "data     {} ({} examples)",

@@ -24,6 +24,7 @@ pub struct Classifier {
     batch: usize,
     example_shape: Vec<usize>,
     num_classes: usize,
+    batch_freed: bool,
     /// Reused input buffer, `batch * example_len` values.
     buffer: Vec<f32>,
 }
@@ -40,21 +41,21 @@ impl Classifier {
             bail!("--batch-size must be at least 1");
         }
         let wrapped = spec.wrap(model)?;
-        let bytes = prost::Message::encode_to_vec(&wrapped);
-        let runtime = runtime::open(opts.runtime, &bytes, opts.threads, &opts.ort)?;
-        let batch = spec.fixed_batch().unwrap_or(opts.batch_size);
-        let example_len: usize = example_shape.iter().product();
-        let mut c = Classifier {
-            runtime,
-            batch,
-            example_shape: example_shape.to_vec(),
-            num_classes: 0,
-            buffer: Vec::with_capacity(batch * example_len),
+        let open = |proto: &crate::model::pb::ModelProto| {
+            runtime::open(
+                opts.runtime,
+                &prost::Message::encode_to_vec(proto),
+                opts.threads,
+                &opts.ort,
+            )
         };
-        // One run on zeros: checks that the model runs and reads the number of classes.
-        let zeros = vec![0.0f32; example_len];
-        let out = c.run_padded(&zeros, 1)?;
-        c.num_classes = out.ncols();
+        let batch = spec.fixed_batch().unwrap_or(opts.batch_size);
+        let mut c = Classifier::with_runtime(open(&wrapped)?, batch, example_shape)?;
+        if c.batch < opts.batch_size {
+            if let Some(freed) = c.try_free_batch(&wrapped, spec, opts.batch_size, &open) {
+                c = freed;
+            }
+        }
         if c.num_classes < 2 {
             bail!(
                 "the model's first output has {} value(s) per example; harden needs a classifier with at least 2 classes",
@@ -62,6 +63,58 @@ impl Classifier {
             );
         }
         Ok(c)
+    }
+
+    /// Wraps a runtime; the number of classes is read from one run on zeros (which also
+    /// checks that the model runs at all).
+    fn with_runtime(
+        runtime: Box<dyn Runtime>,
+        batch: usize,
+        example_shape: &[usize],
+    ) -> Result<Classifier> {
+        let example_len: usize = example_shape.iter().product();
+        let mut c = Classifier {
+            runtime,
+            batch,
+            example_shape: example_shape.to_vec(),
+            num_classes: 0,
+            batch_freed: false,
+            buffer: Vec::with_capacity(batch * example_len),
+        };
+        c.num_classes = c.run_padded(&vec![0.0f32; example_len], 1)?.ncols();
+        Ok(c)
+    }
+
+    /// The model with its fixed batch (usually 1) made dynamic, run `batch_size` examples
+    /// at a time, when that gives the same outputs as `self` on a random probe.
+    fn try_free_batch(
+        &mut self,
+        wrapped: &crate::model::pb::ModelProto,
+        spec: &InputSpec,
+        batch_size: usize,
+        open: &dyn Fn(&crate::model::pb::ModelProto) -> Result<Box<dyn Runtime>>,
+    ) -> Option<Classifier> {
+        let free = crate::model::free_batch(wrapped, &spec.input_name)?;
+        let mut candidate =
+            Classifier::with_runtime(open(&free).ok()?, batch_size, &self.example_shape).ok()?;
+        let mut rng = crate::rng::Rng::new(0xBA7C);
+        let probe: Vec<f32> = (0..3 * self.batch * self.example_len())
+            .map(|_| rng.range(spec.range.0, spec.range.1))
+            .collect();
+        let a = self.logits(&probe).ok()?;
+        let b = candidate.logits(&probe).ok()?;
+        let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let agree = a.shape() == b.shape()
+            && a.iter()
+                .zip(b.iter())
+                .all(|(x, y)| (x - y).abs() <= 1e-4 * scale);
+        candidate.batch_freed = true;
+        agree.then_some(candidate)
+    }
+
+    /// Whether a fixed batch dimension was made dynamic (see `model::free_batch`).
+    pub fn batch_freed(&self) -> bool {
+        self.batch_freed
     }
 
     pub fn runtime_name(&self) -> &'static str {

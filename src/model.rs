@@ -559,3 +559,84 @@ fn inline_external_data(graph: &mut pb::GraphProto, dir: &Path, model_path: &Pat
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A copy of `proto` with the fixed batch dimension of `input` made dynamic (named `N`),
+/// for models exported with batch 1 (mnist-8, most VNN-COMP networks), so that they can
+/// be run on many examples at once. Output batch dimensions become `N`, intermediate
+/// shape annotations are dropped, and constant Reshape targets that start with the fixed
+/// batch on a tensor that depends on the input get 0 ("copy the batch") there. Returns
+/// `None` when the input has no fixed batch. The caller must check numerically that the
+/// result agrees with the original (see `Classifier::open`).
+pub fn free_batch(proto: &pb::ModelProto, input: &str) -> Option<pb::ModelProto> {
+    let mut p = proto.clone();
+    let g = p.graph.as_mut()?;
+    let vi = g.input.iter_mut().find(|v| v.name == input)?;
+    let info = value_info(vi);
+    let batch = info.shape.first()?.fixed()? as i64;
+    let mut dims = info.shape.clone();
+    dims[0] = Dim::Symbolic("N".into());
+    set_value_shape(vi, &dims);
+    for o in g.output.iter_mut() {
+        let mut d = value_info(o).shape;
+        if let Some(first) = d.first_mut() {
+            if first.fixed() == Some(batch as usize) {
+                *first = Dim::Symbolic("N".into());
+                set_value_shape(o, &d);
+            }
+        }
+    }
+    g.value_info.clear();
+    // Tensors that depend on the input.
+    let mut dynamic: HashSet<String> = HashSet::from([input.to_string()]);
+    for n in &g.node {
+        if n.input.iter().any(|i| dynamic.contains(i)) {
+            dynamic.extend(n.output.iter().cloned());
+        }
+    }
+    let mut new_inits = vec![];
+    for (k, n) in g.node.iter_mut().enumerate() {
+        if n.op_type != "Reshape" || n.input.len() < 2 || !dynamic.contains(&n.input[0]) {
+            continue;
+        }
+        let Some(t) = g.initializer.iter().find(|t| t.name == n.input[1]) else {
+            continue;
+        };
+        let Some(mut shape) = int64_values(t) else {
+            continue;
+        };
+        if shape.first() != Some(&batch) {
+            continue;
+        }
+        shape[0] = 0;
+        let name = format!("{}__harden_free_batch_{k}", t.name);
+        new_inits.push(pb::TensorProto {
+            name: name.clone(),
+            dims: vec![shape.len() as i64],
+            data_type: 7,
+            int64_data: shape,
+            ..Default::default()
+        });
+        n.input[1] = name;
+    }
+    g.initializer.extend(new_inits);
+    Some(p)
+}
+
+/// The values of an int64 tensor, from `int64_data` or little-endian `raw_data`.
+pub fn int64_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
+    if t.data_type != 7 {
+        return None;
+    }
+    if !t.int64_data.is_empty() {
+        return Some(t.int64_data.clone());
+    }
+    if t.raw_data.len() % 8 != 0 {
+        return None;
+    }
+    Some(
+        t.raw_data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect(),
+    )
+}

@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod rng;
+pub mod robust;
 pub mod runtime;
 pub mod spec;

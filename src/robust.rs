@@ -1,0 +1,390 @@
+//! Robust evaluation: runs a list of attacks at each eps on the examples a model
+//! classifies correctly, re-checks every adversarial example with a plain forward pass of
+//! the original model (inside the eps-ball and the input range, misclassified), and
+//! reports robust accuracy per attack and the per-example worst case over all attacks.
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::attack::apgd::{apgd, ApgdConfig, ApgdLoss};
+use crate::attack::fgsm::fgsm;
+use crate::attack::pgd::{pgd, PgdConfig};
+use crate::attack::square::{square, Geometry, SquareConfig};
+use crate::attack::{gather, Norm, Oracle, Outcome, Threat};
+use crate::metrics::argmax;
+
+/// One attack as configured.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "attack", rename_all = "kebab-case")]
+pub enum AttackSpec {
+    Fgsm,
+    Pgd(PgdConfig),
+    ApgdCe(ApgdConfig),
+    ApgdDlr(ApgdConfig),
+    ApgdT(ApgdConfig),
+    Square(SquareConfig),
+}
+
+impl AttackSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            AttackSpec::Fgsm => "fgsm",
+            AttackSpec::Pgd(_) => "pgd",
+            AttackSpec::ApgdCe(_) => "apgd-ce",
+            AttackSpec::ApgdDlr(_) => "apgd-dlr",
+            AttackSpec::ApgdT(_) => "apgd-t",
+            AttackSpec::Square(_) => "square",
+        }
+    }
+
+    /// Whether the attack needs input gradients (a gradient graph).
+    pub fn needs_gradients(&self) -> bool {
+        !matches!(self, AttackSpec::Square(_))
+    }
+}
+
+/// Knobs shared by the attacks of one run.
+#[derive(Clone, Debug)]
+pub struct AttackKnobs {
+    /// Steps for iterative attacks (`None`: each attack's default).
+    pub steps: Option<usize>,
+    pub restarts: usize,
+    pub seed: u64,
+    pub square_queries: Option<usize>,
+}
+
+pub const ATTACK_NAMES: &str = "fgsm, pgd, pgd-margin, apgd-ce, apgd-dlr, apgd-t, square, standard";
+
+/// Parses `--attacks` (comma-separated names, or `standard`). Returns the attacks and
+/// whether they run as a cascade (each on the points the previous ones left robust).
+pub fn parse_attacks(list: &str, k: &AttackKnobs) -> Result<(Vec<AttackSpec>, bool)> {
+    if k.steps == Some(0) {
+        bail!("--steps must be at least 1");
+    }
+    if k.restarts == 0 {
+        bail!("--restarts must be at least 1");
+    }
+    if k.square_queries == Some(0) {
+        bail!("--square-queries must be at least 1");
+    }
+    let apgd_cfg = |loss| ApgdConfig {
+        restarts: k.restarts,
+        seed: k.seed,
+        ..ApgdConfig::new(loss, k.steps.unwrap_or(100))
+    };
+    let square_cfg = || SquareConfig {
+        queries: k.square_queries.unwrap_or(5000),
+        seed: k.seed,
+        ..Default::default()
+    };
+    let mut out = vec![];
+    let mut cascade = false;
+    for name in list.split(',').map(str::trim) {
+        match name {
+            "standard" => {
+                cascade = true;
+                out.push(AttackSpec::ApgdCe(apgd_cfg(ApgdLoss::CrossEntropy)));
+                out.push(AttackSpec::ApgdT(apgd_cfg(ApgdLoss::DlrTargeted {
+                    n_targets: 9,
+                })));
+                out.push(AttackSpec::Square(square_cfg()));
+            }
+            "fgsm" => out.push(AttackSpec::Fgsm),
+            "pgd" | "pgd-margin" => out.push(AttackSpec::Pgd(PgdConfig {
+                steps: k.steps.unwrap_or(10),
+                restarts: k.restarts,
+                margin_loss: name == "pgd-margin",
+                seed: k.seed,
+                ..Default::default()
+            })),
+            "apgd-ce" => out.push(AttackSpec::ApgdCe(apgd_cfg(ApgdLoss::CrossEntropy))),
+            "apgd-dlr" => out.push(AttackSpec::ApgdDlr(apgd_cfg(ApgdLoss::Dlr))),
+            "apgd-t" => out.push(AttackSpec::ApgdT(apgd_cfg(ApgdLoss::DlrTargeted {
+                n_targets: 9,
+            }))),
+            "square" => out.push(AttackSpec::Square(square_cfg())),
+            "" => bail!("--attacks has an empty name in '{list}'"),
+            other => bail!("unknown attack '{other}' (known: {ATTACK_NAMES})"),
+        }
+    }
+    Ok((out, cascade))
+}
+
+/// Runs one attack on a batch.
+pub fn run_attack(
+    spec: &AttackSpec,
+    oracle: &mut dyn Oracle,
+    x0: &[f32],
+    labels: &[usize],
+    threat: &Threat,
+    geometry: Geometry,
+) -> Result<Outcome> {
+    match spec {
+        AttackSpec::Fgsm => fgsm(oracle, x0, labels, threat),
+        AttackSpec::Pgd(c) => pgd(oracle, x0, labels, None, threat, c),
+        AttackSpec::ApgdCe(c) | AttackSpec::ApgdDlr(c) | AttackSpec::ApgdT(c) => {
+            apgd(oracle, x0, labels, threat, c)
+        }
+        AttackSpec::Square(c) => square(oracle, x0, labels, threat, geometry, c),
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AttackResult {
+    pub attack: String,
+    /// Examples this attack was run on (clean-correct ones, or those left by the cascade).
+    pub attacked: u64,
+    /// Adversarial examples found and confirmed by a plain forward pass.
+    pub broken: u64,
+    /// Adversarial examples the attack reported that the re-check refused.
+    pub refused: u64,
+    /// Correct and not broken by this attack (or by the cascade so far), over all examples.
+    pub robust_accuracy: f64,
+    pub evaluations: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct EpsResult {
+    pub eps: f32,
+    pub attacks: Vec<AttackResult>,
+    /// Per-example worst case over all attacks: correct and broken by none.
+    pub robust: u64,
+    pub robust_accuracy: f64,
+    /// Per class (by true label): robust examples / support.
+    pub per_class_robust_accuracy: Vec<Option<f64>>,
+}
+
+/// Accumulates robust results over batches.
+pub struct RobustTally {
+    k: usize,
+    total: u64,
+    eps: Vec<f32>,
+    attacks: Vec<AttackSpec>,
+    cascade: bool,
+    attacked: Vec<Vec<u64>>,
+    broken: Vec<Vec<u64>>,
+    refused: Vec<Vec<u64>>,
+    robust_after: Vec<Vec<u64>>,
+    evaluations: Vec<Vec<u64>>,
+    robust: Vec<u64>,
+    class_robust: Vec<Vec<u64>>,
+    class_support: Vec<u64>,
+}
+
+impl RobustTally {
+    pub fn new(k: usize, eps: &[f32], attacks: Vec<AttackSpec>, cascade: bool) -> RobustTally {
+        let z = || vec![vec![0u64; attacks.len()]; eps.len()];
+        RobustTally {
+            k,
+            total: 0,
+            eps: eps.to_vec(),
+            cascade,
+            attacked: z(),
+            broken: z(),
+            refused: z(),
+            robust_after: z(),
+            evaluations: z(),
+            robust: vec![0; eps.len()],
+            class_robust: vec![vec![0; k]; eps.len()],
+            class_support: vec![0; k],
+            attacks,
+        }
+    }
+
+    /// Attacks one batch (`x` in the model's raw input space) and re-checks every
+    /// adversarial example with `check` (a plain forward pass of the original model).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_batch(
+        &mut self,
+        oracle: &mut dyn Oracle,
+        check: &mut dyn FnMut(&[f32]) -> Result<Vec<usize>>,
+        x: &[f32],
+        labels: &[usize],
+        clean_pred: &[usize],
+        norm: Norm,
+        range: (f32, f32),
+        geometry: Geometry,
+    ) -> Result<()> {
+        let len = oracle.example_len();
+        let n = labels.len();
+        self.total += n as u64;
+        for &y in labels {
+            self.class_support[y] += 1;
+        }
+        let correct: Vec<bool> = (0..n).map(|i| clean_pred[i] == labels[i]).collect();
+        for (e, &eps) in self.eps.clone().iter().enumerate() {
+            let threat = Threat::new(norm, eps, range)?;
+            let mut robust = correct.clone();
+            for (a, spec) in self.attacks.iter().enumerate() {
+                let idx: Vec<usize> = (0..n)
+                    .filter(|&i| if self.cascade { robust[i] } else { correct[i] })
+                    .collect();
+                self.attacked[e][a] += idx.len() as u64;
+                if !idx.is_empty() {
+                    let x0 = gather(x, &idx, len);
+                    let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
+                    let out = run_attack(spec, oracle, &x0, &y, &threat, geometry)?;
+                    self.evaluations[e][a] += out.evaluations;
+                    let found: Vec<usize> = (0..idx.len()).filter(|j| out.success[*j]).collect();
+                    if !found.is_empty() {
+                        let adv = gather(&out.x_adv, &found, len);
+                        let preds = check(&adv)?;
+                        for (m, &j) in found.iter().enumerate() {
+                            let inside = threat.contains(
+                                &adv[m * len..(m + 1) * len],
+                                &x0[j * len..(j + 1) * len],
+                            );
+                            if inside && preds[m] != y[j] {
+                                self.broken[e][a] += 1;
+                                robust[idx[j]] = false;
+                            } else {
+                                self.refused[e][a] += 1;
+                            }
+                        }
+                    }
+                }
+                self.robust_after[e][a] += if self.cascade {
+                    robust.iter().filter(|r| **r).count() as u64
+                } else {
+                    0
+                };
+            }
+            for i in 0..n {
+                if robust[i] {
+                    self.robust[e] += 1;
+                    self.class_robust[e][labels[i]] += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn results(&self, correct_total: u64) -> Vec<EpsResult> {
+        let frac = |a: u64| {
+            if self.total > 0 {
+                a as f64 / self.total as f64
+            } else {
+                0.0
+            }
+        };
+        self.eps
+            .iter()
+            .enumerate()
+            .map(|(e, &eps)| EpsResult {
+                eps,
+                attacks: self
+                    .attacks
+                    .iter()
+                    .enumerate()
+                    .map(|(a, spec)| AttackResult {
+                        attack: spec.name().to_string(),
+                        attacked: self.attacked[e][a],
+                        broken: self.broken[e][a],
+                        refused: self.refused[e][a],
+                        robust_accuracy: if self.cascade {
+                            frac(self.robust_after[e][a])
+                        } else {
+                            frac(correct_total - self.broken[e][a])
+                        },
+                        evaluations: self.evaluations[e][a],
+                    })
+                    .collect(),
+                robust: self.robust[e],
+                robust_accuracy: frac(self.robust[e]),
+                per_class_robust_accuracy: (0..self.k)
+                    .map(|c| {
+                        (self.class_support[c] > 0)
+                            .then(|| self.class_robust[e][c] as f64 / self.class_support[c] as f64)
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// Predicted classes for each row of logits.
+pub fn predictions(logits: &ndarray::Array2<f32>) -> Vec<usize> {
+    logits
+        .rows()
+        .into_iter()
+        .map(|r| argmax(&r.iter().copied().collect::<Vec<_>>()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attack::testing::{dataset, TinyNet};
+
+    fn knobs() -> AttackKnobs {
+        AttackKnobs {
+            steps: Some(10),
+            restarts: 1,
+            seed: 1,
+            square_queries: Some(200),
+        }
+    }
+
+    #[test]
+    fn names_parse_and_bad_names_fail() {
+        let (a, cascade) = parse_attacks("standard", &knobs()).unwrap();
+        assert!(cascade);
+        assert_eq!(
+            a.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            ["apgd-ce", "apgd-t", "square"]
+        );
+        let e = parse_attacks("pgd,cw", &knobs()).unwrap_err().to_string();
+        assert!(e.contains("unknown attack 'cw'"), "{e}");
+        let e = parse_attacks(
+            "pgd",
+            &AttackKnobs {
+                steps: Some(0),
+                ..knobs()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--steps"), "{e}");
+    }
+
+    #[test]
+    fn worst_case_is_below_every_attack_and_clean() {
+        let mut net = TinyNet::new(16, 16, 5, 51);
+        let (x, mut y) = dataset(&mut net, 96, 52);
+        // Make some labels wrong so that clean accuracy is below 1.
+        for i in (0..96).step_by(7) {
+            y[i] = (y[i] + 1) % 5;
+        }
+        let clean = predictions(&net.logits(&x).unwrap());
+        let correct = clean.iter().zip(&y).filter(|(a, b)| a == b).count() as u64;
+        let (attacks, cascade) = parse_attacks("fgsm,pgd,square", &knobs()).unwrap();
+        let mut t = RobustTally::new(5, &[0.02, 0.1], attacks, cascade);
+        let mut checker = TinyNet::new(16, 16, 5, 51);
+        let mut check = |a: &[f32]| Ok(predictions(&checker.logits(a)?));
+        t.add_batch(
+            &mut net,
+            &mut check,
+            &x,
+            &y,
+            &clean,
+            Norm::Linf,
+            (0.0, 1.0),
+            Geometry::Chw { c: 1, h: 4, w: 4 },
+        )
+        .unwrap();
+        let r = t.results(correct);
+        let clean_acc = correct as f64 / 96.0;
+        for e in &r {
+            for a in &e.attacks {
+                assert!(a.robust_accuracy <= clean_acc);
+                assert!(e.robust_accuracy <= a.robust_accuracy);
+                assert_eq!(a.refused, 0);
+            }
+        }
+        assert!(
+            r[1].robust_accuracy <= r[0].robust_accuracy,
+            "larger eps is never more robust"
+        );
+        assert!(r[1].robust_accuracy < clean_acc);
+    }
+}

@@ -235,7 +235,8 @@ impl OnnxModel {
             .filter(|n| n.op_type == "Constant")
             .flat_map(|n| n.attribute.iter())
             .filter_map(|a| a.t.as_ref())
-            .filter(|t| is_float_type(t.data_type) && t.dims.len() > 1)
+            // Scalars and one-element constants are normalisation constants, not weights.
+            .filter(|t| is_float_type(t.data_type) && t.dims.iter().product::<i64>() > 1)
             .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
             .sum();
         init + consts

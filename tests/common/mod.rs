@@ -1,0 +1,99 @@
+//! Shared helpers for integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use harden::classifier::{Classifier, RunOptions};
+use harden::model::OnnxModel;
+use harden::runtime::{OrtLocator, RuntimeChoice};
+use harden::spec::{InputSpec, SpecArgs};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("fixtures").join(name)
+}
+
+/// `../shared/corpus`, or None (tests then skip, saying so).
+pub fn corpus() -> Option<PathBuf> {
+    let p = root().join("../shared/corpus");
+    if p.join("MANIFEST.json").is_file() {
+        Some(p)
+    } else {
+        eprintln!("skipping: ../shared/corpus is absent");
+        None
+    }
+}
+
+pub fn ort_locator() -> OrtLocator {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let explicit = std::env::var_os("ORT_DYLIB_PATH")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
+    OrtLocator::standard(explicit, home.as_deref(), None)
+}
+
+/// Whether ONNX Runtime can be used. With HARDEN_REQUIRE_ORT set (CI), its absence fails.
+pub fn ort_available() -> bool {
+    match harden::runtime::ort_status(&ort_locator()) {
+        Ok(_) => true,
+        Err(e) => {
+            if std::env::var_os("HARDEN_REQUIRE_ORT").is_some() {
+                panic!("HARDEN_REQUIRE_ORT is set but ONNX Runtime is unusable: {e}");
+            }
+            eprintln!("skipping the ONNX Runtime part: {e}");
+            false
+        }
+    }
+}
+
+pub fn options(runtime: RuntimeChoice) -> RunOptions {
+    RunOptions {
+        runtime,
+        threads: 2,
+        batch_size: 32,
+        ort: ort_locator(),
+    }
+}
+
+/// Opens `model` for examples of `example_shape` with default input spec.
+pub fn classifier(model: &Path, runtime: RuntimeChoice) -> (OnnxModel, InputSpec, Classifier) {
+    let m = OnnxModel::load(model).unwrap();
+    let spec = InputSpec::resolve(&m.classifier_input().unwrap(), &SpecArgs::default()).unwrap();
+    let shape: Vec<usize> = spec.model_shape[1..]
+        .iter()
+        .map(|d| d.fixed().expect("fixed example dims"))
+        .collect();
+    let c = Classifier::open(&m, &spec, &shape, &options(runtime)).unwrap();
+    (m, spec, c)
+}
+
+/// Asserts two logit tables agree to `rel` relative tolerance (scaled by the row's size).
+pub fn assert_close(a: &[f32], b: &[f32], rel: f32, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    let scale = a.iter().chain(b).fold(1e-6f32, |m, v| m.max(v.abs()));
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= rel * scale.max(x.abs().max(y.abs())) + 1e-6,
+            "{what}: value {i} differs: {x} vs {y} (scale {scale})"
+        );
+    }
+}
+
+/// A deterministic pseudo-random vector in [lo, hi].
+pub fn lcg_vec(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (s >> 40) as f32 / (1u64 << 24) as f32;
+            lo + (hi - lo) * u
+        })
+        .collect()
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""The same demo network in its source framework (TensorFlow/Keras), driven by
+hand-written compiled (tf.function) loops: the speed a skilled user gets by hand.
+
+Usage: python scripts/bench_tf.py [--images 1024] [--batch 128] [--threads 2] [--work pgd10|clean]
+Prints one JSON line per work item: {"tool": "tensorflow-handwritten", "work": ..., "images_per_s": ...}.
+Needs the virtualenv described in models/PROVENANCE.md (tensorflow-cpu 2.15.1).
+"""
+import argparse
+import gzip
+import json
+import os
+import struct
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+
+def read_idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    magic, = struct.unpack(">I", data[:4])
+    ndim = magic & 0xFF
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--images", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eps", type=float, default=0.1)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--work", default="pgd10,clean")
+    args = ap.parse_args()
+
+    import tensorflow as tf
+    from make_demo_model import build
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    model = build(tf)
+    model.load_weights(os.path.join(ROOT, "models", "fmnist_cnn.weights.h5"))
+    x = read_idx(os.path.join(args.data, "t10k-images-idx3-ubyte.gz"))[: args.images]
+    y = read_idx(os.path.join(args.data, "t10k-labels-idx1-ubyte.gz"))[: args.images].astype(np.int64)
+    x = (x.astype(np.float32) / 255.0)[..., None]
+    batches = [(tf.constant(x[i:i + args.batch]), tf.constant(y[i:i + args.batch]))
+               for i in range(0, len(x), args.batch)]
+    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+    eps, alpha, steps = args.eps, 2.5 * args.eps / args.steps, args.steps
+
+    @tf.function(jit_compile=False)
+    def pgd(xb, yb):
+        xa = tf.clip_by_value(xb + tf.random.uniform(tf.shape(xb), -eps, eps), 0.0, 1.0)
+        for _ in range(steps):
+            with tf.GradientTape() as tape:
+                tape.watch(xa)
+                loss = loss_fn(yb, model(xa, training=False))
+            g = tape.gradient(loss, xa)
+            xa = xa + alpha * tf.sign(g)
+            xa = tf.clip_by_value(tf.clip_by_value(xa, xb - eps, xb + eps), 0.0, 1.0)
+        return xa
+
+    @tf.function
+    def clean(xb):
+        return model(xb, training=False)
+
+    def timed(fn):
+        fn(*batches[0]) if fn is pgd else fn(batches[0][0])  # trace and warm up
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for xb, yb in batches:
+                out = fn(xb, yb) if fn is pgd else fn(xb)
+            _ = out.numpy()
+            best = min(best, time.perf_counter() - t0)
+        return len(x) / best
+
+    for work in args.work.split(","):
+        ips = timed(pgd if work == "pgd10" else clean)
+        print(json.dumps({"tool": "tensorflow-handwritten", "work": work, "images": len(x),
+                          "batch": args.batch, "threads": args.threads, "images_per_s": round(ips, 1)}))
+
+
+if __name__ == "__main__":
+    main()

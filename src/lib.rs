@@ -4,6 +4,7 @@
 
 pub mod attack;
 pub mod audit;
+pub mod autodiff;
 pub mod classifier;
 pub mod cli;
 pub mod data;

@@ -1,0 +1,260 @@
+//! Emitting ONNX nodes in the form the model's opset expects (attributes became inputs
+//! at various opsets), with fresh names and constants.
+
+use anyhow::{bail, Result};
+
+use crate::model::pb;
+
+pub fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 2,
+        i: v,
+        ..Default::default()
+    }
+}
+
+pub fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 7,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Accumulates the nodes and constants of a gradient graph.
+pub struct Builder {
+    pub opset: i64,
+    pub nodes: Vec<pb::NodeProto>,
+    pub inits: Vec<pb::TensorProto>,
+    counter: usize,
+    prefix: String,
+}
+
+impl Builder {
+    pub fn new(opset: i64, prefix: &str) -> Builder {
+        Builder {
+            opset,
+            nodes: vec![],
+            inits: vec![],
+            counter: 0,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub fn fresh(&mut self, hint: &str) -> String {
+        self.counter += 1;
+        format!("{}{}_{}", self.prefix, hint, self.counter)
+    }
+
+    /// Adds a node with one output; returns the output's name.
+    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<pb::AttributeProto>) -> String {
+        let out = self.fresh(&op.to_lowercase());
+        self.op_into(op, inputs, attrs, &out);
+        out
+    }
+
+    /// Adds a node writing `out`.
+    pub fn op_into(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<pb::AttributeProto>,
+        out: &str,
+    ) {
+        let name = self.fresh(op);
+        self.nodes.push(pb::NodeProto {
+            op_type: op.into(),
+            name,
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.to_string()],
+            attribute: attrs,
+            ..Default::default()
+        });
+    }
+
+    pub fn const_f32(&mut self, dims: &[usize], values: Vec<f32>) -> String {
+        let name = self.fresh("cf");
+        self.inits.push(pb::TensorProto {
+            name: name.clone(),
+            dims: dims.iter().map(|d| *d as i64).collect(),
+            data_type: 1,
+            float_data: values,
+            ..Default::default()
+        });
+        name
+    }
+
+    pub fn scalar(&mut self, v: f32) -> String {
+        self.const_f32(&[], vec![v])
+    }
+
+    pub fn const_i64(&mut self, values: &[i64]) -> String {
+        let name = self.fresh("ci");
+        self.inits.push(pb::TensorProto {
+            name: name.clone(),
+            dims: vec![values.len() as i64],
+            data_type: 7,
+            int64_data: values.to_vec(),
+            ..Default::default()
+        });
+        name
+    }
+
+    pub fn reshape(&mut self, x: &str, shape: &[usize]) -> String {
+        let s = self.const_i64(&shape.iter().map(|d| *d as i64).collect::<Vec<_>>());
+        self.op("Reshape", &[x, &s], vec![])
+    }
+
+    pub fn reduce_sum(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
+        let kd = attr_int("keepdims", keepdims as i64);
+        if self.opset >= 13 {
+            let a = self.const_i64(axes);
+            self.op("ReduceSum", &[x, &a], vec![kd])
+        } else {
+            self.op("ReduceSum", &[x], vec![attr_ints("axes", axes), kd])
+        }
+    }
+
+    pub fn reduce_max(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
+        let kd = attr_int("keepdims", keepdims as i64);
+        if self.opset >= 18 {
+            let a = self.const_i64(axes);
+            self.op("ReduceMax", &[x, &a], vec![kd])
+        } else {
+            self.op("ReduceMax", &[x], vec![attr_ints("axes", axes), kd])
+        }
+    }
+
+    pub fn transpose(&mut self, x: &str, perm: &[usize]) -> String {
+        let p: Vec<i64> = perm.iter().map(|v| *v as i64).collect();
+        self.op("Transpose", &[x], vec![attr_ints("perm", &p)])
+    }
+
+    pub fn mul(&mut self, a: &str, b: &str) -> String {
+        self.op("Mul", &[a, b], vec![])
+    }
+
+    pub fn add(&mut self, a: &str, b: &str) -> String {
+        self.op("Add", &[a, b], vec![])
+    }
+
+    pub fn sub(&mut self, a: &str, b: &str) -> String {
+        self.op("Sub", &[a, b], vec![])
+    }
+
+    pub fn div(&mut self, a: &str, b: &str) -> String {
+        self.op("Div", &[a, b], vec![])
+    }
+
+    pub fn neg(&mut self, a: &str) -> String {
+        self.op("Neg", &[a], vec![])
+    }
+
+    /// Boolean to float (1.0 / 0.0).
+    pub fn to_float(&mut self, b: &str) -> String {
+        self.op("Cast", &[b], vec![attr_int("to", 1)])
+    }
+
+    /// `x` where `cond`, else 0 (Where from opset 9, Cast+Mul before).
+    pub fn select(&mut self, cond: &str, x: &str) -> String {
+        if self.opset >= 9 {
+            let z = self.scalar(0.0);
+            self.op("Where", &[cond, x, &z], vec![])
+        } else {
+            let m = self.to_float(cond);
+            self.mul(&m, x)
+        }
+    }
+
+    /// `a == b` for floats, from comparisons available at every opset.
+    pub fn equal(&mut self, a: &str, b: &str) -> String {
+        if self.opset >= 11 {
+            return self.op("Equal", &[a, b], vec![]);
+        }
+        let lt = self.op("Less", &[a, b], vec![]);
+        let gt = self.op("Greater", &[a, b], vec![]);
+        let ne = self.op("Or", &[&lt, &gt], vec![]);
+        self.op("Not", &[&ne], vec![])
+    }
+
+    /// Zero-padding of `x` by `pads` (ONNX order: all begins, then all ends).
+    pub fn pad(&mut self, x: &str, pads: &[i64]) -> String {
+        if pads.iter().all(|p| *p == 0) {
+            return x.to_string();
+        }
+        if self.opset >= 11 {
+            let p = self.const_i64(pads);
+            self.op("Pad", &[x, &p], vec![])
+        } else {
+            self.op("Pad", &[x], vec![attr_ints("pads", pads)])
+        }
+    }
+
+    /// `x[starts..ends]` on `axes`, step 1.
+    pub fn slice(&mut self, x: &str, starts: &[i64], ends: &[i64], axes: &[i64]) -> String {
+        if self.opset >= 10 {
+            let s = self.const_i64(starts);
+            let e = self.const_i64(ends);
+            let a = self.const_i64(axes);
+            self.op("Slice", &[x, &s, &e, &a], vec![])
+        } else {
+            self.op(
+                "Slice",
+                &[x],
+                vec![
+                    attr_ints("starts", starts),
+                    attr_ints("ends", ends),
+                    attr_ints("axes", axes),
+                ],
+            )
+        }
+    }
+
+    /// Top-`k` values along the last axis (sorted, largest first).
+    pub fn topk_values(&mut self, x: &str, k: usize) -> Result<String> {
+        let values = self.fresh("topk_values");
+        let indices = self.fresh("topk_indices");
+        let name = self.fresh("TopK");
+        let (inputs, attrs) = if self.opset >= 10 {
+            let kk = self.const_i64(&[k as i64]);
+            (vec![x.to_string(), kk], vec![attr_int("axis", -1)])
+        } else if self.opset >= 1 {
+            (
+                vec![x.to_string()],
+                vec![attr_int("axis", -1), attr_int("k", k as i64)],
+            )
+        } else {
+            bail!("TopK is not available at opset {}", self.opset);
+        };
+        self.nodes.push(pb::NodeProto {
+            op_type: "TopK".into(),
+            name,
+            input: inputs,
+            output: vec![values.clone(), indices],
+            attribute: attrs,
+            ..Default::default()
+        });
+        Ok(values)
+    }
+
+    /// Sums `g` (of shape `from`) down to the broadcast source shape `to`.
+    pub fn unbroadcast(&mut self, g: &str, from: &[usize], to: &[usize]) -> String {
+        if from == to {
+            return g.to_string();
+        }
+        let r = from.len();
+        let pad = r - to.len().min(r);
+        let axes: Vec<i64> = (0..r)
+            .filter(|&i| i < pad || (to[i - pad] == 1 && from[i] != 1))
+            .map(|i| i as i64)
+            .collect();
+        let summed = if axes.is_empty() {
+            g.to_string()
+        } else {
+            self.reduce_sum(g, &axes, true)
+        };
+        self.reshape(&summed, to)
+    }
+}

@@ -4,11 +4,14 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::classifier::Classifier;
+use crate::attack::square::Geometry;
+use crate::attack::Norm;
 use crate::data::DataSource;
 use crate::metrics::{argmax, CleanMetrics, Confusion};
 use crate::model::{OnnxModel, OutputKind, TensorInfo};
-use crate::spec::{DataMapping, InputSpec};
+use crate::oracle::ModelOracle;
+use crate::robust::{AttackSpec, EpsResult, RobustTally};
+use crate::spec::{DataMapping, InputSpec, Layout};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -73,27 +76,66 @@ pub struct AuditReport {
     /// Examples whose outputs all lie in [0,1] and sum to 1 (a sign of a softmax output).
     pub rows_like_probabilities: u64,
     pub clean: CleanMetrics,
+    /// Attacks, when asked for (`--eps`).
+    pub robust: Option<RobustReport>,
     #[serde(skip)]
     pub predictions: Vec<usize>,
     pub meta: Meta,
 }
 
+/// The robust part of a report.
+#[derive(Clone, Debug, Serialize)]
+pub struct RobustReport {
+    pub norm: Norm,
+    pub range: (f32, f32),
+    /// Attacks run as a cascade (each on the points the previous left robust)?
+    pub cascade: bool,
+    pub attacks: Vec<AttackSpec>,
+    /// Labelled examples attacked (clean-correct ones are attacked, the others count as
+    /// not robust).
+    pub examples: u64,
+    pub results: Vec<EpsResult>,
+}
+
+/// What to attack with during an audit.
+pub struct RobustPlan {
+    pub norm: Norm,
+    pub eps: Vec<f32>,
+    pub attacks: Vec<AttackSpec>,
+    pub cascade: bool,
+}
+
+/// How the attacks see an example's values (for Square's windows).
+pub fn geometry(layout: Layout, example_shape: &[usize]) -> Geometry {
+    match (layout, example_shape) {
+        (Layout::Nchw, &[c, h, w]) => Geometry::Chw { c, h, w },
+        (Layout::Nhwc, &[h, w, c]) => Geometry::Hwc { c, h, w },
+        _ => Geometry::Flat {
+            len: example_shape.iter().product(),
+        },
+    }
+}
+
 /// Scores every example of `data` (as mapped by `mapping`) and returns the report.
 /// `progress` is called with the number of examples done so far.
-pub fn clean_audit(
+#[allow(clippy::too_many_arguments)]
+pub fn run_audit(
     model: &OnnxModel,
     spec: &InputSpec,
-    classifier: &mut Classifier,
+    oracle: &mut ModelOracle,
     data: &mut dyn DataSource,
     data_spec: &str,
     mapping: &DataMapping,
+    plan: Option<&RobustPlan>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<AuditReport> {
-    let k = classifier.num_classes();
+    let k = crate::attack::Oracle::num_classes(oracle);
     let mut confusion = Confusion::new(k);
     let mut predictions = vec![];
     let mut like_probs = 0u64;
-    let chunk = classifier.batch().max(64);
+    let chunk = oracle.classifier().batch().max(64);
+    let geo = geometry(spec.layout, &mapping.example_shape);
+    let mut tally = plan.map(|p| RobustTally::new(k, &p.eps, p.attacks.clone(), p.cascade));
     let (mut raw, mut labels, mut mapped) = (vec![], vec![], vec![]);
     let mut seen = 0usize;
     loop {
@@ -104,11 +146,13 @@ pub fn clean_audit(
             break;
         }
         mapping.map_batch(&raw, &mut mapped, seen)?;
-        let logits = classifier.logits(&mapped)?;
+        let logits = oracle.classifier().logits(&mapped)?;
+        let mut batch_preds = Vec::with_capacity(n);
         for (i, row) in logits.rows().into_iter().enumerate() {
-            let row = row.as_slice().unwrap_or(&[]);
-            let p = argmax(row);
+            let row: Vec<f32> = row.iter().copied().collect();
+            let p = argmax(&row);
             predictions.push(p);
+            batch_preds.push(p);
             let sum: f32 = row.iter().sum();
             if row.iter().all(|v| (0.0..=1.0).contains(v)) && (sum - 1.0).abs() < 1e-3 {
                 like_probs += 1;
@@ -123,19 +167,46 @@ pub fn clean_audit(
                 confusion.add(y, p);
             }
         }
+        if let (Some(t), Some(p)) = (tally.as_mut(), plan) {
+            let len = mapping.example_len();
+            let idx: Vec<usize> = (0..n).filter(|i| labels[*i].is_some()).collect();
+            if !idx.is_empty() {
+                let x = crate::attack::gather(&mapped, &idx, len);
+                let y: Vec<usize> = idx.iter().filter_map(|i| labels[*i]).collect();
+                let pr: Vec<usize> = idx.iter().map(|i| batch_preds[*i]).collect();
+                t.add_batch(oracle, &x, &y, &pr, p.norm, spec.range, geo)?;
+            }
+        }
         seen += n;
         progress(seen as u64);
     }
     if seen == 0 {
         bail!("the data holds no examples");
     }
+    let clean = confusion.metrics();
+    let robust = match (tally, plan) {
+        (Some(t), Some(p)) => {
+            if clean.labelled == 0 {
+                bail!("attacks need labelled data, and the data has no labels");
+            }
+            Some(RobustReport {
+                norm: p.norm,
+                range: spec.range,
+                cascade: p.cascade,
+                attacks: p.attacks.clone(),
+                examples: clean.labelled,
+                results: t.results(clean.correct),
+            })
+        }
+        _ => None,
+    };
     Ok(AuditReport {
         schema_version: SCHEMA_VERSION,
         model: ModelFacts::of(model, model.classifier_input()?),
         input_spec: spec.clone(),
-        runtime: classifier.runtime_name().to_string(),
-        batch: classifier.batch(),
-        batch_freed: classifier.batch_freed(),
+        runtime: oracle.classifier().runtime_name().to_string(),
+        batch: oracle.classifier().batch(),
+        batch_freed: oracle.classifier().batch_freed(),
         data: DataFacts {
             spec: data_spec.to_string(),
             source: data.describe(),
@@ -144,7 +215,8 @@ pub fn clean_audit(
         },
         classes: k,
         rows_like_probabilities: like_probs,
-        clean: confusion.metrics(),
+        clean,
+        robust,
         predictions,
         meta: Meta::default(),
     })
@@ -239,6 +311,45 @@ pub fn render_text(r: &AuditReport) -> String {
                 let _ = write!(s, "{v:>6}");
             }
             let _ = writeln!(s);
+        }
+    }
+    if let Some(rb) = &r.robust {
+        let _ = writeln!(
+            s,
+            "\nrobust accuracy ({:?}, range [{}, {}], {} labelled examples{})",
+            rb.norm,
+            rb.range.0,
+            rb.range.1,
+            rb.examples,
+            if rb.cascade {
+                ", attacks in cascade"
+            } else {
+                ""
+            }
+        );
+        let _ = write!(s, "{:>8}", "eps");
+        for a in &rb.attacks {
+            let _ = write!(s, "{:>10}", a.name());
+        }
+        let _ = writeln!(s, "{:>12}", "worst case");
+        for e in &rb.results {
+            let _ = write!(s, "{:>8}", e.eps);
+            for a in &e.attacks {
+                let _ = write!(s, "{:>9.2}%", 100.0 * a.robust_accuracy);
+            }
+            let _ = writeln!(s, "{:>11.2}%", 100.0 * e.robust_accuracy);
+        }
+        let refused: u64 = rb
+            .results
+            .iter()
+            .flat_map(|e| e.attacks.iter())
+            .map(|a| a.refused)
+            .sum();
+        if refused > 0 {
+            let _ = writeln!(
+                s,
+                "note     {refused} adversarial example(s) reported by attacks failed the plain forward re-check and were not counted"
+            );
         }
     }
     s

@@ -125,6 +125,10 @@ impl Classifier {
         self.num_classes
     }
 
+    pub fn example_shape(&self) -> &[usize] {
+        &self.example_shape
+    }
+
     pub fn example_len(&self) -> usize {
         self.example_shape.iter().product()
     }

@@ -7,11 +7,15 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::attack::Norm;
 use crate::audit;
+use crate::autodiff::LossKind;
 use crate::classifier::{Classifier, RunOptions};
 use crate::data::{self, DataSource};
 use crate::inspect;
 use crate::model::OnnxModel;
+use crate::oracle::ModelOracle;
+use crate::robust::AttackKnobs;
 use crate::runtime::{OrtLocator, RuntimeChoice};
 use crate::spec::{DataMapping, InputSpec, Layout, SpecArgs};
 
@@ -41,8 +45,131 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure a model on data: clean accuracy, per-class precision/recall/F1, confusion.
+    /// Measure a model on data: clean accuracy, per-class precision/recall/F1, confusion,
+    /// and with --eps robust accuracy under attacks (per attack and worst case).
     Audit(AuditArgs),
+    /// Run one attack on data and save the adversarial examples.
+    Attack(AttackArgs),
+    /// Search a VNN-COMP property's input box for a counterexample: prints sat or unknown.
+    Falsify(FalsifyArgs),
+    /// Write the gradient graph of a model (loss and input gradient, standard ONNX ops).
+    Grad(GradArgs),
+}
+
+/// Attack settings shared by `audit` and `attack`.
+#[derive(Args, Debug, Clone)]
+pub struct AttackOpts {
+    /// Threat model norm.
+    #[arg(long, value_enum, default_value = "linf")]
+    pub norm: NormArg,
+    /// Steps of iterative attacks (default: 10 for PGD, 100 for APGD).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Restarts of iterative attacks.
+    #[arg(long, default_value_t = 1)]
+    pub restarts: usize,
+    /// Queries of the Square attack (default 5000).
+    #[arg(long)]
+    pub square_queries: Option<usize>,
+    /// Seed of every random choice (same seed, same report).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NormArg {
+    Linf,
+    L2,
+}
+
+impl AttackOpts {
+    fn norm(&self) -> Norm {
+        match self.norm {
+            NormArg::Linf => Norm::Linf,
+            NormArg::L2 => Norm::L2,
+        }
+    }
+
+    fn knobs(&self) -> AttackKnobs {
+        AttackKnobs {
+            steps: self.steps,
+            restarts: self.restarts,
+            seed: self.seed,
+            square_queries: self.square_queries,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct AttackArgs {
+    /// The ONNX model.
+    pub model: PathBuf,
+    /// Data (as for `audit`).
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// The attack: fgsm, pgd, pgd-margin, apgd-ce, apgd-dlr, apgd-t or square.
+    #[arg(long)]
+    pub attack: String,
+    /// Radius of the threat model, in raw input units.
+    #[arg(long)]
+    pub eps: f32,
+    /// Write the adversarial examples, original and new labels to this .npz file.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub attack_opts: AttackOpts,
+    #[command(flatten)]
+    pub input: InputArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct FalsifyArgs {
+    /// The ONNX model.
+    pub model: PathBuf,
+    /// The VNN-COMP property (.vnnlib).
+    pub property: PathBuf,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 20.0)]
+    pub timeout: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the answer to FILE (the competition's result file).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LossArg {
+    Ce,
+    TargetedCe,
+    Margin,
+    Dlr,
+    DlrTargeted,
+    Kl,
+    Linear,
+}
+
+#[derive(Args, Debug)]
+pub struct GradArgs {
+    /// The ONNX model.
+    pub model: PathBuf,
+    /// Where to write the gradient graph.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// The loss whose input gradient the graph computes.
+    #[arg(long, value_enum, default_value = "ce")]
+    pub loss: LossArg,
+    /// Examples per run (the graph has static shapes).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    #[command(flatten)]
+    pub input: InputArgs,
 }
 
 #[derive(Args, Debug)]
@@ -60,6 +187,15 @@ pub struct AuditArgs {
     /// Write the report as JSON to FILE (`-` for standard output).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Attack at these radii (comma-separated, raw input units).
+    #[arg(long, value_name = "E[,E...]")]
+    pub eps: Option<String>,
+    /// Attacks: names (fgsm, pgd, pgd-margin, apgd-ce, apgd-dlr, apgd-t, square) or
+    /// `standard` (APGD-CE, APGD-T, Square in a cascade). Needs --eps.
+    #[arg(long, value_name = "LIST", requires = "eps")]
+    pub attacks: Option<String>,
+    #[command(flatten)]
+    pub attack_opts: AttackOpts,
     #[command(flatten)]
     pub input: InputArgs,
     #[command(flatten)]
@@ -193,6 +329,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(EXIT_OK)
         }
         Command::Audit(a) => audit_command(a, &env),
+        Command::Attack(a) => attack_command(a, &env),
+        Command::Falsify(a) => falsify_command(a, &env),
+        Command::Grad(a) => grad_command(a),
     }
 }
 
@@ -226,19 +365,35 @@ fn open_data(
     }
 }
 
-fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
-    let started = Instant::now();
-    let model = OnnxModel::load(&a.model)?;
-    model.require_supported()?;
-    let input = model.classifier_input()?;
-    let spec_args = a.input.to_spec_args()?;
-    let mut spec = InputSpec::resolve(&input, &spec_args)?;
+/// A model opened on data: everything `audit` and `attack` share.
+struct Session {
+    model: OnnxModel,
+    spec: InputSpec,
+    data_spec: String,
+    source: Box<dyn DataSource>,
+    mapping: DataMapping,
+    opts: RunOptions,
+    oracle: ModelOracle,
+}
+
+fn open_session(
+    model_path: &Path,
+    data: Option<&str>,
+    limit: Option<usize>,
+    input: &InputArgs,
+    run: &RunArgs,
+    env: &Env,
+) -> Result<Session> {
+    let model = OnnxModel::load(model_path)?;
+    let info = model.classifier_input()?;
+    let spec_args = input.to_spec_args()?;
+    let mut spec = InputSpec::resolve(&info, &spec_args)?;
     let model_example_len: Option<usize> = spec.model_shape[1..]
         .iter()
         .map(|d| d.fixed())
         .product::<Option<usize>>();
-    let (data_spec, source) = open_data(a.data.as_deref(), model_example_len, env)?;
-    let mut source = match a.limit {
+    let (data_spec, source) = open_data(data, model_example_len, env)?;
+    let source = match limit {
         Some(0) => bail!("--limit must be at least 1"),
         Some(n) => data::limit(source, n),
         None => source,
@@ -249,16 +404,74 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         }
     }
     let mapping = DataMapping::new(&spec, source.example_shape(), source.kind())?;
-    let opts = a.run.options(env)?;
-    let mut classifier = Classifier::open(&model, &spec, &mapping.example_shape, &opts)?;
-    let bar = progress_bar(source.len().map(|n| n as u64), "scoring");
-    let mut report = audit::clean_audit(
-        &model,
-        &spec,
-        &mut classifier,
-        source.as_mut(),
-        &data_spec,
-        &mapping,
+    let opts = run.options(env)?;
+    let classifier = Classifier::open(&model, &spec, &mapping.example_shape, &opts)?;
+    let oracle = ModelOracle::new(&model, &spec, classifier, &opts)?;
+    Ok(Session {
+        model,
+        spec,
+        data_spec,
+        source,
+        mapping,
+        opts,
+        oracle,
+    })
+}
+
+fn parse_eps_list(s: &str) -> Result<Vec<f32>> {
+    let v = parse_floats("--eps", s)?;
+    if let Some(bad) = v.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
+        bail!("--eps {bad}: every eps must be a positive number");
+    }
+    Ok(v)
+}
+
+fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
+    let started = Instant::now();
+    let plan = match &a.eps {
+        None => None,
+        Some(e) => {
+            let eps = parse_eps_list(e)?;
+            let (attacks, cascade) = crate::robust::parse_attacks(
+                a.attacks.as_deref().unwrap_or("standard"),
+                &a.attack_opts.knobs(),
+            )?;
+            Some(audit::RobustPlan {
+                norm: a.attack_opts.norm(),
+                eps,
+                attacks,
+                cascade,
+            })
+        }
+    };
+    let mut s = open_session(&a.model, a.data.as_deref(), a.limit, &a.input, &a.run, env)?;
+    let gradient_free = plan
+        .as_ref()
+        .is_some_and(|p| p.attacks.iter().all(|x| !x.needs_gradients()));
+    if !gradient_free {
+        s.model.require_supported()?;
+    }
+    if let Some(p) = &plan {
+        for &eps in &p.eps {
+            crate::attack::Threat::new(p.norm, eps, s.spec.range)?;
+        }
+        if p.attacks.iter().any(|x| x.needs_gradients()) {
+            // Build the gradient graphs up front: a missing rule is an error now, not
+            // after the first batches.
+            for kind in [LossKind::CrossEntropy] {
+                s.oracle.prepare(kind)?;
+            }
+        }
+    }
+    let bar = progress_bar(s.source.len().map(|n| n as u64), "auditing");
+    let mut report = audit::run_audit(
+        &s.model,
+        &s.spec,
+        &mut s.oracle,
+        s.source.as_mut(),
+        &s.data_spec,
+        &s.mapping,
+        plan.as_ref(),
         &mut |n| bar.set_position(n),
     )?;
     bar.finish_and_clear();
@@ -277,6 +490,240 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         }
         None => print_stdout(&audit::render_text(&report))?,
     }
+    Ok(EXIT_OK)
+}
+
+fn attack_command(a: AttackArgs, env: &Env) -> Result<i32> {
+    let (mut attacks, _) = crate::robust::parse_attacks(&a.attack, &a.attack_opts.knobs())?;
+    if attacks.len() != 1 || a.attack.contains(',') || a.attack == "standard" {
+        bail!("--attack takes one attack name (use `harden audit --attacks` for several)");
+    }
+    let spec_attack = attacks.remove(0);
+    let mut s = open_session(&a.model, a.data.as_deref(), a.limit, &a.input, &a.run, env)?;
+    if spec_attack.needs_gradients() {
+        s.model.require_supported()?;
+    }
+    let threat = crate::attack::Threat::new(a.attack_opts.norm(), a.eps, s.spec.range)?;
+    let geo = audit::geometry(s.spec.layout, &s.mapping.example_shape);
+    let len = s.mapping.example_len();
+    let (mut raw, mut labels, mut mapped) = (vec![], vec![], vec![]);
+    let (mut all_adv, mut ys, mut clean_pred, mut adv_pred, mut success) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut seen = 0;
+    let bar = progress_bar(s.source.len().map(|n| n as u64), "attacking");
+    loop {
+        raw.clear();
+        labels.clear();
+        let n =
+            s.source
+                .next_batch(s.oracle.classifier().batch().max(64), &mut raw, &mut labels)?;
+        if n == 0 {
+            break;
+        }
+        s.mapping.map_batch(&raw, &mut mapped, seen)?;
+        let k = s.oracle.classifier().num_classes();
+        let y: Vec<usize> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| match l {
+                Some(v) if *v < k => Ok(*v),
+                Some(v) => bail!(
+                    "data example {} has label {v}, out of range for a model with {k} outputs",
+                    seen + i
+                ),
+                None => bail!(
+                    "data example {} has no label; attacks need labelled data",
+                    seen + i
+                ),
+            })
+            .collect::<Result<_>>()?;
+        let clean = crate::robust::predictions(&s.oracle.classifier().logits(&mapped)?);
+        let out =
+            crate::robust::run_attack(&spec_attack, &mut s.oracle, &mapped, &y, &threat, geo)?;
+        // Re-check with a plain forward pass of the original model.
+        let after = crate::robust::predictions(&s.oracle.classifier().logits(&out.x_adv)?);
+        for i in 0..n {
+            let inside = threat.contains(
+                &out.x_adv[i * len..(i + 1) * len],
+                &mapped[i * len..(i + 1) * len],
+            );
+            success.push(inside && clean[i] == y[i] && after[i] != y[i]);
+        }
+        all_adv.extend_from_slice(&out.x_adv);
+        ys.extend(y);
+        clean_pred.extend(clean);
+        adv_pred.extend(after);
+        seen += n;
+        bar.set_position(seen as u64);
+    }
+    bar.finish_and_clear();
+    if seen == 0 {
+        bail!("the data holds no examples");
+    }
+    let correct = ys.iter().zip(&clean_pred).filter(|(a, b)| a == b).count();
+    let broken = success.iter().filter(|b| **b).count();
+    if let Some(out) = &a.out {
+        let mut shape = vec![seen];
+        shape.extend(&s.mapping.example_shape);
+        let to_i64 = |v: &[usize]| v.iter().map(|x| *x as i64).collect::<Vec<_>>();
+        let bytes = crate::npz::write_npz(&[
+            ("x_adv", crate::npz::Array::F32(&shape, &all_adv)),
+            ("y", crate::npz::Array::I64(&[seen], &to_i64(&ys))),
+            (
+                "y_clean",
+                crate::npz::Array::I64(&[seen], &to_i64(&clean_pred)),
+            ),
+            ("y_adv", crate::npz::Array::I64(&[seen], &to_i64(&adv_pred))),
+            ("success", crate::npz::Array::Bool(&[seen], &success)),
+        ])?;
+        write_atomic(out, &bytes)?;
+    }
+    print_stdout(&format!(
+        "{} eps={} on {} examples ({}): clean accuracy {:.2}%, robust accuracy {:.2}% ({} of {} correct examples broken, each re-checked by a plain forward pass){}\n",
+        spec_attack.name(),
+        a.eps,
+        seen,
+        s.oracle.classifier().runtime_name(),
+        100.0 * correct as f64 / seen as f64,
+        100.0 * (correct - broken) as f64 / seen as f64,
+        broken,
+        correct,
+        a.out.as_ref().map(|p| format!("; saved to {}", p.display())).unwrap_or_default()
+    ))?;
+    let _ = &s.opts;
+    Ok(EXIT_OK)
+}
+
+fn falsify_command(a: FalsifyArgs, env: &Env) -> Result<i32> {
+    let started = Instant::now();
+    if !(a.timeout.is_finite() && a.timeout > 0.0) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    let model = OnnxModel::load(&a.model)?;
+    let info = model.classifier_input()?;
+    let props = crate::data::vnnlib::parse_vnnlib_file(&a.property)?;
+    let example_shape: Vec<usize> = info.shape[1..]
+        .iter()
+        .map(|d| d.fixed())
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow!("input '{}' has symbolic example dimensions", info.name))?;
+    let lo = props
+        .iter()
+        .flat_map(|p| p.input_lo.iter())
+        .cloned()
+        .fold(f64::INFINITY, f64::min) as f32;
+    let hi = props
+        .iter()
+        .flat_map(|p| p.input_hi.iter())
+        .cloned()
+        .fold(f64::NEG_INFINITY, f64::max) as f32;
+    let spec_args = SpecArgs {
+        layout: Some(Layout::Flat),
+        range: Some((lo, if hi > lo { hi } else { lo + 1.0 })),
+        ..Default::default()
+    };
+    let spec = InputSpec::resolve(&info, &spec_args)?;
+    let opts = a.run.options(env)?;
+    let classifier = Classifier::open(&model, &spec, &example_shape, &opts)?;
+    let mut oracle = ModelOracle::new(&model, &spec, classifier, &opts)?;
+    let gradients =
+        model.unsupported_nodes().is_empty() && oracle.prepare(LossKind::Linear).is_ok();
+    let deadline = a.timeout;
+    let mut answer = String::from("unknown\n");
+    for (i, prop) in props.iter().enumerate() {
+        let cfg = crate::falsify::FalsifyConfig {
+            seed: a.seed.wrapping_add(i as u64),
+            // Without gradients only sampling runs.
+            steps: if gradients { 60 } else { 0 },
+            ..Default::default()
+        };
+        let mut stop = || started.elapsed().as_secs_f64() > deadline;
+        let (found, _stats) = crate::falsify::falsify(&mut oracle, prop, &cfg, &mut stop)?;
+        if let Some(cx) = found {
+            // Re-check on the original model with a plain forward pass, inside the box.
+            let y = oracle.classifier().logits(&cx.x)?;
+            let y: Vec<f32> = y.iter().copied().collect();
+            let inside =
+                cx.x.iter().enumerate().all(|(j, v)| {
+                    (*v as f64) >= prop.input_lo[j] && (*v as f64) <= prop.input_hi[j]
+                });
+            if inside && prop.is_unsafe(&y) {
+                answer = crate::falsify::render_counterexample(&crate::falsify::Counterexample {
+                    x: cx.x,
+                    y,
+                });
+                break;
+            }
+        }
+        if started.elapsed().as_secs_f64() > deadline {
+            break;
+        }
+    }
+    if let Some(p) = &a.output {
+        write_atomic(p, answer.as_bytes())?;
+    }
+    print_stdout(&answer)?;
+    Ok(EXIT_OK)
+}
+
+fn grad_command(a: GradArgs) -> Result<i32> {
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let model = OnnxModel::load(&a.model)?;
+    let info = model.classifier_input()?;
+    let spec = InputSpec::resolve(&info, &a.input.to_spec_args()?)?;
+    let example_shape: Vec<usize> = info.shape[1..]
+        .iter()
+        .map(|d| d.fixed())
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow!("input '{}' has symbolic example dimensions", info.name))?;
+    let kind = match a.loss {
+        LossArg::Ce => LossKind::CrossEntropy,
+        LossArg::TargetedCe => LossKind::TargetedCrossEntropy,
+        LossArg::Margin => LossKind::Margin,
+        LossArg::Dlr => LossKind::Dlr,
+        LossArg::DlrTargeted => LossKind::DlrTargeted,
+        LossArg::Kl => LossKind::Kl,
+        LossArg::Linear => LossKind::Linear,
+    };
+    let mut proto = spec.wrap(&model)?;
+    if let (Some(b), true) = (spec.fixed_batch(), a.batch > 1) {
+        if a.batch != b {
+            proto = crate::model::free_batch(&proto, &spec.input_name)
+                .ok_or_else(|| anyhow!("cannot change the model's fixed batch {b}"))?;
+        }
+    }
+    let g =
+        crate::autodiff::gradient_graph(&proto, &spec.input_name, &example_shape, a.batch, kind)?;
+    write_atomic(&a.output, &prost::Message::encode_to_vec(&g.proto))?;
+    print_stdout(&format!(
+        "wrote {}: inputs {} [{}, ...]{}, outputs {} [{}, {}], {} [{}], {} (d loss / d input)\n",
+        a.output.display(),
+        spec.input_name,
+        a.batch,
+        match g.head_inputs {
+            2 => format!(
+                ", {} and {} [{}, {}]",
+                crate::autodiff::HEAD_A,
+                crate::autodiff::HEAD_B,
+                a.batch,
+                g.num_classes
+            ),
+            _ => format!(
+                ", {} [{}, {}]",
+                crate::autodiff::HEAD_A,
+                a.batch,
+                g.num_classes
+            ),
+        },
+        crate::autodiff::LOGITS,
+        a.batch,
+        g.num_classes,
+        crate::autodiff::LOSS,
+        a.batch,
+        crate::autodiff::GRAD
+    ))?;
     Ok(EXIT_OK)
 }
 

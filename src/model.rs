@@ -227,8 +227,8 @@ impl OnnxModel {
             .initializer
             .iter()
             .filter(|t| is_float_type(t.data_type))
-            .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
-            .sum();
+            .map(|t| element_count(&t.dims))
+            .fold(0u64, u64::saturating_add);
         let consts: u64 = g
             .node
             .iter()
@@ -236,10 +236,10 @@ impl OnnxModel {
             .flat_map(|n| n.attribute.iter())
             .filter_map(|a| a.t.as_ref())
             // Scalars and one-element constants are normalisation constants, not weights.
-            .filter(|t| is_float_type(t.data_type) && t.dims.iter().product::<i64>() > 1)
-            .map(|t| t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>())
-            .sum();
-        init + consts
+            .filter(|t| is_float_type(t.data_type) && element_count(&t.dims) > 1)
+            .map(|t| element_count(&t.dims))
+            .fold(0u64, u64::saturating_add);
+        init.saturating_add(consts)
     }
 
     /// Op type (with domain prefix where not `ai.onnx`) to number of nodes, sorted by name.
@@ -301,6 +301,12 @@ impl OnnxModel {
     pub fn to_bytes(&self) -> Vec<u8> {
         self.proto.encode_to_vec()
     }
+}
+
+/// Elements of a tensor with `dims` (negative dims count as 0; saturates, never overflows).
+fn element_count(dims: &[i64]) -> u64 {
+    dims.iter()
+        .fold(1u64, |acc, &d| acc.saturating_mul(d.max(0) as u64))
 }
 
 fn is_float_type(t: i32) -> bool {

@@ -192,12 +192,12 @@ impl RobustTally {
     }
 
     /// Attacks one batch (`x` in the model's raw input space) and re-checks every
-    /// adversarial example with `check` (a plain forward pass of the original model).
+    /// adversarial example with `oracle.logits` (a plain forward pass of the original
+    /// model, not a gradient graph).
     #[allow(clippy::too_many_arguments)]
     pub fn add_batch(
         &mut self,
         oracle: &mut dyn Oracle,
-        check: &mut dyn FnMut(&[f32]) -> Result<Vec<usize>>,
         x: &[f32],
         labels: &[usize],
         clean_pred: &[usize],
@@ -228,7 +228,8 @@ impl RobustTally {
                     let found: Vec<usize> = (0..idx.len()).filter(|j| out.success[*j]).collect();
                     if !found.is_empty() {
                         let adv = gather(&out.x_adv, &found, len);
-                        let preds = check(&adv)?;
+                        // `Oracle::logits` is a plain forward pass of the original model.
+                        let preds = predictions(&oracle.logits(&adv)?);
                         for (m, &j) in found.iter().enumerate() {
                             let inside = threat.contains(
                                 &adv[m * len..(m + 1) * len],
@@ -359,11 +360,8 @@ mod tests {
         let correct = clean.iter().zip(&y).filter(|(a, b)| a == b).count() as u64;
         let (attacks, cascade) = parse_attacks("fgsm,pgd,square", &knobs()).unwrap();
         let mut t = RobustTally::new(5, &[0.02, 0.1], attacks, cascade);
-        let mut checker = TinyNet::new(16, 16, 5, 51);
-        let mut check = |a: &[f32]| Ok(predictions(&checker.logits(a)?));
         t.add_batch(
             &mut net,
-            &mut check,
             &x,
             &y,
             &clean,

@@ -1,0 +1,167 @@
+//! The attacks' view of a model: logits from the plain classifier, loss gradients from
+//! gradient graphs (one per loss kind, built on first use, run at a fixed batch with the
+//! last chunk padded).
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Result};
+use ndarray::{Array2, ArrayD, IxDyn};
+
+use crate::attack::{Head, LossGrad, Oracle};
+use crate::autodiff::{self, LossKind};
+use crate::classifier::{Classifier, RunOptions};
+use crate::model::{self, pb, OnnxModel};
+use crate::runtime::{self, Runtime};
+use crate::spec::InputSpec;
+
+pub struct ModelOracle {
+    classifier: Classifier,
+    /// The model as the classifier runs it (preprocessing in front, batch maybe freed).
+    proto: pb::ModelProto,
+    input: String,
+    example_shape: Vec<usize>,
+    batch: usize,
+    opts: RunOptions,
+    graphs: HashMap<LossKind, Box<dyn Runtime>>,
+}
+
+impl ModelOracle {
+    pub fn new(
+        model: &OnnxModel,
+        spec: &InputSpec,
+        classifier: Classifier,
+        opts: &RunOptions,
+    ) -> Result<ModelOracle> {
+        let mut proto = spec.wrap(model)?;
+        if classifier.batch_freed() {
+            if let Some(free) = model::free_batch(&proto, &spec.input_name) {
+                proto = free;
+            }
+        }
+        Ok(ModelOracle {
+            batch: classifier.batch(),
+            example_shape: classifier.example_shape().to_vec(),
+            classifier,
+            proto,
+            input: spec.input_name.clone(),
+            opts: opts.clone(),
+            graphs: HashMap::new(),
+        })
+    }
+
+    pub fn classifier(&mut self) -> &mut Classifier {
+        &mut self.classifier
+    }
+
+    /// The gradient graph for `kind` (built and opened on first use).
+    pub fn graph_proto(&self, kind: LossKind) -> Result<autodiff::GradGraph> {
+        autodiff::gradient_graph(
+            &self.proto,
+            &self.input,
+            &self.example_shape,
+            self.batch,
+            kind,
+        )
+    }
+
+    /// Builds the gradient graph for `kind` now (errors name an unsupported node).
+    pub fn prepare(&mut self, kind: LossKind) -> Result<()> {
+        if !self.graphs.contains_key(&kind) {
+            let g = self.graph_proto(kind)?;
+            let bytes = prost::Message::encode_to_vec(&g.proto);
+            let rt = runtime::open(self.opts.runtime, &bytes, self.opts.threads, &self.opts.ort)?;
+            self.graphs.insert(kind, rt);
+        }
+        Ok(())
+    }
+}
+
+fn onehot(idx: &[usize], k: usize) -> Vec<f32> {
+    let mut v = vec![0.0; idx.len() * k];
+    for (i, &c) in idx.iter().enumerate() {
+        if c < k {
+            v[i * k + c] = 1.0;
+        }
+    }
+    v
+}
+
+impl Oracle for ModelOracle {
+    fn num_classes(&self) -> usize {
+        self.classifier.num_classes()
+    }
+
+    fn example_len(&self) -> usize {
+        self.example_shape.iter().product()
+    }
+
+    fn logits(&mut self, x: &[f32]) -> Result<Array2<f32>> {
+        self.classifier.logits(x)
+    }
+
+    fn loss_grad(&mut self, x: &[f32], head: Head<'_>) -> Result<LossGrad> {
+        let k = self.num_classes();
+        let len = self.example_len();
+        let n = x.len() / len;
+        let (kind, extra): (LossKind, Vec<Vec<f32>>) = match head {
+            Head::CrossEntropy { labels } => (LossKind::CrossEntropy, vec![onehot(labels, k)]),
+            Head::TargetedCrossEntropy { targets } => {
+                (LossKind::TargetedCrossEntropy, vec![onehot(targets, k)])
+            }
+            Head::Margin { labels } => (LossKind::Margin, vec![onehot(labels, k)]),
+            Head::Dlr { labels } => (LossKind::Dlr, vec![onehot(labels, k)]),
+            Head::DlrTargeted { labels, targets } => (
+                LossKind::DlrTargeted,
+                vec![onehot(labels, k), onehot(targets, k)],
+            ),
+            Head::Kl { probs } => (LossKind::Kl, vec![probs.to_vec()]),
+            Head::Linear { coeffs } => (LossKind::Linear, vec![coeffs.to_vec()]),
+        };
+        if extra.iter().any(|e| e.len() != n * k) {
+            bail!("loss inputs do not match {n} examples of {k} classes");
+        }
+        self.prepare(kind)?;
+        let b = self.batch;
+        let mut xshape = vec![b];
+        xshape.extend(&self.example_shape);
+        let Some(rt) = self.graphs.get_mut(&kind) else {
+            bail!("no gradient graph for {kind:?}");
+        };
+        let mut logits = Vec::with_capacity(n * k);
+        let mut loss = Vec::with_capacity(n);
+        let mut grad = Vec::with_capacity(n * len);
+        let mut done = 0;
+        while done < n {
+            let take = (n - done).min(b);
+            let mut xb = x[done * len..(done + take) * len].to_vec();
+            xb.resize(b * len, 0.0);
+            let xa = ArrayD::from_shape_vec(IxDyn(&xshape), xb)?;
+            let heads: Vec<ArrayD<f32>> = extra
+                .iter()
+                .map(|e| {
+                    let mut v = e[done * k..(done + take) * k].to_vec();
+                    v.resize(b * k, 0.0);
+                    ArrayD::from_shape_vec(IxDyn(&[b, k]), v)
+                })
+                .collect::<std::result::Result<_, _>>()?;
+            let mut views = vec![xa.view()];
+            views.extend(heads.iter().map(|h| h.view()));
+            let out = rt.run(&views)?;
+            if out.len() != 3 {
+                bail!(
+                    "the gradient graph returned {} outputs, expected 3",
+                    out.len()
+                );
+            }
+            logits.extend(out[0].iter().take(take * k));
+            loss.extend(out[1].iter().take(take));
+            grad.extend(out[2].iter().take(take * len));
+            done += take;
+        }
+        Ok(LossGrad {
+            logits: Array2::from_shape_vec((n, k), logits)?,
+            loss,
+            grad,
+        })
+    }
+}

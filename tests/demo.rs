@@ -6,12 +6,15 @@ mod common;
 use assert_cmd::Command;
 
 fn fashion_mnist_installed() -> bool {
-    let ok = std::path::Path::new("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file();
+    let ok = std::path::Path::new("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+        .is_file();
     if !ok {
         if std::env::var_os("HARDEN_REQUIRE_DATA").is_some() {
             panic!("HARDEN_REQUIRE_DATA is set but Fashion-MNIST is not installed");
         }
-        eprintln!("skipping: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)");
+        eprintln!(
+            "skipping: Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
+        );
     }
     ok
 }
@@ -20,12 +23,23 @@ fn audit(args: &[&str]) -> serde_json::Value {
     let out = Command::cargo_bin("harden")
         .unwrap()
         .env("CI", "1")
-        .args(["audit", common::root().join("models/fmnist_cnn.onnx").to_str().unwrap()])
+        .args([
+            "audit",
+            common::root()
+                .join("models/fmnist_cnn.onnx")
+                .to_str()
+                .unwrap(),
+        ])
         .args(args)
         .args(["--json", "-"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -48,7 +62,10 @@ fn demo_accuracy_matches_the_framework() {
         let r = audit(&["--data", "fashion-mnist:test", "--runtime", rt]);
         assert_eq!(r["data"]["examples"], 10000);
         let got = r["clean"]["correct"].as_i64().unwrap();
-        assert!((got - want).abs() <= 10, "{rt}: harden counts {got}/10000, the framework {want}/10000");
+        assert!(
+            (got - want).abs() <= 10,
+            "{rt}: harden counts {got}/10000, the framework {want}/10000"
+        );
         assert!(got >= 8900, "{rt}: demo accuracy {got}/10000 is below 89%");
         assert_eq!(r["input_spec"]["layout"], "nhwc");
     }
@@ -58,7 +75,10 @@ fn demo_accuracy_matches_the_framework() {
 fn demo_checksum_matches_provenance() {
     use sha2::Digest;
     let bytes = std::fs::read(common::root().join("models/fmnist_cnn.onnx")).unwrap();
-    let sha: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let sha: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(sha, meta()["sha256"].as_str().unwrap());
 }
 

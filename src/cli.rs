@@ -376,8 +376,11 @@ struct Session {
     oracle: ModelOracle,
 }
 
+/// Opens the model (refusing ops without a backward rule when `needs_gradients`), the
+/// data and the runtime.
 fn open_session(
     model_path: &Path,
+    needs_gradients: bool,
     data: Option<&str>,
     limit: Option<usize>,
     input: &InputArgs,
@@ -385,6 +388,9 @@ fn open_session(
     env: &Env,
 ) -> Result<Session> {
     let model = OnnxModel::load(model_path)?;
+    if needs_gradients {
+        model.require_supported()?;
+    }
     let info = model.classifier_input()?;
     let spec_args = input.to_spec_args()?;
     let mut spec = InputSpec::resolve(&info, &spec_args)?;
@@ -444,13 +450,19 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
             })
         }
     };
-    let mut s = open_session(&a.model, a.data.as_deref(), a.limit, &a.input, &a.run, env)?;
+    // A clean audit and gradient attacks need every op supported; Square alone does not.
     let gradient_free = plan
         .as_ref()
         .is_some_and(|p| p.attacks.iter().all(|x| !x.needs_gradients()));
-    if !gradient_free {
-        s.model.require_supported()?;
-    }
+    let mut s = open_session(
+        &a.model,
+        !gradient_free,
+        a.data.as_deref(),
+        a.limit,
+        &a.input,
+        &a.run,
+        env,
+    )?;
     if let Some(p) = &plan {
         for &eps in &p.eps {
             crate::attack::Threat::new(p.norm, eps, s.spec.range)?;
@@ -499,10 +511,15 @@ fn attack_command(a: AttackArgs, env: &Env) -> Result<i32> {
         bail!("--attack takes one attack name (use `harden audit --attacks` for several)");
     }
     let spec_attack = attacks.remove(0);
-    let mut s = open_session(&a.model, a.data.as_deref(), a.limit, &a.input, &a.run, env)?;
-    if spec_attack.needs_gradients() {
-        s.model.require_supported()?;
-    }
+    let mut s = open_session(
+        &a.model,
+        spec_attack.needs_gradients(),
+        a.data.as_deref(),
+        a.limit,
+        &a.input,
+        &a.run,
+        env,
+    )?;
     let threat = crate::attack::Threat::new(a.attack_opts.norm(), a.eps, s.spec.range)?;
     let geo = audit::geometry(s.spec.layout, &s.mapping.example_shape);
     let len = s.mapping.example_len();

@@ -113,7 +113,7 @@ pub struct AttackArgs {
     #[arg(long)]
     pub attack: String,
     /// Radius of the threat model, in raw input units.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub eps: f32,
     /// Write the adversarial examples, original and new labels to this .npz file.
     #[arg(long, value_name = "FILE")]
@@ -188,7 +188,7 @@ pub struct AuditArgs {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
     /// Attack at these radii (comma-separated, raw input units).
-    #[arg(long, value_name = "E[,E...]")]
+    #[arg(long, value_name = "E[,E...]", allow_hyphen_values = true)]
     pub eps: Option<String>,
     /// Attacks: names (fgsm, pgd, pgd-margin, apgd-ce, apgd-dlr, apgd-t, square) or
     /// `standard` (APGD-CE, APGD-T, Square in a cascade). Needs --eps.

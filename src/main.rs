@@ -12,10 +12,15 @@ fn main() {
                     std::process::exit(cli::EXIT_OK);
                 }
                 _ => {
-                    // One line: clap's first line names the problem.
+                    // One line: clap's message up to its usage hint.
                     let msg = e.render().to_string();
-                    let first = msg.lines().next().unwrap_or("error: bad arguments");
-                    eprintln!("harden: {}", first.trim_start_matches("error: "));
+                    let line: Vec<&str> = msg
+                        .lines()
+                        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+                        .map(str::trim)
+                        .collect();
+                    let line = line.join(" ");
+                    eprintln!("harden: {}", line.trim_start_matches("error: "));
                     std::process::exit(cli::EXIT_ERROR);
                 }
             }

@@ -15,7 +15,11 @@ fn expected() -> serde_json::Map<String, serde_json::Value> {
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 #[test]
@@ -40,7 +44,10 @@ fn fixtures_match_reference_logits_on_both_runtimes() {
 
 #[test]
 fn fixed_batch_model_runs_in_large_batches() {
-    let (_, _, c) = common::classifier(&common::fixture("cnn_fixed_batch.onnx"), RuntimeChoice::Tract);
+    let (_, _, c) = common::classifier(
+        &common::fixture("cnn_fixed_batch.onnx"),
+        RuntimeChoice::Tract,
+    );
     assert!(c.batch_freed());
     assert_eq!(c.batch(), 32);
 }
@@ -51,7 +58,8 @@ fn external_data_equals_inline() {
     let b = harden::model::OnnxModel::load(&common::fixture("external_data.onnx")).unwrap();
     assert_eq!(a.parameter_count(), b.parameter_count());
     let (_, _, mut ca) = common::classifier(&common::fixture("mlp.onnx"), RuntimeChoice::Tract);
-    let (_, _, mut cb) = common::classifier(&common::fixture("external_data.onnx"), RuntimeChoice::Tract);
+    let (_, _, mut cb) =
+        common::classifier(&common::fixture("external_data.onnx"), RuntimeChoice::Tract);
     let x = common::lcg_vec(784 * 2, 5, 0.0, 1.0);
     assert_eq!(ca.logits(&x).unwrap(), cb.logits(&x).unwrap());
 }
@@ -64,14 +72,30 @@ fn data_formats_agree() {
         let out = assert_cmd::Command::cargo_bin("harden")
             .unwrap()
             .env("CI", "1")
-            .args(["audit", mlp.to_str().unwrap(), "--data", data, "--runtime", "tract", "--json", "-"])
+            .args([
+                "audit",
+                mlp.to_str().unwrap(),
+                "--data",
+                data,
+                "--runtime",
+                "tract",
+                "--json",
+                "-",
+            ])
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{data}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{data}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let npz = run(common::fixture("data/tiny.npz").to_str().unwrap());
-    let idx = run(common::fixture("data/tiny-images-idx3-ubyte").to_str().unwrap());
+    let idx = run(common::fixture("data/tiny-images-idx3-ubyte")
+        .to_str()
+        .unwrap());
     assert_eq!(npz["clean"]["correct"], idx["clean"]["correct"]);
     assert_eq!(npz["clean"]["labelled"], 20);
     let unlabelled = run(common::fixture("data/tiny_images.npy").to_str().unwrap());

@@ -212,6 +212,28 @@ impl Builder {
         }
     }
 
+    /// Nearest-neighbour upsampling of the last two axes of a 4-D tensor by (kh, kw), each
+    /// value repeated (Resize, opset 11+).
+    pub fn resize_nearest(&mut self, x: &str, kh: usize, kw: usize) -> String {
+        let roi = self.const_f32(&[0], vec![]);
+        let scales = self.const_f32(&[4], vec![1.0, 1.0, kh as f32, kw as f32]);
+        let s = |name: &str, v: &str| pb::AttributeProto {
+            name: name.into(),
+            r#type: 3,
+            s: v.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        self.op(
+            "Resize",
+            &[x, &roi, &scales],
+            vec![
+                s("mode", "nearest"),
+                s("coordinate_transformation_mode", "asymmetric"),
+                s("nearest_mode", "floor"),
+            ],
+        )
+    }
+
     /// Top-`k` values along the last axis (sorted, largest first).
     pub fn topk_values(&mut self, x: &str, k: usize) -> Result<String> {
         let values = self.fresh("topk_values");

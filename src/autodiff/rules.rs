@@ -203,7 +203,15 @@ pub fn backward(
         }
         "Gemm" => gemm(b, n, dy, &mut g, need(0), need(1), need(2), shapes)?,
         "MatMul" => matmul(b, n, dy, &mut g, need(0), need(1), shapes)?,
-        "Conv" => conv(b, n, dy, &mut g, need(0), need(1), need(2), shapes)?,
+        "Conv" => conv(
+            b,
+            n,
+            dy,
+            &mut g,
+            [need(0), need(1), need(2)],
+            shapes,
+            consts,
+        )?,
         "MaxPool" => maxpool(b, n, dy, &mut g, shapes)?,
         "AveragePool" => avgpool(b, n, dy, &mut g, shapes)?,
         "GlobalAveragePool" => {
@@ -512,10 +520,9 @@ fn conv(
     n: &pb::NodeProto,
     dy: &str,
     g: &mut Grads,
-    need_x: bool,
-    need_w: bool,
-    need_b: bool,
+    [need_x, need_w, need_b]: [bool; 3],
     shapes: &Shapes,
+    consts: &Consts,
 ) -> Result<()> {
     let xs = shape(shapes, &n.input[0])?.clone();
     let ws = shape(shapes, &n.input[1])?.clone();
@@ -530,7 +537,31 @@ fn conv(
         .unwrap_or(vec![1; r]);
     let group = int_attr(n, "group", 1);
     let pads = conv_pads(n, &xs[2..], &ys[2..], &k, &s, &d)?;
-    if need_x {
+    let unit = s.iter().all(|v| *v == 1) && d.iter().all(|v| *v == 1) && group == 1;
+    let fits = (0..r).all(|i| pads[i] < k[i] as i64 && pads[r + i] < k[i] as i64);
+    let weights = consts
+        .f32s(&n.input[1])
+        .filter(|w| w.len() == ws.iter().product::<usize>());
+    if let (true, true, true, Some(w)) = (need_x, unit, fits, weights) {
+        // Stride 1: dX is a plain Conv of dy with the kernel flipped and its channel axes
+        // swapped, padded to a "full" correlation; ONNX Runtime runs Conv much faster
+        // than ConvTranspose.
+        let (m, c) = (ws[0], ws[1]);
+        let ksz: usize = k.iter().product();
+        let mut wt = vec![0.0f32; w.len()];
+        for mo in 0..m {
+            for ci in 0..c {
+                for q in 0..ksz {
+                    wt[(ci * m + mo) * ksz + (ksz - 1 - q)] = w[(mo * c + ci) * ksz + q];
+                }
+            }
+        }
+        let mut wdims = vec![c, m];
+        wdims.extend(&k);
+        let wc = b.const_f32(&wdims, wt);
+        let full: Vec<i64> = (0..2 * r).map(|i| k[i % r] as i64 - 1 - pads[i]).collect();
+        g[0] = Some(b.op("Conv", &[dy, &wc], vec![attr_ints("pads", &full)]));
+    } else if need_x {
         let op = output_padding(&xs[2..], &ys[2..], &k, &s, &d, &pads)?;
         let to_i = |v: &[usize]| v.iter().map(|x| *x as i64).collect::<Vec<_>>();
         let mut attrs = vec![
@@ -630,6 +661,10 @@ fn maxpool(
     shapes: &Shapes,
 ) -> Result<()> {
     let p = pool_geom(n, shapes)?;
+    let tiles = p.s == p.k && p.d == [1, 1] && p.pads.iter().all(|v| *v == 0);
+    if tiles {
+        return maxpool_tiles(b, n, dy, g, &p);
+    }
     let (bn, c) = (p.xs[0], p.xs[1]);
     let (oh, ow) = (p.ys[2], p.ys[3]);
     let kk = p.k[0] * p.k[1];
@@ -651,6 +686,48 @@ fn maxpool(
     let gp = b.mul(&share, &dy5);
     let g4 = b.reshape(&gp, &[bn, c * kk, oh, ow]);
     g[0] = Some(b.op("ConvTranspose", &[&g4, &ew], pool_attrs(&p, c, true)?));
+    Ok(())
+}
+
+/// MaxPool with windows that tile the input (stride = kernel, no padding, the usual 2x2):
+/// upsample the pooled maximum and dy to the windows, compare, keep dy where the input
+/// equals its window's maximum, and zero-pad the rows/columns the pooling dropped. No
+/// convolutions. (Before opset 11, without Resize: reshape into windows and share dy
+/// among tied entries.)
+fn maxpool_tiles(
+    b: &mut Builder,
+    n: &pb::NodeProto,
+    dy: &str,
+    g: &mut Grads,
+    p: &PoolGeom,
+) -> Result<()> {
+    let (bn, c, h, w) = (p.xs[0], p.xs[1], p.xs[2], p.xs[3]);
+    let (oh, ow, kh, kw) = (p.ys[2], p.ys[3], p.k[0], p.k[1]);
+    let (ch, cw) = (oh * kh, ow * kw);
+    let x = if (ch, cw) == (h, w) {
+        n.input[0].clone()
+    } else {
+        b.slice(&n.input[0], &[0, 0], &[ch as i64, cw as i64], &[2, 3])
+    };
+    let g4 = if b.opset >= 11 {
+        // Upsample y and dy to the windows with nearest-neighbour Resize (fast on ONNX
+        // Runtime); ties between positive entries (measure zero) all receive dy.
+        let y_up = b.resize_nearest(&n.output[0], kh, kw);
+        let dy_up = b.resize_nearest(dy, kh, kw);
+        let eq = b.equal(&x, &y_up);
+        b.select(&eq, &dy_up)
+    } else {
+        let x6 = b.reshape(&x, &[bn, c, oh, kh, ow, kw]);
+        let y6 = b.reshape(&n.output[0], &[bn, c, oh, 1, ow, 1]);
+        let eq = b.equal(&x6, &y6);
+        let mask = b.to_float(&eq);
+        let cnt = b.reduce_sum(&mask, &[3, 5], true);
+        let dy6 = b.reshape(dy, &[bn, c, oh, 1, ow, 1]);
+        let share = b.div(&dy6, &cnt);
+        let g6 = b.mul(&mask, &share);
+        b.reshape(&g6, &[bn, c, ch, cw])
+    };
+    g[0] = Some(b.pad(&g4, &[0, 0, 0, 0, 0, 0, (h - ch) as i64, (w - cw) as i64]));
     Ok(())
 }
 

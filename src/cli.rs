@@ -470,9 +470,7 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         if p.attacks.iter().any(|x| x.needs_gradients()) {
             // Build the gradient graphs up front: a missing rule is an error now, not
             // after the first batches.
-            for kind in [LossKind::CrossEntropy] {
-                s.oracle.prepare(kind)?;
-            }
+            s.oracle.prepare(LossKind::CrossEntropy)?;
         }
     }
     let bar = progress_bar(s.source.len().map(|n| n as u64), "auditing");

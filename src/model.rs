@@ -637,7 +637,7 @@ pub fn int64_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
     if !t.int64_data.is_empty() {
         return Some(t.int64_data.clone());
     }
-    if t.raw_data.len() % 8 != 0 {
+    if !t.raw_data.len().is_multiple_of(8) {
         return None;
     }
     Some(

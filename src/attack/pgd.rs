@@ -225,10 +225,10 @@ mod tests {
         )
         .unwrap();
         let mut hits = 0;
-        for i in 0..32 {
+        for (i, ti) in t.iter().enumerate() {
             if p.success[i] {
                 let l = net.logits(&p.x_adv[i * 20..(i + 1) * 20]).unwrap();
-                assert_eq!(crate::metrics::argmax(l.row(0).as_slice().unwrap()), t[i]);
+                assert_eq!(crate::metrics::argmax(l.row(0).as_slice().unwrap()), *ti);
                 hits += 1;
             }
         }

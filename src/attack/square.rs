@@ -169,9 +169,7 @@ pub fn square(
             }
         }
     }
-    for i in 0..n {
-        out.success[i] = m_best[i] < 0.0;
-    }
+    out.success = m_best.iter().map(|m| *m < 0.0).collect();
     out.x_adv = x_best;
     Ok(out)
 }

@@ -153,7 +153,7 @@ impl Builder {
     }
 
     /// Boolean to float (1.0 / 0.0).
-    pub fn to_float(&mut self, b: &str) -> String {
+    pub fn as_float(&mut self, b: &str) -> String {
         self.op("Cast", &[b], vec![attr_int("to", 1)])
     }
 
@@ -163,7 +163,7 @@ impl Builder {
             let z = self.scalar(0.0);
             self.op("Where", &[cond, x, &z], vec![])
         } else {
-            let m = self.to_float(cond);
+            let m = self.as_float(cond);
             self.mul(&m, x)
         }
     }

@@ -96,7 +96,7 @@ pub fn seed(
             let zy = b.reduce_sum(&za, &[1], true);
             let lt = b.op("Less", &[&other, &m], vec![]);
             let ge = b.op("Not", &[&lt], vec![]);
-            let oh_j = b.to_float(&ge);
+            let oh_j = b.as_float(&ge);
             match kind {
                 LossKind::Margin => {
                     let l = b.sub(&m, &zy);
@@ -108,7 +108,7 @@ pub fn seed(
                     let v3 = b.slice(&top, &[2], &[3], &[1]);
                     let oh1 = onehot_ge(b, z, &v1);
                     let oh3 = b.equal(z, &v3);
-                    let oh3 = b.to_float(&oh3);
+                    let oh3 = b.as_float(&oh3);
                     let num = b.sub(&zy, &m);
                     dlr(b, batch, &num, &v1, &v3, None, a, &oh_j, &oh1, &oh3, None)
                 }
@@ -120,9 +120,9 @@ pub fn seed(
                     let v4 = b.slice(&top, &[3], &[4], &[1]);
                     let oh1 = onehot_ge(b, z, &v1);
                     let e3 = b.equal(z, &v3);
-                    let oh3 = b.to_float(&e3);
+                    let oh3 = b.as_float(&e3);
                     let e4 = b.equal(z, &v4);
-                    let oh4 = b.to_float(&e4);
+                    let oh4 = b.as_float(&e4);
                     let zt_ = b.mul(z, t);
                     let zt = b.reduce_sum(&zt_, &[1], true);
                     let num = b.sub(&zy, &zt);
@@ -149,7 +149,7 @@ pub fn seed(
 fn onehot_ge(b: &mut Builder, z: &str, v: &str) -> String {
     let lt = b.op("Less", &[z, v], vec![]);
     let ge = b.op("Not", &[&lt], vec![]);
-    b.to_float(&ge)
+    b.as_float(&ge)
 }
 
 /// loss = -num/den with den = v1 - v3 (+ v4 averaging for the targeted form), and

@@ -119,7 +119,7 @@ pub fn backward(
             } else {
                 input(1).to_string()
             };
-            let mf = b.to_float(&c);
+            let mf = b.as_float(&c);
             // dy * (m + (1 - m) * slope)
             let one = b.scalar(1.0);
             let inv = b.sub(&one, &mf);
@@ -257,10 +257,10 @@ pub fn backward(
             let rank = shape(shapes, out)?.len();
             let axis = norm_axis(int_attr(n, "axis", 0), rank) as i64;
             let mut off = 0i64;
-            for i in 0..n.input.len() {
+            for (i, gi) in g.iter_mut().enumerate() {
                 let len = shape(shapes, input(i))?[axis as usize] as i64;
                 if need(i) {
-                    g[i] = Some(b.slice(dy, &[off], &[off + len], &[axis]));
+                    *gi = Some(b.slice(dy, &[off], &[off + len], &[axis]));
                 }
                 off += len;
             }
@@ -679,7 +679,7 @@ fn maxpool(
     let p5 = b.reshape(&patches, &[bn, c, kk, oh, ow]);
     let y5 = b.reshape(&n.output[0], &[bn, c, 1, oh, ow]);
     let eq = b.equal(&p5, &y5);
-    let mask = b.to_float(&eq);
+    let mask = b.as_float(&eq);
     let cnt = b.reduce_sum(&mask, &[2], true);
     let share = b.div(&mask, &cnt);
     let dy5 = b.reshape(dy, &[bn, c, 1, oh, ow]);
@@ -720,7 +720,7 @@ fn maxpool_tiles(
         let x6 = b.reshape(&x, &[bn, c, oh, kh, ow, kw]);
         let y6 = b.reshape(&n.output[0], &[bn, c, oh, 1, ow, 1]);
         let eq = b.equal(&x6, &y6);
-        let mask = b.to_float(&eq);
+        let mask = b.as_float(&eq);
         let cnt = b.reduce_sum(&mask, &[3, 5], true);
         let dy6 = b.reshape(dy, &[bn, c, oh, 1, ow, 1]);
         let share = b.div(&dy6, &cnt);

@@ -1,0 +1,100 @@
+//! PGD-10 Linf (eps 0.1) over Fashion-MNIST test images with harden, and the same number
+//! of runs of its fused gradient graph alone (the floor set by the runtime).
+//! Usage: cargo run --example bench_pgd -- [--runtime ort|tract] [--images 1024]
+//!        [--batch 128] [--threads 2] [--model models/fmnist_cnn.onnx]
+use std::time::Instant;
+
+use harden::attack::pgd::{pgd, PgdConfig};
+use harden::attack::{Head, Norm, Oracle, Threat};
+use harden::classifier::{Classifier, RunOptions};
+use harden::oracle::ModelOracle;
+use harden::runtime::{OrtLocator, RuntimeChoice};
+use harden::spec::{DataMapping, InputSpec, SpecArgs};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |k: &str, d: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or(d.to_string())
+    };
+    let runtime = match get("--runtime", "ort").as_str() {
+        "tract" => RuntimeChoice::Tract,
+        _ => RuntimeChoice::Ort,
+    };
+    let images: usize = get("--images", "1024").parse()?;
+    let batch: usize = get("--batch", "128").parse()?;
+    let threads: usize = get("--threads", "2").parse()?;
+    let model_path = get("--model", "models/fmnist_cnn.onnx");
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let ort = OrtLocator::standard(
+        std::env::var_os("ORT_DYLIB_PATH").map(Into::into),
+        home.as_deref(),
+        None,
+    );
+    let opts = RunOptions {
+        runtime,
+        threads,
+        batch_size: batch,
+        ort,
+    };
+    let model = harden::model::OnnxModel::load(std::path::Path::new(&model_path))?;
+    let spec = InputSpec::resolve(&model.classifier_input()?, &SpecArgs::default())?;
+    let mut data = harden::data::limit(
+        harden::data::open("fashion-mnist:test", home.as_deref(), None)?,
+        images,
+    );
+    let mapping = DataMapping::new(&spec, data.example_shape(), data.kind())?;
+    let (mut raw, mut ys) = (vec![], vec![]);
+    while data.next_batch(1024, &mut raw, &mut ys)? > 0 {}
+    let mut x = vec![];
+    mapping.map_batch(&raw, &mut x, 0)?;
+    let labels: Vec<usize> = ys.iter().map(|y| y.unwrap_or(0)).collect();
+    let classifier = Classifier::open(&model, &spec, &mapping.example_shape, &opts)?;
+    let mut oracle = ModelOracle::new(&model, &spec, classifier, &opts)?;
+    let len = oracle.example_len();
+    let threat = Threat::new(Norm::Linf, 0.1, (0.0, 1.0))?;
+    let cfg = PgdConfig {
+        steps: 10,
+        ..Default::default()
+    };
+    // Warm-up: build the graph, first runs.
+    oracle.loss_grad(
+        &x[..batch * len],
+        Head::CrossEntropy {
+            labels: &labels[..batch],
+        },
+    )?;
+    let mut best_graph = f64::INFINITY;
+    let mut best_attack = f64::INFINITY;
+    let mut robust = 0;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        for _ in 0..cfg.steps {
+            for (xb, yb) in x.chunks(batch * len).zip(labels.chunks(batch)) {
+                oracle.loss_grad(xb, Head::CrossEntropy { labels: yb })?;
+            }
+        }
+        best_graph = best_graph.min(t0.elapsed().as_secs_f64());
+        let t0 = Instant::now();
+        let mut r = 0;
+        for (xb, yb) in x.chunks(batch * len).zip(labels.chunks(batch)) {
+            let out = pgd(&mut oracle, xb, yb, None, &threat, &cfg)?;
+            r += out.success.iter().filter(|s| !**s).count();
+        }
+        best_attack = best_attack.min(t0.elapsed().as_secs_f64());
+        robust = r;
+    }
+    let n = labels.len() as f64;
+    println!(
+        "{{\"tool\": \"harden-{}\", \"work\": \"pgd10\", \"images\": {}, \"batch\": {batch}, \"threads\": {threads}, \"images_per_s\": {:.1}, \"graph_only_images_per_s\": {:.1}, \"overhead_over_graph\": {:.3}, \"not_broken\": {robust}}}",
+        oracle.classifier().runtime_name(),
+        labels.len(),
+        n / best_attack,
+        n / best_graph,
+        best_attack / best_graph
+    );
+    Ok(())
+}

@@ -173,6 +173,14 @@ pub fn falsify(
     if disjuncts.is_empty() {
         return Ok((None, stats));
     }
+    // The disjuncts closest to holding at the centre first (for robustness properties:
+    // the runner-up classes), then round-robin from the best.
+    let mut disjuncts = disjuncts;
+    {
+        let y0: Vec<f32> = oracle.logits(&centre)?.iter().copied().collect();
+        stats.evaluations += 1;
+        disjuncts.sort_by(|a, b| worst(a, &y0).1.total_cmp(&worst(b, &y0).1));
+    }
     let width: Vec<f32> = lo.iter().zip(&hi).map(|(a, b)| b - a).collect();
     let mut round = 0usize;
     while !stop() {

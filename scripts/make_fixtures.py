@@ -165,6 +165,9 @@ def main():
 
     # External data: the mlp with its tensors in a sibling file; a missing file; an escaping path.
     ext = onnx.load(os.path.join(OUT, "mlp.onnx"))
+    # onnx appends to an existing external-data file: remove it so re-runs give the same bytes.
+    if os.path.exists(os.path.join(OUT, "external_data.weights")):
+        os.remove(os.path.join(OUT, "external_data.weights"))
     onnx.save_model(ext, os.path.join(OUT, "external_data.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location="external_data.weights", size_threshold=0)
     for name, loc in (("external_missing.onnx", "missing.weights"), ("external_escape.onnx", "../../etc/passwd")):

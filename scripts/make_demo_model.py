@@ -119,6 +119,8 @@ def main():
         "epochs": args.epochs,
         "framework_test_correct": tf_correct,
         "onnxruntime_test_correct": ort_correct,
+        "framework_test_total": 10000,
+        "onnxruntime_test_total": 10000,
         "test_total": 10000,
         "input_name": name,
         "input_layout": "nhwc",

@@ -3,7 +3,7 @@
 
 mod common;
 
-use harden::autodiff::{gradient_graph, LossKind};
+use harden::autodiff::{gradient_graph, trainable_params, training_graph, LossKind};
 use harden::model::{self, pb, Dim};
 use harden::rng::Rng;
 use harden::runtime::{self, RuntimeChoice};
@@ -979,4 +979,378 @@ fn corpus_gradient_graphs() {
         fd_model(&corpus.join(file), input, &lo, &hi, LossKind::Linear, pl);
     }
     assert!(checked >= 20, "only {checked} corpus models checked");
+}
+
+/// Runs a training graph; returns (summed loss, parameter gradients).
+fn run_train(
+    rt: &mut dyn runtime::Runtime,
+    x: &ArrayD<f32>,
+    heads: &[ArrayD<f32>],
+    params: &[ArrayD<f32>],
+) -> (f64, Vec<Vec<f32>>) {
+    let mut views = vec![x.view()];
+    views.extend(heads.iter().map(|h| h.view()));
+    views.extend(params.iter().map(|p| p.view()));
+    let out = rt.run(&views).unwrap();
+    let loss: f64 = out[1].iter().map(|v| *v as f64).sum();
+    (
+        loss,
+        out[3..]
+            .iter()
+            .map(|o| o.iter().copied().collect())
+            .collect(),
+    )
+}
+
+/// Central-difference check of the parameter gradients of `proto` (input `x`) for
+/// `params` (all trainable ones when empty) at a random point, along unit directions in
+/// the joint parameter space, with the same kink handling as `fd_check_batch`.
+fn fd_check_params(
+    name: &str,
+    proto: &pb::ModelProto,
+    example: &[usize],
+    batch: usize,
+    params: &[String],
+    tol: f64,
+    piecewise_linear: bool,
+) {
+    let params: Vec<String> = if params.is_empty() {
+        trainable_params(proto)
+    } else {
+        params.to_vec()
+    };
+    assert!(!params.is_empty(), "{name}: no trainable parameters");
+    let kind = LossKind::CrossEntropy;
+    let tg = training_graph(proto, "x", example, batch, kind, &params)
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    let k = tg.grad.num_classes;
+    let bytes = prost::Message::encode_to_vec(&tg.grad.proto);
+    let mut xshape = vec![batch];
+    xshape.extend_from_slice(example);
+    let n: usize = xshape.iter().product();
+    let mut rng = Rng::new(11);
+    let heads: Vec<ArrayD<f32>> = head_inputs(kind, batch, k, &mut rng)
+        .into_iter()
+        .map(|h| ArrayD::from_shape_vec(IxDyn(&[batch, k]), h).unwrap())
+        .collect();
+    let x = ArrayD::from_shape_vec(
+        IxDyn(&xshape),
+        (0..n).map(|_| rng.range(0.0, 1.0)).collect(),
+    )
+    .unwrap();
+    let p0: Vec<f32> = tg.param_values.concat();
+    let to_arrays = |flat: &[f32]| -> Vec<ArrayD<f32>> {
+        let mut off = 0;
+        tg.param_shapes
+            .iter()
+            .map(|s| {
+                let len: usize = s.iter().product();
+                off += len;
+                ArrayD::from_shape_vec(IxDyn(s), flat[off - len..off].to_vec()).unwrap()
+            })
+            .collect()
+    };
+    for choice in runtimes() {
+        let mut rt = runtime::open(choice, &bytes, 1, &common::ort_locator())
+            .unwrap_or_else(|e| panic!("{name} {choice:?}: {e:#}"));
+        let (_, grads) = run_train(rt.as_mut(), &x, &heads, &to_arrays(&p0));
+        let grad: Vec<f32> = grads.concat();
+        assert_eq!(grad.len(), p0.len(), "{name}: gradient sizes");
+        assert!(grad.iter().all(|g| g.is_finite()), "{name}: non-finite");
+        let gnorm = grad.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
+        assert!(gnorm > 0.0, "{name} on {choice:?}: zero gradient");
+        let pmax = p0
+            .iter()
+            .fold(0.0f32, |m, v| m.max(v.abs()))
+            .clamp(0.05, 1.0);
+        let h = (if piecewise_linear { 1e-2 } else { 2e-3 }) * pmax;
+        let mut kinks = 0;
+        for dir in 0..4 {
+            let v: Vec<f32> = if dir == 0 {
+                grad.iter().map(|g| (*g as f64 / gnorm) as f32).collect()
+            } else {
+                let v: Vec<f32> = (0..p0.len()).map(|_| rng.normal()).collect();
+                let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+                v.iter().map(|a| a / norm).collect()
+            };
+            let mut f_at = |t: f32| {
+                let pt: Vec<f32> = p0.iter().zip(&v).map(|(a, d)| a + t * d).collect();
+                run_train(rt.as_mut(), &x, &heads, &to_arrays(&pt)).0
+            };
+            let (fp, f0, fm) = (f_at(h), f_at(0.0), f_at(-h));
+            let scatter = (1..=4)
+                .map(|j| (f_at(j as f32 * 1e-6) - f0).abs())
+                .fold(0.0f64, f64::max);
+            let noise =
+                (8.0 * f32::EPSILON as f64 * fp.abs().max(1.0)).max(4.0 * scatter) / h as f64;
+            let fd = (fp - fm) / (2.0 * h as f64);
+            let kink = if piecewise_linear {
+                ((fp - f0) / h as f64 - (f0 - fm) / h as f64).abs()
+                    > 0.25 * tol * gnorm + 2.0 * noise
+            } else {
+                let (q, q0) = (f_at(h / 4.0), f_at(-h / 4.0));
+                let fd4 = (q - q0) / (h as f64 / 2.0);
+                (fd - fd4).abs() > 0.25 * tol * gnorm + 5.0 * noise
+            };
+            if kink {
+                kinks += 1;
+                continue;
+            }
+            let an: f64 = grad
+                .iter()
+                .zip(&v)
+                .map(|(g, d)| (*g as f64) * (*d as f64))
+                .sum();
+            assert!(
+                (fd - an).abs() <= tol * gnorm + noise,
+                "{name} params on {choice:?}, direction {dir}: finite difference {fd:.6} vs gradient {an:.6} (|grad| {gnorm:.4})"
+            );
+        }
+        assert!(
+            kinks < 4,
+            "{name} params on {choice:?}: all directions kinked"
+        );
+        // Each parameter's own gradient, along a direction in that parameter only.
+        let mut off = 0;
+        for (pi, s) in tg.param_shapes.iter().enumerate() {
+            let len: usize = s.iter().product();
+            let gp = &grad[off..off + len];
+            let gpn = gp.iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
+            if gpn > 0.0 {
+                let mut pt = p0.clone();
+                let mut pm = p0.clone();
+                for j in 0..len {
+                    let d = (gp[j] as f64 / gpn) as f32 * h;
+                    pt[off + j] += d;
+                    pm[off + j] -= d;
+                }
+                let fp = run_train(rt.as_mut(), &x, &heads, &to_arrays(&pt)).0;
+                let fm = run_train(rt.as_mut(), &x, &heads, &to_arrays(&pm)).0;
+                let fd = (fp - fm) / (2.0 * h as f64);
+                let noise = 8.0 * f32::EPSILON as f64 * fp.abs().max(1.0) / h as f64;
+                // Along its own gradient the slope is |grad_p| (loose: kinks allowed).
+                assert!(
+                    (fd - gpn).abs() <= 0.2 * gpn + tol * gnorm + 4.0 * noise,
+                    "{name} on {choice:?}: parameter '{}' slope {fd:.6} vs |grad| {gpn:.6}",
+                    params[pi]
+                );
+            }
+            off += len;
+        }
+    }
+}
+
+fn param_check(
+    name: &str,
+    example: &[usize],
+    nodes: Vec<pb::NodeProto>,
+    inits: Vec<pb::TensorProto>,
+    params: &[&str],
+) {
+    let m = model_of(example, nodes, inits, 13);
+    let params: Vec<String> = params.iter().map(|s| s.to_string()).collect();
+    fd_check_params(name, &m, example, 2, &params, 3e-2, false);
+}
+
+#[test]
+fn parameter_gradients_of_rules() {
+    let mut r = Rng::new(5);
+    let t = |r: &mut Rng, n: &str, dims: &[usize]| rand_tensor(n, dims, r, 0.4);
+    // Gemm with transB on and off, bias C.
+    for tb in [0, 1] {
+        let wd: &[usize] = if tb == 1 { &[4, 5] } else { &[5, 4] };
+        param_check(
+            &format!("Gemm transB {tb}"),
+            &[5],
+            vec![node(
+                "Gemm",
+                &["x", "w", "c"],
+                "y",
+                vec![attr_int("transB", tb)],
+            )],
+            vec![t(&mut r, "w", wd), t(&mut r, "c", &[4])],
+            &["w", "c"],
+        );
+    }
+    param_check(
+        "MatMul and bias add",
+        &[5],
+        vec![
+            node("MatMul", &["x", "w"], "h", vec![]),
+            node("Add", &["h", "c"], "y", vec![]),
+        ],
+        vec![t(&mut r, "w", &[5, 3]), t(&mut r, "c", &[3])],
+        &["w", "c"],
+    );
+    param_check(
+        "Sub Mul Div operands",
+        &[4],
+        vec![
+            node("Sub", &["x", "a"], "h1", vec![]),
+            node("Mul", &["h1", "m"], "h2", vec![]),
+            node("Div", &["h2", "d"], "y", vec![]),
+        ],
+        vec![
+            t(&mut r, "a", &[4]),
+            t(&mut r, "m", &[1, 4]),
+            model::float_tensor("d", &[1], &[1.7]),
+        ],
+        &["a", "m", "d"],
+    );
+    let conv = |attrs: Vec<pb::AttributeProto>| node("Conv", &["x", "w", "b"], "y", attrs);
+    param_check(
+        "Conv plain",
+        &[2, 6, 6],
+        vec![conv(vec![])],
+        vec![t(&mut r, "w", &[3, 2, 3, 3]), t(&mut r, "b", &[3])],
+        &["w", "b"],
+    );
+    param_check(
+        "Conv stride 2 pads",
+        &[2, 8, 7],
+        vec![conv(vec![
+            attr_ints("strides", &[2, 2]),
+            attr_ints("pads", &[1, 0, 2, 1]),
+        ])],
+        vec![t(&mut r, "w", &[3, 2, 3, 3]), t(&mut r, "b", &[3])],
+        &["w", "b"],
+    );
+    param_check(
+        "Conv dilation stride pads",
+        &[2, 9, 9],
+        vec![conv(vec![
+            attr_ints("strides", &[2, 1]),
+            attr_ints("dilations", &[2, 2]),
+            attr_ints("pads", &[1, 1, 1, 1]),
+        ])],
+        vec![t(&mut r, "w", &[4, 2, 3, 2]), t(&mut r, "b", &[4])],
+        &["w", "b"],
+    );
+    param_check(
+        "Conv depthwise stride 2 pads",
+        &[3, 7, 7],
+        vec![conv(vec![
+            attr_int("group", 3),
+            attr_ints("strides", &[2, 2]),
+            attr_ints("pads", &[1, 1, 1, 1]),
+        ])],
+        vec![t(&mut r, "w", &[6, 1, 3, 3]), t(&mut r, "b", &[6])],
+        &["w", "b"],
+    );
+    param_check(
+        "BatchNormalization scale and bias",
+        &[3, 4, 4],
+        vec![node(
+            "BatchNormalization",
+            &["x", "s", "bb", "mean", "var"],
+            "y",
+            vec![attr_f("epsilon", 1e-3)],
+        )],
+        vec![
+            t(&mut r, "s", &[3]),
+            t(&mut r, "bb", &[3]),
+            t(&mut r, "mean", &[3]),
+            model::float_tensor("var", &[3], &[0.5, 1.2, 2.0]),
+        ],
+        &["s", "bb"],
+    );
+    param_check(
+        "PRelu slope",
+        &[3, 4],
+        vec![
+            node("Sub", &["x", "half"], "h", vec![]),
+            node("PRelu", &["h", "slope"], "y", vec![]),
+        ],
+        vec![
+            model::float_tensor("half", &[1], &[0.5]),
+            t(&mut r, "slope", &[3, 1]),
+        ],
+        &["slope"],
+    );
+}
+
+#[test]
+fn trainable_params_skip_constants() {
+    let m = model_of(
+        &[3, 4, 4],
+        vec![
+            node("Conv", &["x", "w", "b"], "c", vec![]),
+            node(
+                "BatchNormalization",
+                &["c", "s", "bb", "mean", "var"],
+                "bn",
+                vec![],
+            ),
+            node("Reshape", &["bn", "shape"], "y", vec![]),
+        ],
+        vec![
+            model::float_tensor("w", &[2, 3, 1, 1], &[0.1; 6]),
+            model::float_tensor("b", &[2], &[0.0; 2]),
+            model::float_tensor("s", &[2], &[1.0; 2]),
+            model::float_tensor("bb", &[2], &[0.0; 2]),
+            model::float_tensor("mean", &[2], &[0.0; 2]),
+            model::float_tensor("var", &[2], &[1.0; 2]),
+            i64_tensor("shape", &[0, -1]),
+        ],
+        13,
+    );
+    assert_eq!(trainable_params(&m), ["w", "b", "s", "bb"]);
+    assert!(training_graph(
+        &m,
+        "x",
+        &[3, 4, 4],
+        2,
+        LossKind::CrossEntropy,
+        &["shape".into()]
+    )
+    .is_err());
+    assert!(training_graph(
+        &m,
+        "x",
+        &[3, 4, 4],
+        2,
+        LossKind::CrossEntropy,
+        &["mean".into()]
+    )
+    .is_err());
+}
+
+#[test]
+fn fixture_and_demo_parameter_gradients() {
+    for (path, input) in [
+        (common::fixture("mlp.onnx"), None),
+        (common::fixture("cnn_bn.onnx"), None),
+        (common::root().join("models/fmnist_cnn.onnx"), Some("input")),
+    ] {
+        let m = harden::model::OnnxModel::load(&path).unwrap();
+        let info = m.classifier_input().unwrap();
+        let input = input.map(String::from).unwrap_or(info.name.clone());
+        let example: Vec<usize> = info.shape[1..].iter().map(|d| d.fixed().unwrap()).collect();
+        let mut proto = m.proto.clone();
+        let g = proto.graph.as_mut().unwrap();
+        for n in g.node.iter_mut() {
+            for i in n.input.iter_mut() {
+                if *i == input {
+                    *i = "x".into();
+                }
+            }
+        }
+        for v in g.input.iter_mut() {
+            if v.name == input {
+                v.name = "x".into();
+            }
+        }
+        let batch = info.shape[0].fixed().unwrap_or(2);
+        let t0 = std::time::Instant::now();
+        fd_check_params(
+            &path.display().to_string(),
+            &proto,
+            &example,
+            batch,
+            &[],
+            5e-2,
+            false,
+        );
+        eprintln!("{}: {:?}", path.display(), t0.elapsed());
+    }
 }

@@ -40,7 +40,7 @@ pub struct Consts<'a> {
 }
 
 impl<'a> Consts<'a> {
-    fn of(g: &'a pb::GraphProto) -> Consts<'a> {
+    fn of(g: &'a pb::GraphProto, params: &[String]) -> Consts<'a> {
         let mut tensors: HashMap<&str, &pb::TensorProto> =
             g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
         for n in &g.node {
@@ -52,6 +52,10 @@ impl<'a> Consts<'a> {
                     tensors.insert(out.as_str(), t);
                 }
             }
+        }
+        // Trained parameters are graph inputs: their values may change after the build.
+        for p in params {
+            tensors.remove(p.as_str());
         }
         Consts { tensors }
     }
@@ -153,6 +157,200 @@ pub fn gradient_graph(
     batch: usize,
     kind: LossKind,
 ) -> Result<GradGraph> {
+    build(proto, input, example_shape, batch, kind, &[])
+}
+
+/// The prefix of a parameter gradient's output name.
+pub const GRAD_PARAM_PREFIX: &str = "harden_grad_";
+
+/// The name of the output carrying d sum(loss) / d `param`.
+pub fn param_grad_name(param: &str) -> String {
+    format!("{GRAD_PARAM_PREFIX}{param}")
+}
+
+/// A training graph: a gradient graph whose trainable parameters are graph inputs.
+///
+/// Inputs: X, the loss head's inputs (`harden_a`, `harden_b`), then the parameters in
+/// `params` order (float tensors shaped like the initializers they replace, which are
+/// removed from the graph). Outputs: `harden_logits`, `harden_loss`, `harden_grad`
+/// (d sum(loss) / dX, as in [`gradient_graph`]), then one `harden_grad_<param>`
+/// (d sum(loss) / d param, shaped like the param) per parameter, in `params` order.
+/// Updated weights are fed as inputs, so the graph never needs a rebuild.
+pub struct TrainGraph {
+    pub grad: GradGraph,
+    pub params: Vec<String>,
+    /// Shapes of `params`, in order.
+    pub param_shapes: Vec<Vec<usize>>,
+    /// Current values of `params` (from the initializers), in order.
+    pub param_values: Vec<Vec<f32>>,
+}
+
+/// Builds the training graph of `proto` for the parameters `params` (see [`TrainGraph`];
+/// [`trainable_params`] lists the candidates). Each param must be a float initializer.
+pub fn training_graph(
+    proto: &pb::ModelProto,
+    input: &str,
+    example_shape: &[usize],
+    batch: usize,
+    kind: LossKind,
+    params: &[String],
+) -> Result<TrainGraph> {
+    let g0 = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| anyhow!("the model has no graph"))?;
+    let consts = Consts::of(g0, &[]);
+    let mut param_shapes = vec![];
+    let mut param_values = vec![];
+    for p in params {
+        let t = g0
+            .initializer
+            .iter()
+            .find(|t| &t.name == p)
+            .ok_or_else(|| anyhow!("'{p}' is not an initializer of the model"))?;
+        if t.data_type != 1 {
+            bail!("'{p}' is not a float tensor and cannot be trained");
+        }
+        param_shapes.push(t.dims.iter().map(|d| *d as usize).collect::<Vec<_>>());
+        param_values.push(
+            consts
+                .f32s(p)
+                .ok_or_else(|| anyhow!("cannot read the values of '{p}'"))?,
+        );
+    }
+    let grad = build(proto, input, example_shape, batch, kind, params)?;
+    Ok(TrainGraph {
+        grad,
+        params: params.to_vec(),
+        param_shapes,
+        param_values,
+    })
+}
+
+/// Float initializers that feed differentiable inputs of ops: Conv W and B, Gemm B and
+/// C, MatMul operands, Add/Sub/Mul/Div operands, BatchNormalization scale and bias,
+/// PRelu slope; never integer tensors, shape constants, or BatchNormalization mean and
+/// variance. In the order the nodes first use them.
+pub fn trainable_params(proto: &pb::ModelProto) -> Vec<String> {
+    let Some(g) = proto.graph.as_ref() else {
+        return vec![];
+    };
+    let floats: HashSet<&str> = g
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == 1)
+        .map(|t| t.name.as_str())
+        .collect();
+    let mut out: Vec<String> = vec![];
+    for n in &g.node {
+        let slots: &[usize] = match n.op_type.as_str() {
+            "Conv" | "Gemm" => &[1, 2],
+            "MatMul" | "Add" | "Sub" | "Mul" | "Div" => &[0, 1],
+            "BatchNormalization" => &[1, 2],
+            "PRelu" => &[1],
+            _ => &[],
+        };
+        for &i in slots {
+            if let Some(name) = n.input.get(i) {
+                if floats.contains(name.as_str()) && !out.contains(name) {
+                    out.push(name.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Rewrites each BatchNormalization whose scale or bias is trained into elementary ops
+/// (tract only runs BatchNormalization with constant parameters): (x - mean) * inv *
+/// scale + bias, with `inv` = 1/sqrt(var + eps) a constant.
+fn split_trained_bn(
+    proto: &pb::ModelProto,
+    input: &str,
+    x_shape: &[usize],
+    params: &[String],
+) -> Result<Option<pb::ModelProto>> {
+    let g0 = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| anyhow!("the model has no graph"))?;
+    let trained = |n: &pb::NodeProto| {
+        n.op_type == "BatchNormalization"
+            && n.input.iter().skip(1).take(2).any(|i| params.contains(i))
+    };
+    if !g0.node.iter().any(trained) {
+        return Ok(None);
+    }
+    let shapes = shapes::infer(proto, input, x_shape)?;
+    let consts = Consts::of(g0, &[]);
+    let mut out = proto.clone();
+    let g = out.graph.as_mut().ok_or_else(|| anyhow!("no graph"))?;
+    let mut nodes = vec![];
+    let mut inits = vec![];
+    for (idx, n) in g0.node.iter().enumerate() {
+        if !trained(n) {
+            nodes.push(n.clone());
+            continue;
+        }
+        let label = node_label(n);
+        if n.input.len() < 5 || n.output.len() != 1 {
+            bail!("BatchNormalization '{label}': only the inference form can be trained");
+        }
+        let rank = shapes
+            .get(&n.input[0])
+            .ok_or_else(|| anyhow!("no shape for the input of '{label}'"))?
+            .len();
+        let mean = consts
+            .f32s(&n.input[3])
+            .ok_or_else(|| anyhow!("BatchNormalization '{label}': mean is not a constant"))?;
+        let var = consts
+            .f32s(&n.input[4])
+            .ok_or_else(|| anyhow!("BatchNormalization '{label}': variance is not a constant"))?;
+        let eps = n
+            .attribute
+            .iter()
+            .find(|a| a.name == "epsilon")
+            .map(|a| a.f)
+            .unwrap_or(1e-5);
+        let c = mean.len() as i64;
+        let mut dims = vec![c];
+        dims.extend(std::iter::repeat_n(1, rank.saturating_sub(2)));
+        let t = |s: &str| format!("harden_bn{idx}_{s}");
+        inits.push(model::float_tensor(&t("mean"), &dims, &mean));
+        let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        inits.push(model::float_tensor(&t("inv"), &dims, &inv));
+        inits.push(pb::TensorProto {
+            name: t("shape"),
+            dims: vec![dims.len() as i64],
+            data_type: 7,
+            int64_data: dims.clone(),
+            ..Default::default()
+        });
+        let op = |op: &str, ins: &[&str], o: &str| model::node(op, o, ins, &[o]);
+        nodes.push(op("Sub", &[&n.input[0], &t("mean")], &t("xc")));
+        nodes.push(op("Mul", &[&t("xc"), &t("inv")], &t("xh")));
+        nodes.push(op("Reshape", &[&n.input[1], &t("shape")], &t("scale")));
+        nodes.push(op("Mul", &[&t("xh"), &t("scale")], &t("xs")));
+        nodes.push(op("Reshape", &[&n.input[2], &t("shape")], &t("bias")));
+        nodes.push(op("Add", &[&t("xs"), &t("bias")], &n.output[0]));
+    }
+    g.node = nodes;
+    g.initializer.extend(inits);
+    Ok(Some(out))
+}
+
+fn build(
+    proto: &pb::ModelProto,
+    input: &str,
+    example_shape: &[usize],
+    batch: usize,
+    kind: LossKind,
+    params: &[String],
+) -> Result<GradGraph> {
+    let mut x_shape = vec![batch];
+    x_shape.extend_from_slice(example_shape);
+    let split = split_trained_bn(proto, input, &x_shape, params)?;
+    let proto = split.as_ref().unwrap_or(proto);
     let g0 = proto
         .graph
         .as_ref()
@@ -163,8 +361,6 @@ pub fn gradient_graph(
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map(|o| o.version)
         .unwrap_or(0);
-    let mut x_shape = vec![batch];
-    x_shape.extend_from_slice(example_shape);
     let shapes = shapes::infer(proto, input, &x_shape)?;
     let logits = logits_name(g0)?;
     let lshape = shapes
@@ -175,10 +371,12 @@ pub fn gradient_graph(
         bail!("the logits '{logits}' have shape {lshape:?}, without the batch ({batch}) first");
     }
     let k = lshape.iter().product::<usize>() / batch;
-    let consts = Consts::of(g0);
+    let consts = Consts::of(g0, params);
 
-    // Tensors that depend on X, and nodes on a path from X to the logits.
+    // Tensors that depend on X or a parameter, and nodes on a path from them to the
+    // logits.
     let mut depends: HashSet<&str> = HashSet::from([input]);
+    depends.extend(params.iter().map(String::as_str));
     for n in &g0.node {
         if n.input.iter().any(|i| depends.contains(i.as_str())) {
             depends.extend(n.output.iter().map(String::as_str));
@@ -238,6 +436,23 @@ pub fn gradient_graph(
             b.op_into("Identity", &[&zeros], vec![], GRAD);
         }
     }
+    let mut param_outputs = vec![];
+    for p in params {
+        let ps = shapes
+            .get(p)
+            .ok_or_else(|| anyhow!("no shape for the parameter '{p}'"))?
+            .clone();
+        let name = param_grad_name(p);
+        match sum_grads(&mut b, grads.remove(p.as_str())) {
+            Some(gp) => b.op_into("Identity", &[&gp], vec![], &name),
+            None => {
+                let zeros = b.const_f32(&ps, vec![0.0; ps.iter().product()]);
+                b.op_into("Identity", &[&zeros], vec![], &name);
+            }
+        }
+        let dims: Vec<Dim> = ps.iter().map(|d| Dim::Fixed(*d)).collect();
+        param_outputs.push(model::float_value_info(&name, &dims));
+    }
 
     // Assemble: the forward graph with a fixed batch, then the backward nodes.
     let mut out = proto.clone();
@@ -264,6 +479,14 @@ pub fn gradient_graph(
         model::float_value_info(LOSS, &[Dim::Fixed(batch)]),
         model::float_value_info(GRAD, &fixed),
     ];
+    g.output.extend(param_outputs);
+    // Parameters become inputs after the head's (replacing any old-IR input entry).
+    g.initializer.retain(|t| !params.contains(&t.name));
+    g.input.retain(|v| !params.contains(&v.name));
+    for p in params {
+        let dims: Vec<Dim> = shapes[p].iter().map(|d| Dim::Fixed(*d)).collect();
+        g.input.push(model::float_value_info(p, &dims));
+    }
     Ok(GradGraph {
         proto: out,
         batch,

@@ -223,10 +223,12 @@ pub fn backward(
             g[0] = Some(b.mul(dy, &ones));
         }
         "BatchNormalization" => {
+            if need(3) || need(4) {
+                bail!("BatchNormalization mean and variance cannot be trained");
+            }
             let eps = float_attr(n, "epsilon", 1e-5);
-            let scale = consts
-                .f32s(input(1))
-                .ok_or_else(|| anyhow!("BatchNormalization scale is not a constant"))?;
+            let c = shape(shapes, input(1))?.iter().product::<usize>();
+            let scale = consts.f32s(input(1)).unwrap_or_else(|| vec![1.0; c]);
             let var = consts
                 .f32s(input(4))
                 .ok_or_else(|| anyhow!("BatchNormalization variance is not a constant"))?;
@@ -239,8 +241,35 @@ pub fn backward(
                 .zip(&var)
                 .map(|(s, v)| s / (v + eps).sqrt())
                 .collect();
-            let fc = b.const_f32(&dims, f);
-            g[0] = Some(b.mul(dy, &fc));
+            let xs = xs.clone();
+            let axes: Vec<i64> = std::iter::once(0).chain(2..xs.len() as i64).collect();
+            // 1/sqrt(var + eps), and the scale (a graph input when it is trained).
+            let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+            let fc = if consts.is_const(input(1)) {
+                b.const_f32(&dims, f)
+            } else {
+                let sc = b.reshape(input(1), &dims);
+                let ic = b.const_f32(&dims, inv.clone());
+                b.mul(&sc, &ic)
+            };
+            if need(0) {
+                g[0] = Some(b.mul(dy, &fc));
+            }
+            if need(1) {
+                // dscale = sum over N and space of dy * x_hat.
+                let mean = consts
+                    .f32s(input(3))
+                    .ok_or_else(|| anyhow!("BatchNormalization mean is not a constant"))?;
+                let mc = b.const_f32(&dims, mean);
+                let ic = b.const_f32(&dims, inv);
+                let xc = b.sub(input(0), &mc);
+                let xh = b.mul(&xc, &ic);
+                let p = b.mul(dy, &xh);
+                g[1] = Some(b.reduce_sum(&p, &axes, false));
+            }
+            if need(2) {
+                g[2] = Some(b.reduce_sum(dy, &axes, false));
+            }
         }
         "Transpose" => {
             let rank = shape(shapes, input(0))?.len();
@@ -577,13 +606,83 @@ fn conv(
         g[0] = Some(b.op("ConvTranspose", &[dy, &n.input[1]], attrs));
     }
     if need_w {
-        bail!("gradients with respect to Conv weights are not supported yet");
+        g[1] = Some(conv_weight_grad(
+            b, n, dy, &xs, &ws, &ys, &s, &d, group, &pads,
+        )?);
     }
     if need_b && n.input.len() > 2 {
         let axes: Vec<i64> = std::iter::once(0).chain(2..(r as i64 + 2)).collect();
         g[2] = Some(b.reduce_sum(dy, &axes, false));
     }
     Ok(())
+}
+
+/// dW of a Conv: a correlation of X with dY, batch and channel axes swapped so that the
+/// batch is summed over (X^T [C, N, ..] with dY^T [M, N, ..] as kernel; the conv's
+/// strides become the kernel's dilations and its dilations the strides), cropped to
+/// the kernel size. Depthwise convs (C_in per group 1) run it as a grouped conv over
+/// [1, C*N, ..]; other grouped convs are refused.
+#[allow(clippy::too_many_arguments)]
+fn conv_weight_grad(
+    b: &mut Builder,
+    n: &pb::NodeProto,
+    dy: &str,
+    xs: &[usize],
+    ws: &[usize],
+    ys: &[usize],
+    s: &[usize],
+    d: &[usize],
+    group: i64,
+    pads: &[i64],
+) -> Result<String> {
+    let r = xs.len() - 2;
+    let (nb, c, m) = (xs[0], xs[1], ws[0]);
+    let to_i = |v: &[usize]| v.iter().map(|x| *x as i64).collect::<Vec<_>>();
+    let attrs = |g: i64| {
+        vec![
+            attr_ints("strides", &to_i(d)),
+            attr_ints("dilations", &to_i(s)),
+            attr_ints("pads", pads),
+            attr_int("group", g),
+        ]
+    };
+    let mut perm: Vec<usize> = vec![1, 0];
+    perm.extend(2..r + 2);
+    let dyt = b.transpose(dy, &perm);
+    let full = if group == 1 {
+        let xt = b.transpose(&n.input[0], &perm);
+        b.op("Conv", &[&xt, &dyt], attrs(1))
+    } else if group as usize == c && ws[1] == 1 {
+        let xt = b.transpose(&n.input[0], &perm);
+        let mut flat = vec![1, c * nb];
+        flat.extend(&xs[2..]);
+        let xt = b.reshape(&xt, &flat);
+        b.op("Conv", &[&xt, &dyt], attrs(group))
+    } else {
+        bail!(
+            "gradients with respect to weights of grouped Conv (group {group}, {} input channels per group) are only supported for group 1 and depthwise",
+            ws[1]
+        );
+    };
+    // Output spatial sizes of the correlation; crop to the kernel.
+    let mut fshape = vec![if group == 1 { c } else { 1 }, m];
+    for i in 0..r {
+        let span =
+            xs[2 + i] as i64 + pads[i] + pads[r + i] - ((ys[2 + i] as i64 - 1) * s[i] as i64 + 1);
+        fshape.push((span / d[i] as i64 + 1) as usize);
+    }
+    let k = &ws[2..];
+    let cropped = if (0..r).any(|i| fshape[2 + i] != k[i]) {
+        let axes: Vec<i64> = (2..r as i64 + 2).collect();
+        b.slice(&full, &vec![0; r], &to_i(k), &axes)
+    } else {
+        full
+    };
+    Ok(if group == 1 {
+        b.transpose(&cropped, &perm)
+    } else {
+        b.reshape(&cropped, ws)
+    })
 }
 
 struct PoolGeom {

@@ -1317,10 +1317,15 @@ fn trainable_params_skip_constants() {
 
 #[test]
 fn fixture_and_demo_parameter_gradients() {
-    for (path, input) in [
-        (common::fixture("mlp.onnx"), None),
-        (common::fixture("cnn_bn.onnx"), None),
-        (common::root().join("models/fmnist_cnn.onnx"), Some("input")),
+    // Every float initializer but BatchNormalization's mean and variance is trained.
+    for (path, input, count) in [
+        (common::fixture("mlp.onnx"), None, 4),
+        (common::fixture("cnn_bn.onnx"), None, 8),
+        (
+            common::root().join("models/fmnist_cnn.onnx"),
+            Some("input"),
+            8,
+        ),
     ] {
         let m = harden::model::OnnxModel::load(&path).unwrap();
         let info = m.classifier_input().unwrap();
@@ -1340,6 +1345,7 @@ fn fixture_and_demo_parameter_gradients() {
                 v.name = "x".into();
             }
         }
+        assert_eq!(trainable_params(&proto).len(), count, "{}", path.display());
         let batch = info.shape[0].fixed().unwrap_or(2);
         let t0 = std::time::Instant::now();
         fd_check_params(

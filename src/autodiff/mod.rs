@@ -10,6 +10,13 @@
 //! backward pass with dLoss/dlogits in closed form (`heads`); each op's backward rule
 //! lives in `rules`, and `crate::ops` lists the ops. A model ending in Softmax is
 //! differentiated from the Softmax's input (its logits, up to a constant).
+//!
+//! [`training_graph`] adds weight gradients: the chosen float initializers
+//! ([`trainable_params`] lists the candidates) become graph inputs after the head's, and
+//! each gets an output `harden_grad_<param>` after the three above, so updated weights
+//! are fed in without a rebuild. The reverse pass starts from X and the parameters alike;
+//! a trained BatchNormalization is first split into elementary ops (tract needs constant
+//! BatchNormalization parameters); Conv weight gradients cover group 1 and depthwise.
 
 use std::collections::{HashMap, HashSet};
 

@@ -1238,6 +1238,45 @@ fn parameter_gradients_of_rules() {
         &["w", "b"],
     );
     param_check(
+        "Conv SAME_UPPER stride 2 depthwise multiplier 2",
+        &[2, 7, 6],
+        vec![node(
+            "Conv",
+            &["x", "w"],
+            "y",
+            vec![
+                attr_int("group", 2),
+                attr_ints("strides", &[2, 2]),
+                pb::AttributeProto {
+                    name: "auto_pad".into(),
+                    r#type: 3,
+                    s: b"SAME_UPPER".to_vec(),
+                    ..Default::default()
+                },
+            ],
+        )],
+        vec![t(&mut r, "w", &[4, 1, 3, 3])],
+        &["w"],
+    );
+    // Grouped convs other than depthwise are refused, naming the node.
+    let m = model_of(
+        &[4, 5, 5],
+        vec![conv(vec![attr_int("group", 2)])],
+        vec![t(&mut r, "w", &[4, 2, 3, 3]), t(&mut r, "b", &[4])],
+        13,
+    );
+    let e = training_graph(
+        &m,
+        "x",
+        &[4, 5, 5],
+        2,
+        LossKind::CrossEntropy,
+        &["w".into()],
+    )
+    .err()
+    .expect("grouped Conv weights");
+    assert!(format!("{e:#}").contains("grouped Conv"), "{e:#}");
+    param_check(
         "BatchNormalization scale and bias",
         &[3, 4, 4],
         vec![node(

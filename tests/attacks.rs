@@ -3,18 +3,7 @@
 
 mod common;
 
-use assert_cmd::Command;
-use common::fixture;
-
-fn harden() -> Command {
-    let mut c = Command::cargo_bin("harden").unwrap();
-    c.env("CI", "1");
-    c
-}
-
-fn f(name: &str) -> String {
-    fixture(name).display().to_string()
-}
+use common::{audit_json, f, fails_with, harden};
 
 fn demo() -> String {
     common::root()
@@ -28,33 +17,6 @@ fn slice() -> String {
         .join("data/fashion-mnist-slice")
         .display()
         .to_string()
-}
-
-fn fails_with(args: &[&str], needle: &str) {
-    let out = harden().args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
-    assert!(
-        stderr.contains(needle),
-        "{args:?}: '{stderr}' lacks '{needle}'"
-    );
-}
-
-fn audit_json(args: &[&str]) -> serde_json::Value {
-    let out = harden()
-        .arg("audit")
-        .args(args)
-        .args(["--json", "-"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]

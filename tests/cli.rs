@@ -2,33 +2,7 @@
 
 mod common;
 
-use assert_cmd::Command;
-use common::fixture;
-
-fn harden() -> Command {
-    let mut c = Command::cargo_bin("harden").unwrap();
-    c.env("CI", "1");
-    c
-}
-
-/// Runs harden expecting exit code 2 with one stderr line containing `needle`.
-fn fails_with(args: &[&str], needle: &str) {
-    let out = harden().args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "args {args:?}: stderr {stderr}");
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "args {args:?}: want one line, got {stderr}");
-    assert!(
-        lines[0].contains(needle),
-        "args {args:?}: '{}' does not mention '{needle}'",
-        lines[0]
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-fn f(name: &str) -> String {
-    fixture(name).display().to_string()
-}
+use common::{f, fails_with, harden};
 
 #[test]
 fn malformed_models_are_refused() {

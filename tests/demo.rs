@@ -3,8 +3,6 @@
 
 mod common;
 
-use assert_cmd::Command;
-
 fn fashion_mnist_installed() -> bool {
     let ok = std::path::Path::new("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
         .is_file();
@@ -17,30 +15,6 @@ fn fashion_mnist_installed() -> bool {
         );
     }
     ok
-}
-
-fn audit(args: &[&str]) -> serde_json::Value {
-    let out = Command::cargo_bin("harden")
-        .unwrap()
-        .env("CI", "1")
-        .args([
-            "audit",
-            common::root()
-                .join("models/fmnist_cnn.onnx")
-                .to_str()
-                .unwrap(),
-        ])
-        .args(args)
-        .args(["--json", "-"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn meta() -> serde_json::Value {
@@ -88,4 +62,12 @@ fn bundled_slice_runs_without_installed_data() {
     let r = audit(&["--data", slice.to_str().unwrap(), "--runtime", "tract"]);
     assert_eq!(r["data"]["examples"], 1000);
     assert!(r["clean"]["accuracy"].as_f64().unwrap() > 0.85);
+}
+
+/// `harden audit` of the demo model with `args`, as JSON.
+fn audit(args: &[&str]) -> serde_json::Value {
+    let model = common::root().join("models/fmnist_cnn.onnx");
+    let mut all = vec![model.to_str().unwrap()];
+    all.extend_from_slice(args);
+    common::audit_json(&all)
 }

@@ -97,3 +97,47 @@ pub fn lcg_vec(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The harden binary, quiet (CI set).
+pub fn harden() -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::cargo_bin("harden").unwrap();
+    c.env("CI", "1");
+    c
+}
+
+/// A fixture's path as a string.
+pub fn f(name: &str) -> String {
+    fixture(name).display().to_string()
+}
+
+/// Runs harden expecting exit code 2 with one stderr line containing `needle`, no panic.
+pub fn fails_with(args: &[&str], needle: &str) {
+    let out = harden().args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "args {args:?}: stderr {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "args {args:?}: want one line, got {stderr}");
+    assert!(
+        lines[0].contains(needle),
+        "args {args:?}: '{}' does not mention '{needle}'",
+        lines[0]
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `harden audit ARGS --json -` as JSON (exit code 0 required).
+pub fn audit_json(args: &[&str]) -> serde_json::Value {
+    let out = harden()
+        .arg("audit")
+        .args(args)
+        .args(["--json", "-"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

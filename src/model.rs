@@ -119,8 +119,13 @@ impl OnnxModel {
     }
 
     pub fn graph(&self) -> &pb::GraphProto {
-        // `load` refuses models without a graph.
-        self.proto.graph.as_ref().expect("graph checked at load")
+        // `load` refuses models without a graph; an empty one stands in if code ever
+        // builds an OnnxModel otherwise.
+        static EMPTY: std::sync::OnceLock<pb::GraphProto> = std::sync::OnceLock::new();
+        self.proto
+            .graph
+            .as_ref()
+            .unwrap_or_else(|| EMPTY.get_or_init(Default::default))
     }
 
     fn check_structure(&self) -> Result<()> {

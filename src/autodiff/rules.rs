@@ -52,6 +52,19 @@ pub fn backward(
         return Ok(vec![None; n.input.len()]);
     };
     let dy = dy.as_str();
+    let min_inputs = match n.op_type.as_str() {
+        "Gemm" | "MatMul" | "Conv" | "Add" | "Sub" | "Mul" | "Div" | "PRelu" | "Gather" => 2,
+        "BatchNormalization" => 5,
+        _ => 1,
+    };
+    if n.input.len() < min_inputs || n.output.is_empty() {
+        bail!(
+            "has {} inputs and {} outputs; {} needs at least {min_inputs} inputs and an output",
+            n.input.len(),
+            n.output.len(),
+            n.op_type
+        );
+    }
     let input = |i: usize| n.input.get(i).map(String::as_str).unwrap_or("");
     let out = n.output.first().map(String::as_str).unwrap_or("");
     let need = |i: usize| needs.get(i).copied().unwrap_or(false);

@@ -372,7 +372,6 @@ struct Session {
     data_spec: String,
     source: Box<dyn DataSource>,
     mapping: DataMapping,
-    opts: RunOptions,
     oracle: ModelOracle,
 }
 
@@ -419,7 +418,6 @@ fn open_session(
         data_spec,
         source,
         mapping,
-        opts,
         oracle,
     })
 }
@@ -605,7 +603,6 @@ fn attack_command(a: AttackArgs, env: &Env) -> Result<i32> {
         correct,
         a.out.as_ref().map(|p| format!("; saved to {}", p.display())).unwrap_or_default()
     ))?;
-    let _ = &s.opts;
     Ok(EXIT_OK)
 }
 

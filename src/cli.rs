@@ -19,6 +19,10 @@ use crate::robust::AttackKnobs;
 use crate::runtime::{OrtLocator, RuntimeChoice};
 use crate::spec::{DataMapping, InputSpec, Layout, SpecArgs};
 
+pub use crate::files::write_atomic;
+
+mod main_command;
+
 /// Exit codes, like grep: 0 ok (or gate passed), 1 gate failed, 2 error.
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 2;
@@ -30,9 +34,140 @@ pub const EXIT_ERROR: i32 = 2;
     about = "Audit and adversarially harden ONNX classifiers, without the training framework",
     after_help = "Exit codes: 0 ok, 1 a gate failed, 2 error (bad input, unsupported model)."
 )]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    override_usage = "harden MODEL.onnx --eps E [OPTIONS]   (harden: audit, fine-tune, export, audit again)\n       harden <COMMAND> [ARGS]"
+)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub harden: HardenArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MethodArg {
+    Mixed,
+    Pgd,
+    Fast,
+    Trades,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OptimizerArg {
+    Sgd,
+    Adam,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleArg {
+    Constant,
+    Cosine,
+    Step,
+}
+
+/// The main command: audit MODEL, fine-tune it on adversarial batches, export the
+/// hardened ONNX and audit it again.
+#[derive(Args, Debug)]
+pub struct HardenArgs {
+    /// The ONNX model to harden.
+    #[arg(required = true)]
+    pub model: Option<PathBuf>,
+    /// Radius of the threat model, in raw input units.
+    #[arg(long, required = true, allow_hyphen_values = true)]
+    pub eps: Option<f32>,
+    /// Training data (as for `audit --data`). Default: Fashion-MNIST's training set if
+    /// installed, else the bundled slice (28x28 models only).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Data for the before/after audits. Default: the test split of --data when it has
+    /// one, else the validation examples held out from --data.
+    #[arg(long)]
+    pub audit_data: Option<String>,
+    /// Train on at most N examples of --data (validation ones included).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Audit on at most N examples.
+    #[arg(long, default_value_t = 1000)]
+    pub audit_limit: usize,
+    /// Attacks of the before/after audits (as for `audit --attacks`).
+    #[arg(long, default_value = "standard")]
+    pub attacks: String,
+    /// Training method: mixed (clean + PGD), pgd (Madry), fast (FGSM with random start),
+    /// trades.
+    #[arg(long, value_enum, default_value = "pgd")]
+    pub method: MethodArg,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Training examples per step.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value = "adam")]
+    pub optimizer: OptimizerArg,
+    /// Base learning rate.
+    #[arg(long, allow_hyphen_values = true)]
+    pub lr: Option<f32>,
+    /// SGD momentum.
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.9)]
+    pub momentum: f32,
+    /// Weight decay (on weights, not biases).
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: ScheduleArg,
+    /// Linear learning-rate warm-up, in epochs (fractions allowed).
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.0)]
+    pub warmup_epochs: f32,
+    /// mixed: the fraction of each batch replaced by adversarial examples.
+    #[arg(long, allow_hyphen_values = true, default_value_t = 0.5)]
+    pub adv_ratio: f32,
+    /// Steps of the training attack (mixed, pgd, trades).
+    #[arg(long, default_value_t = 7)]
+    pub attack_steps: usize,
+    /// Step size of the training attack (default 2.5 eps / steps; fast: 1.25 eps).
+    #[arg(long, allow_hyphen_values = true)]
+    pub step_size: Option<f32>,
+    /// trades: weight of the KL term.
+    #[arg(long, allow_hyphen_values = true, default_value_t = 6.0)]
+    pub beta: f32,
+    /// Validation examples held out from the training data.
+    #[arg(long, default_value_t = 1000)]
+    pub val_size: usize,
+    /// PGD steps of the per-epoch validation attack.
+    #[arg(long, default_value_t = 10)]
+    pub val_steps: usize,
+    /// Stop after N epochs without a better validation robust accuracy.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep a checkpoint here (at each epoch end and every few hundred batches).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Also checkpoint every N training batches (0: at epoch ends only).
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub checkpoint_every: usize,
+    /// Continue the run checkpointed in --checkpoint-dir.
+    #[arg(long, requires = "checkpoint_dir")]
+    pub resume: bool,
+    /// The hardened model (default: MODEL.hardened.onnx next to MODEL).
+    #[arg(short, long, value_name = "OUT.onnx")]
+    pub output: Option<PathBuf>,
+    /// Write the before/after report (report.json) into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Threat model norm.
+    #[arg(long, value_enum, default_value = "linf")]
+    pub norm: NormArg,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// auto takes ONNX Runtime when its library loads, tract otherwise.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub runtime: RuntimeChoice,
+    /// Threads for the runtime (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -316,7 +451,10 @@ impl RunArgs {
 /// Runs the parsed command; returns the exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     let env = Env::from_process();
-    match cli.command {
+    let Some(command) = cli.command else {
+        return main_command::run(cli.harden, &env);
+    };
+    match command {
         Command::Inspect { model, json } => {
             let m = OnnxModel::load(&model)?;
             let i = inspect::inspect(&m);
@@ -346,21 +484,32 @@ fn open_data(
     model_example_len: Option<usize>,
     env: &Env,
 ) -> Result<(String, Box<dyn DataSource>)> {
-    let open = |s: &str| data::open(s, env.home.as_deref(), env.harden_data.as_deref());
     match spec {
-        Some(s) => Ok((s.to_string(), open(s)?)),
-        None => {
-            if model_example_len != Some(784) {
-                bail!("no --data given and the model's input does not fit the bundled 28x28 demo data; pass --data");
-            }
-            match open("fashion-mnist:test") {
-                Ok(d) => Ok(("fashion-mnist:test".into(), d)),
-                Err(_) => {
-                    let p = bundled_slice();
-                    let s = p.display().to_string();
-                    Ok((s.clone(), open(&s)?))
-                }
-            }
+        Some(s) => Ok((s.to_string(), open_spec(s, env)?)),
+        None => default_data("test", model_example_len, env),
+    }
+}
+
+fn open_spec(spec: &str, env: &Env) -> Result<Box<dyn DataSource>> {
+    data::open(spec, env.home.as_deref(), env.harden_data.as_deref())
+}
+
+/// The demo data's `split` ("train" or "test"): Fashion-MNIST when installed, else the
+/// bundled slice. Only for models whose examples have 784 values.
+fn default_data(
+    split: &str,
+    model_example_len: Option<usize>,
+    env: &Env,
+) -> Result<(String, Box<dyn DataSource>)> {
+    if model_example_len != Some(784) {
+        bail!("no --data given and the model's input does not fit the bundled 28x28 demo data; pass --data");
+    }
+    let named = format!("fashion-mnist:{split}");
+    match open_spec(&named, env) {
+        Ok(d) => Ok((named, d)),
+        Err(_) => {
+            let s = format!("{}:{split}", bundled_slice().display());
+            Ok((s.clone(), open_spec(&s, env)?))
         }
     }
 }
@@ -756,27 +905,6 @@ fn progress_bar(len: Option<u64>, what: &'static str) -> indicatif::ProgressBar 
         bar.set_style(style);
     }
     bar
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder, renamed into place.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| {
-        format!(
-            "cannot write {}: cannot create a file in {}",
-            path.display(),
-            dir.display()
-        )
-    })?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error))?;
-    Ok(())
 }
 
 /// Prints to stdout; a closed pipe is not an error.

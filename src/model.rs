@@ -306,6 +306,61 @@ impl OnnxModel {
     pub fn to_bytes(&self) -> Vec<u8> {
         self.proto.encode_to_vec()
     }
+
+    /// The model with the float initializers named in `updates` given new values (same
+    /// name, dims and type; only tensors whose values changed are touched) and the keys
+    /// of `metadata` set in `metadata_props` (replacing earlier values of those keys).
+    /// The graph, inputs, outputs, opset, IR version and other metadata stay as loaded.
+    pub fn with_updates(
+        &self,
+        updates: &[(String, Vec<f32>)],
+        metadata: &[(String, String)],
+    ) -> Result<OnnxModel> {
+        let mut proto = self.proto.clone();
+        let graph = proto
+            .graph
+            .as_mut()
+            .ok_or_else(|| anyhow!("the model has no graph"))?;
+        for (name, values) in updates {
+            let t = graph
+                .initializer
+                .iter_mut()
+                .find(|t| &t.name == name)
+                .ok_or_else(|| anyhow!("the model has no initializer '{name}'"))?;
+            let old = float_values(t)
+                .filter(|_| t.data_type == 1)
+                .ok_or_else(|| anyhow!("initializer '{name}' is not a float tensor"))?;
+            if old.len() != values.len() {
+                bail!(
+                    "initializer '{name}' has {} values, {} given",
+                    old.len(),
+                    values.len()
+                );
+            }
+            let same = old
+                .iter()
+                .zip(values)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            if !same {
+                t.float_data.clear();
+                t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            }
+        }
+        for (k, v) in metadata {
+            proto.metadata_props.retain(|p| &p.key != k);
+            proto.metadata_props.push(pb::StringStringEntryProto {
+                key: k.clone(),
+                value: v.clone(),
+            });
+        }
+        let bytes = proto.encode_to_vec();
+        Ok(OnnxModel {
+            sha256: hex(&Sha256::digest(&bytes)),
+            file_bytes: bytes.len() as u64,
+            proto,
+            path: self.path.clone(),
+        })
+    }
 }
 
 /// Elements of a tensor with `dims` (negative dims count as 0; saturates, never overflows).
@@ -632,6 +687,31 @@ pub fn free_batch(proto: &pb::ModelProto, input: &str) -> Option<pb::ModelProto>
     }
     g.initializer.extend(new_inits);
     Some(p)
+}
+
+/// The values of a float or double tensor as f32, from the typed field or little-endian
+/// `raw_data`; `None` for other types or when the count does not match the dims.
+pub fn float_values(t: &pb::TensorProto) -> Option<Vec<f32>> {
+    let v: Vec<f32> = match t.data_type {
+        1 if !t.float_data.is_empty() => t.float_data.clone(),
+        1 => t
+            .raw_data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        11 if !t.double_data.is_empty() => t.double_data.iter().map(|v| *v as f32).collect(),
+        11 => t
+            .raw_data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        _ => return None,
+    };
+    let count = t
+        .dims
+        .iter()
+        .try_fold(1usize, |a, d| a.checked_mul(usize::try_from(*d).ok()?))?;
+    (v.len() == count).then_some(v)
 }
 
 /// The values of an int64 tensor, from `int64_data` or little-endian `raw_data`.

@@ -76,7 +76,27 @@ impl ModelOracle {
     }
 }
 
-fn onehot(idx: &[usize], k: usize) -> Vec<f32> {
+/// The loss kind of `head` and the values of its graph inputs (`harden_a`, `harden_b`),
+/// `n * k` each.
+pub(crate) fn head_inputs(head: Head<'_>, k: usize) -> (LossKind, Vec<Vec<f32>>) {
+    match head {
+        Head::CrossEntropy { labels } => (LossKind::CrossEntropy, vec![onehot(labels, k)]),
+        Head::TargetedCrossEntropy { targets } => {
+            (LossKind::TargetedCrossEntropy, vec![onehot(targets, k)])
+        }
+        Head::Margin { labels } => (LossKind::Margin, vec![onehot(labels, k)]),
+        Head::Dlr { labels } => (LossKind::Dlr, vec![onehot(labels, k)]),
+        Head::DlrTargeted { labels, targets } => (
+            LossKind::DlrTargeted,
+            vec![onehot(labels, k), onehot(targets, k)],
+        ),
+        Head::Kl { probs } => (LossKind::Kl, vec![probs.to_vec()]),
+        Head::Linear { coeffs } => (LossKind::Linear, vec![coeffs.to_vec()]),
+    }
+}
+
+/// One-hot rows for class indices (an index >= k gives a zero row).
+pub(crate) fn onehot(idx: &[usize], k: usize) -> Vec<f32> {
     let mut v = vec![0.0; idx.len() * k];
     for (i, &c) in idx.iter().enumerate() {
         if c < k {
@@ -103,20 +123,7 @@ impl Oracle for ModelOracle {
         let k = self.num_classes();
         let len = self.example_len();
         let n = x.len() / len;
-        let (kind, extra): (LossKind, Vec<Vec<f32>>) = match head {
-            Head::CrossEntropy { labels } => (LossKind::CrossEntropy, vec![onehot(labels, k)]),
-            Head::TargetedCrossEntropy { targets } => {
-                (LossKind::TargetedCrossEntropy, vec![onehot(targets, k)])
-            }
-            Head::Margin { labels } => (LossKind::Margin, vec![onehot(labels, k)]),
-            Head::Dlr { labels } => (LossKind::Dlr, vec![onehot(labels, k)]),
-            Head::DlrTargeted { labels, targets } => (
-                LossKind::DlrTargeted,
-                vec![onehot(labels, k), onehot(targets, k)],
-            ),
-            Head::Kl { probs } => (LossKind::Kl, vec![probs.to_vec()]),
-            Head::Linear { coeffs } => (LossKind::Linear, vec![coeffs.to_vec()]),
-        };
+        let (kind, extra) = head_inputs(head, k);
         if extra.iter().any(|e| e.len() != n * k) {
             bail!("loss inputs do not match {n} examples of {k} classes");
         }

@@ -92,28 +92,7 @@ impl<'a> Consts<'a> {
     }
 
     pub fn f32s(&self, name: &str) -> Option<Vec<f32>> {
-        let t = self.tensors.get(name)?;
-        match t.data_type {
-            1 if !t.float_data.is_empty() => Some(t.float_data.clone()),
-            1 => Some(
-                t.raw_data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
-            11 if !t.double_data.is_empty() => {
-                Some(t.double_data.iter().map(|v| *v as f32).collect())
-            }
-            11 => Some(
-                t.raw_data
-                    .chunks_exact(8)
-                    .map(|c| {
-                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-                    })
-                    .collect(),
-            ),
-            _ => None,
-        }
+        model::float_values(self.tensors.get(name)?)
     }
 }
 
@@ -164,7 +143,31 @@ pub fn gradient_graph(
     batch: usize,
     kind: LossKind,
 ) -> Result<GradGraph> {
-    build(proto, input, example_shape, batch, kind, &[])
+    build(proto, input, example_shape, batch, kind, &[], Wrt::INPUT)
+}
+
+/// Which gradients a graph computes: w.r.t. the input X (attacks), w.r.t. the lifted
+/// parameters (training), or both. A gradient not asked for is never built: the graph's
+/// `harden_grad` output is then zeros, and no `harden_grad_<param>` outputs exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wrt {
+    pub input: bool,
+    pub params: bool,
+}
+
+impl Wrt {
+    pub const INPUT: Wrt = Wrt {
+        input: true,
+        params: false,
+    };
+    pub const PARAMS: Wrt = Wrt {
+        input: false,
+        params: true,
+    };
+    pub const BOTH: Wrt = Wrt {
+        input: true,
+        params: true,
+    };
 }
 
 /// The prefix of a parameter gradient's output name.
@@ -202,6 +205,21 @@ pub fn training_graph(
     kind: LossKind,
     params: &[String],
 ) -> Result<TrainGraph> {
+    training_graph_wrt(proto, input, example_shape, batch, kind, params, Wrt::BOTH)
+}
+
+/// [`training_graph`] computing only the gradients `wrt` asks for: with `Wrt::INPUT` the
+/// parameters are still graph inputs (attacks on a model being trained), with
+/// `Wrt::PARAMS` the input gradient is skipped (the weight update).
+pub fn training_graph_wrt(
+    proto: &pb::ModelProto,
+    input: &str,
+    example_shape: &[usize],
+    batch: usize,
+    kind: LossKind,
+    params: &[String],
+    wrt: Wrt,
+) -> Result<TrainGraph> {
     let g0 = proto
         .graph
         .as_ref()
@@ -225,13 +243,48 @@ pub fn training_graph(
                 .ok_or_else(|| anyhow!("cannot read the values of '{p}'"))?,
         );
     }
-    let grad = build(proto, input, example_shape, batch, kind, params)?;
+    let grad = build(proto, input, example_shape, batch, kind, params, wrt)?;
     Ok(TrainGraph {
         grad,
         params: params.to_vec(),
         param_shapes,
         param_values,
     })
+}
+
+/// The model itself (logits out, no loss or gradients) with `params` lifted to graph
+/// inputs after X, in `params` order, exactly as a [`training_graph`] takes them: the
+/// forward pass of a model whose weights change between runs. X keeps its batch
+/// dimension as the model declares it.
+pub fn forward_graph(
+    proto: &pb::ModelProto,
+    input: &str,
+    example_shape: &[usize],
+    params: &[String],
+) -> Result<pb::ModelProto> {
+    let mut x_shape = vec![1];
+    x_shape.extend_from_slice(example_shape);
+    let split = split_trained_bn(proto, input, &x_shape, params)?;
+    let mut out = split.unwrap_or_else(|| proto.clone());
+    let g = out
+        .graph
+        .as_mut()
+        .ok_or_else(|| anyhow!("the model has no graph"))?;
+    let mut lifted = vec![];
+    for p in params {
+        let t = g
+            .initializer
+            .iter()
+            .find(|t| &t.name == p)
+            .ok_or_else(|| anyhow!("'{p}' is not an initializer of the model"))?;
+        let dims: Vec<Dim> = t.dims.iter().map(|d| Dim::Fixed(*d as usize)).collect();
+        lifted.push(model::float_value_info(p, &dims));
+    }
+    g.initializer.retain(|t| !params.contains(&t.name));
+    g.input.retain(|v| !params.contains(&v.name));
+    g.input.extend(lifted);
+    g.value_info.clear();
+    Ok(out)
 }
 
 /// Float initializers that feed differentiable inputs of ops: Conv W and B, Gemm B and
@@ -353,6 +406,7 @@ fn build(
     batch: usize,
     kind: LossKind,
     params: &[String],
+    wrt: Wrt,
 ) -> Result<GradGraph> {
     let mut x_shape = vec![batch];
     x_shape.extend_from_slice(example_shape);
@@ -382,8 +436,13 @@ fn build(
 
     // Tensors that depend on X or a parameter, and nodes on a path from them to the
     // logits.
-    let mut depends: HashSet<&str> = HashSet::from([input]);
-    depends.extend(params.iter().map(String::as_str));
+    let mut depends: HashSet<&str> = HashSet::new();
+    if wrt.input {
+        depends.insert(input);
+    }
+    if wrt.params {
+        depends.extend(params.iter().map(String::as_str));
+    }
     for n in &g0.node {
         if n.input.iter().any(|i| depends.contains(i.as_str())) {
             depends.extend(n.output.iter().map(String::as_str));
@@ -444,7 +503,7 @@ fn build(
         }
     }
     let mut param_outputs = vec![];
-    for p in params {
+    for p in params.iter().filter(|_| wrt.params) {
         let ps = shapes
             .get(p)
             .ok_or_else(|| anyhow!("no shape for the parameter '{p}'"))?

@@ -294,6 +294,64 @@ impl DataSource for Limit {
     }
 }
 
+/// Examples held in memory (stored values, as a source yielded them), streamed again.
+pub struct MemorySource {
+    shape: Vec<usize>,
+    kind: ValueKind,
+    name: String,
+    xs: Vec<f32>,
+    ys: Vec<Option<usize>>,
+    pos: usize,
+}
+
+impl MemorySource {
+    /// `xs` holds `ys.len()` examples of `shape`, as stored.
+    pub fn new(
+        name: String,
+        shape: Vec<usize>,
+        kind: ValueKind,
+        xs: Vec<f32>,
+        ys: Vec<Option<usize>>,
+    ) -> MemorySource {
+        MemorySource {
+            shape,
+            kind,
+            name,
+            xs,
+            ys,
+            pos: 0,
+        }
+    }
+}
+
+impl DataSource for MemorySource {
+    fn example_shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn kind(&self) -> ValueKind {
+        self.kind
+    }
+    fn len(&self) -> Option<usize> {
+        Some(self.ys.len())
+    }
+    fn describe(&self) -> String {
+        format!("{} ({} examples)", self.name, self.ys.len())
+    }
+    fn next_batch(
+        &mut self,
+        n: usize,
+        xs: &mut Vec<f32>,
+        ys: &mut Vec<Option<usize>>,
+    ) -> Result<usize> {
+        let len: usize = self.shape.iter().product();
+        let take = n.min(self.ys.len() - self.pos);
+        xs.extend_from_slice(&self.xs[self.pos * len..(self.pos + take) * len]);
+        ys.extend_from_slice(&self.ys[self.pos..self.pos + take]);
+        self.pos += take;
+        Ok(take)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,280 @@
+//! A model being trained: its trainable parameters held in memory and fed to every graph
+//! as inputs (see `autodiff::training_graph`), so updated weights never need a rebuild.
+//!
+//! Three kinds of graph run here, each opened on first use and kept per (loss, batch):
+//! the forward graph (logits), input-gradient graphs (attacks on the current weights) and
+//! parameter-gradient graphs (the weight update). [`TrainNet`] is also an attack
+//! [`Oracle`], so validation uses the same attacks as `harden audit`.
+
+use std::collections::HashMap;
+
+use anyhow::{anyhow, bail, Result};
+use ndarray::{Array2, ArrayD, ArrayViewD, IxDyn};
+
+use crate::attack::{Head, LossGrad, Oracle};
+use crate::autodiff::{self, LossKind, Wrt};
+use crate::classifier::RunOptions;
+use crate::model::pb;
+use crate::oracle::head_inputs;
+use crate::runtime::{self, Runtime};
+
+/// What a gradient-graph run gives back.
+pub struct GraphOut {
+    pub logits: Array2<f32>,
+    pub loss: Vec<f32>,
+    /// d sum(loss) / dX (zeros for parameter-gradient graphs).
+    pub grad: Vec<f32>,
+    /// d sum(loss) / d param, in parameter order (empty for input-gradient graphs).
+    pub param_grads: Vec<Vec<f32>>,
+}
+
+pub struct TrainNet {
+    /// The model as trained: preprocessing in front, batch dimension free.
+    proto: pb::ModelProto,
+    input: String,
+    example_shape: Vec<usize>,
+    num_classes: usize,
+    pub params: Vec<String>,
+    pub values: Vec<ArrayD<f32>>,
+    opts: RunOptions,
+    /// Examples per forward run (and per run of `Oracle::loss_grad`).
+    eval_batch: usize,
+    forward: Option<Box<dyn Runtime>>,
+    graphs: HashMap<(LossKind, bool, usize), Box<dyn Runtime>>,
+}
+
+impl TrainNet {
+    /// `proto` takes raw input `input` (examples of `example_shape`) with a free batch
+    /// dimension; `params` are the float initializers to train.
+    pub fn new(
+        proto: pb::ModelProto,
+        input: &str,
+        example_shape: &[usize],
+        num_classes: usize,
+        params: Vec<String>,
+        opts: &RunOptions,
+        eval_batch: usize,
+    ) -> Result<TrainNet> {
+        if params.is_empty() {
+            bail!("the model has no trainable weights (no float initializers feeding Conv, Gemm, MatMul, Add, BatchNormalization or PRelu)");
+        }
+        let g = proto
+            .graph
+            .as_ref()
+            .ok_or_else(|| anyhow!("the model has no graph"))?;
+        let mut values = vec![];
+        for p in &params {
+            let t = g
+                .initializer
+                .iter()
+                .find(|t| &t.name == p)
+                .ok_or_else(|| anyhow!("'{p}' is not an initializer of the model"))?;
+            let shape: Vec<usize> = t.dims.iter().map(|d| *d as usize).collect();
+            let v = crate::model::float_values(t)
+                .ok_or_else(|| anyhow!("cannot read the float values of '{p}'"))?;
+            values.push(ArrayD::from_shape_vec(IxDyn(&shape), v)?);
+        }
+        Ok(TrainNet {
+            proto,
+            input: input.to_string(),
+            example_shape: example_shape.to_vec(),
+            num_classes,
+            params,
+            values,
+            opts: opts.clone(),
+            eval_batch: eval_batch.max(1),
+            forward: None,
+            graphs: HashMap::new(),
+        })
+    }
+
+    pub fn shapes(&self) -> Vec<Vec<usize>> {
+        self.values.iter().map(|v| v.shape().to_vec()).collect()
+    }
+
+    /// The runtime's name ("onnxruntime" or "tract").
+    pub fn runtime_name(&mut self) -> Result<&'static str> {
+        Ok(self.forward_runtime()?.name())
+    }
+
+    fn open(&self, proto: &pb::ModelProto) -> Result<Box<dyn Runtime>> {
+        runtime::open(
+            self.opts.runtime,
+            &prost::Message::encode_to_vec(proto),
+            self.opts.threads,
+            &self.opts.ort,
+        )
+    }
+
+    fn forward_runtime(&mut self) -> Result<&mut Box<dyn Runtime>> {
+        if self.forward.is_none() {
+            let g = autodiff::forward_graph(
+                &self.proto,
+                &self.input,
+                &self.example_shape,
+                &self.params,
+            )?;
+            self.forward = Some(self.open(&g)?);
+        }
+        self.forward
+            .as_mut()
+            .ok_or_else(|| anyhow!("no forward graph"))
+    }
+
+    /// Builds (once) the graph for `kind` at `batch`, with parameter gradients or input
+    /// gradients.
+    pub fn prepare(&mut self, kind: LossKind, param_grads: bool, batch: usize) -> Result<()> {
+        let key = (kind, param_grads, batch);
+        if !self.graphs.contains_key(&key) {
+            let wrt = if param_grads { Wrt::PARAMS } else { Wrt::INPUT };
+            let g = autodiff::training_graph_wrt(
+                &self.proto,
+                &self.input,
+                &self.example_shape,
+                batch,
+                kind,
+                &self.params,
+                wrt,
+            )?;
+            let rt = self.open(&g.grad.proto)?;
+            self.graphs.insert(key, rt);
+        }
+        Ok(())
+    }
+
+    fn x_shape(&self, batch: usize) -> Vec<usize> {
+        let mut s = vec![batch];
+        s.extend(&self.example_shape);
+        s
+    }
+
+    /// Runs the `kind` graph on exactly `batch` examples `x` with head inputs `heads`
+    /// (`batch * k` values each).
+    pub fn run_graph(
+        &mut self,
+        kind: LossKind,
+        param_grads: bool,
+        batch: usize,
+        x: &[f32],
+        heads: &[Vec<f32>],
+    ) -> Result<GraphOut> {
+        self.prepare(kind, param_grads, batch)?;
+        let k = self.num_classes;
+        let xa = ArrayD::from_shape_vec(IxDyn(&self.x_shape(batch)), x.to_vec())?;
+        let ha: Vec<ArrayD<f32>> = heads
+            .iter()
+            .map(|h| ArrayD::from_shape_vec(IxDyn(&[batch, k]), h.clone()))
+            .collect::<std::result::Result<_, _>>()?;
+        let mut views: Vec<ArrayViewD<'_, f32>> = vec![xa.view()];
+        views.extend(ha.iter().map(|h| h.view()));
+        views.extend(self.values.iter().map(|v| v.view()));
+        let rt = self
+            .graphs
+            .get_mut(&(kind, param_grads, batch))
+            .ok_or_else(|| anyhow!("no graph for {kind:?}"))?;
+        let out = rt.run(&views)?;
+        let want = 3 + if param_grads { self.params.len() } else { 0 };
+        if out.len() != want {
+            bail!(
+                "the training graph returned {} outputs, expected {want}",
+                out.len()
+            );
+        }
+        let mut it = out.into_iter();
+        let mut next = || it.next().ok_or_else(|| anyhow!("missing graph output"));
+        let logits = next()?.into_shape_with_order((batch, k))?;
+        let loss = next()?.into_raw_vec_and_offset().0;
+        let grad = next()?.into_raw_vec_and_offset().0;
+        let mut param_grads_out = vec![];
+        if param_grads {
+            for _ in 0..self.params.len() {
+                param_grads_out.push(next()?.into_raw_vec_and_offset().0);
+            }
+        }
+        Ok(GraphOut {
+            logits,
+            loss,
+            grad,
+            param_grads: param_grads_out,
+        })
+    }
+}
+
+impl Oracle for TrainNet {
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    fn example_len(&self) -> usize {
+        self.example_shape.iter().product()
+    }
+
+    fn logits(&mut self, x: &[f32]) -> Result<Array2<f32>> {
+        let len = self.example_len();
+        let n = x.len() / len;
+        let b = self.eval_batch;
+        let k = self.num_classes;
+        let xs = self.x_shape(b);
+        self.forward_runtime()?;
+        let mut rows = Vec::with_capacity(n * k);
+        let mut done = 0;
+        while done < n {
+            let take = (n - done).min(b);
+            let mut xb = x[done * len..(done + take) * len].to_vec();
+            xb.resize(b * len, 0.0);
+            let xa = ArrayD::from_shape_vec(IxDyn(&xs), xb)?;
+            let mut views = vec![xa.view()];
+            views.extend(self.values.iter().map(|v| v.view()));
+            let rt = self
+                .forward
+                .as_mut()
+                .ok_or_else(|| anyhow!("no forward graph"))?;
+            let out = rt.run(&views)?;
+            let first = out
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow!("the model gave no output"))?;
+            rows.extend(first.iter().take(take * k));
+            done += take;
+        }
+        Ok(Array2::from_shape_vec((n, k), rows)?)
+    }
+
+    fn loss_grad(&mut self, x: &[f32], head: Head<'_>) -> Result<LossGrad> {
+        let k = self.num_classes;
+        let len = self.example_len();
+        let n = x.len() / len;
+        let (kind, extra) = head_inputs(head, k);
+        if extra.iter().any(|e| e.len() != n * k) {
+            bail!("loss inputs do not match {n} examples of {k} classes");
+        }
+        let b = self.eval_batch;
+        let mut logits = Vec::with_capacity(n * k);
+        let mut loss = Vec::with_capacity(n);
+        let mut grad = Vec::with_capacity(n * len);
+        let mut done = 0;
+        while done < n {
+            let take = (n - done).min(b);
+            let mut xb = x[done * len..(done + take) * len].to_vec();
+            xb.resize(b * len, 0.0);
+            let heads: Vec<Vec<f32>> = extra
+                .iter()
+                .map(|e| {
+                    let mut v = e[done * k..(done + take) * k].to_vec();
+                    v.resize(b * k, 0.0);
+                    v
+                })
+                .collect();
+            let out = self.run_graph(kind, false, b, &xb, &heads)?;
+            logits.extend(out.logits.iter().take(take * k));
+            loss.extend(out.loss.iter().take(take));
+            grad.extend(out.grad.iter().take(take * len));
+            done += take;
+        }
+        Ok(LossGrad {
+            logits: Array2::from_shape_vec((n, k), logits)?,
+            loss,
+            grad,
+        })
+    }
+}

@@ -1,0 +1,487 @@
+//! The main command, `harden MODEL --eps E`: export, determinism, checkpoints and resume,
+//! kills at random moments, bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use harden::classifier::Classifier;
+use harden::model::OnnxModel;
+use harden::runtime::RuntimeChoice;
+use harden::spec::{InputSpec, SpecArgs};
+
+fn slice(split: &str) -> String {
+    format!(
+        "{}:{split}",
+        root().join("data/fashion-mnist-slice").display()
+    )
+}
+
+/// Fast settings on the bundled slice: a small run that still trains.
+fn quick(model: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let train = slice("train");
+    let out = out.display().to_string();
+    let defaults = [
+        ("--eps", "0.1"),
+        ("--data", train.as_str()),
+        ("--limit", "600"),
+        ("--val-size", "100"),
+        ("--audit-limit", "60"),
+        ("--attacks", "fgsm"),
+        ("--batch-size", "50"),
+        ("--attack-steps", "2"),
+        ("--val-steps", "3"),
+        ("-o", out.as_str()),
+    ];
+    let mut v = vec![model.to_string()];
+    for (k, val) in defaults {
+        if !extra.contains(&k) {
+            v.extend([k.to_string(), val.to_string()]);
+        }
+    }
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn run_ok(args: &[String]) -> String {
+    let out = harden().args(args).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "args {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn runtimes() -> Vec<RuntimeChoice> {
+    let mut v = vec![RuntimeChoice::Tract];
+    if ort_available() {
+        v.push(RuntimeChoice::Ort);
+    }
+    v
+}
+
+/// Logits of `model` on `x` (raw input) on `rt`.
+fn logits(model: &Path, rt: RuntimeChoice, x: &[f32]) -> Vec<f32> {
+    let m = OnnxModel::load(model).unwrap();
+    let spec = InputSpec::resolve(&m.classifier_input().unwrap(), &SpecArgs::default()).unwrap();
+    let shape: Vec<usize> = spec.model_shape[1..]
+        .iter()
+        .map(|d| d.fixed().unwrap())
+        .collect();
+    let mut c = Classifier::open(&m, &spec, &shape, &options(rt)).unwrap();
+    c.logits(x).unwrap().iter().copied().collect()
+}
+
+fn float_inits(m: &OnnxModel) -> Vec<(String, Vec<f32>)> {
+    m.graph()
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == 1)
+        .map(|t| (t.name.clone(), harden::model::float_values(t).unwrap()))
+        .collect()
+}
+
+fn metadata(m: &OnnxModel) -> Vec<(String, String)> {
+    m.proto
+        .metadata_props
+        .iter()
+        .map(|p| (p.key.clone(), p.value.clone()))
+        .collect()
+}
+
+/// The exported model keeps the original's graph, interface, opset and IR version.
+fn assert_same_interface(a: &OnnxModel, b: &OnnxModel) {
+    assert_eq!(a.proto.ir_version, b.proto.ir_version);
+    assert_eq!(a.proto.opset_import, b.proto.opset_import);
+    let (ga, gb) = (a.graph(), b.graph());
+    assert_eq!(ga.input, gb.input);
+    assert_eq!(ga.output, gb.output);
+    assert_eq!(ga.node, gb.node);
+    let names = |g: &harden::model::pb::GraphProto| {
+        g.initializer
+            .iter()
+            .map(|t| (t.name.clone(), t.dims.clone(), t.data_type))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(ga), names(gb));
+}
+
+#[test]
+fn zero_epochs_export_equals_the_original_bit_for_bit() {
+    let d = tempfile::tempdir().unwrap();
+    for (model, n) in [
+        ("mlp.onnx", 784),
+        ("cnn_bn.onnx", 784),
+        ("cnn_fixed_batch.onnx", 784),
+    ] {
+        let out = d.path().join(format!("{model}.hardened.onnx"));
+        run_ok(&quick(&f(model), &out, &["--epochs", "0"]));
+        let a = OnnxModel::load(&fixture(model)).unwrap();
+        let b = OnnxModel::load(&out).unwrap();
+        assert_same_interface(&a, &b);
+        assert_eq!(float_inits(&a), float_inits(&b), "{model}");
+        let md = metadata(&b);
+        for key in [
+            "harden.version",
+            "harden.method",
+            "harden.eps",
+            "harden.epochs",
+            "harden.robust_accuracy",
+        ] {
+            assert!(
+                md.iter().any(|(k, _)| k == key),
+                "{model}: no {key} in {md:?}"
+            );
+        }
+        assert!(md.contains(&("harden.epochs".into(), "0".into())));
+        let x = lcg_vec(3 * n, 7, 0.0, 1.0);
+        for rt in runtimes() {
+            let (la, lb) = (logits(&fixture(model), rt, &x), logits(&out, rt, &x));
+            assert!(
+                la.iter().zip(&lb).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{model} on {rt:?}: outputs differ"
+            );
+        }
+    }
+}
+
+#[test]
+fn hardening_raises_robust_accuracy_and_keeps_the_interface() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("mlp.hardened.onnx");
+    let rep = d.path().join("report");
+    let stdout = run_ok(&quick(
+        &f("mlp.onnx"),
+        &out,
+        &[
+            "--epochs",
+            "3",
+            "--limit",
+            "2000",
+            "--method",
+            "pgd",
+            "--report",
+            &rep.display().to_string(),
+        ],
+    ));
+    assert!(
+        stdout.contains("before") && stdout.contains("after"),
+        "{stdout}"
+    );
+    let a = OnnxModel::load(&fixture("mlp.onnx")).unwrap();
+    let b = OnnxModel::load(&out).unwrap();
+    assert_same_interface(&a, &b);
+    assert_ne!(float_inits(&a), float_inits(&b));
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rep.join("report.json")).unwrap()).unwrap();
+    let worst = |k: &str| {
+        r[k]["robust"]["results"][0]["robust_accuracy"]
+            .as_f64()
+            .unwrap()
+    };
+    let (before, after) = (worst("before"), worst("after"));
+    assert!(after > before + 0.1, "robust accuracy {before} -> {after}");
+    let hist = r["training"]["history"].as_array().unwrap();
+    assert_eq!(hist.len(), 4, "epoch 0 plus 3 epochs");
+    let best = r["training"]["best_epoch"].as_u64().unwrap() as usize;
+    let best_val = hist[best]["val_robust"].as_f64().unwrap();
+    assert!(hist
+        .iter()
+        .all(|h| h["val_robust"].as_f64().unwrap() <= best_val));
+    // Every exported model runs on both runtimes.
+    let x = lcg_vec(5 * 784, 3, 0.0, 1.0);
+    let per_rt: Vec<Vec<f32>> = runtimes()
+        .into_iter()
+        .map(|rt| logits(&out, rt, &x))
+        .collect();
+    for l in &per_rt[1..] {
+        assert_close(&per_rt[0], l, 1e-4, "hardened model across runtimes");
+    }
+}
+
+#[test]
+fn every_method_trains() {
+    let d = tempfile::tempdir().unwrap();
+    for method in ["mixed", "pgd", "fast", "trades"] {
+        let out = d.path().join(format!("{method}.onnx"));
+        let stdout = run_ok(&quick(
+            &f("mlp.onnx"),
+            &out,
+            &["--epochs", "1", "--method", method, "--optimizer", "sgd"],
+        ));
+        assert!(stdout.contains(&format!("{method} Linf")), "{stdout}");
+        let b = OnnxModel::load(&out).unwrap();
+        let md = metadata(&b);
+        assert!(md.contains(&("harden.method".into(), method.into())));
+    }
+}
+
+fn ckpt_args(out: &Path, ck: &Path, extra: &[&str]) -> Vec<String> {
+    let mut e = vec![
+        "--epochs",
+        "2",
+        "--limit",
+        "2000",
+        "--checkpoint-dir",
+        ck.to_str().unwrap(),
+        "--checkpoint-every",
+        "2",
+    ];
+    e.extend_from_slice(extra);
+    quick(&f("mlp.onnx"), out, &e)
+}
+
+/// The weights of a model file.
+fn weights(p: &Path) -> Vec<(String, Vec<f32>)> {
+    float_inits(&OnnxModel::load(p).unwrap())
+}
+
+#[test]
+fn kills_leave_no_partial_output_and_resume_reaches_the_uninterrupted_result() {
+    let d = tempfile::tempdir().unwrap();
+    // Reference: one uninterrupted run (tract: deterministic on every machine).
+    let reference = d.path().join("ref.onnx");
+    run_ok(&ckpt_args(
+        &reference,
+        &d.path().join("ck_ref"),
+        &["--runtime", "tract"],
+    ));
+    let want = weights(&reference);
+    // Kill runs at several moments, then resume each to the end.
+    let exe = assert_cmd::cargo::cargo_bin("harden");
+    let t_full = {
+        let t = Instant::now();
+        run_ok(&ckpt_args(
+            &d.path().join("timing.onnx"),
+            &d.path().join("ck_timing"),
+            &["--runtime", "tract"],
+        ));
+        t.elapsed()
+    };
+    for (i, frac) in [0.05f64, 0.3, 0.6, 0.9].iter().enumerate() {
+        let out = d.path().join(format!("killed{i}.onnx"));
+        let ck = d.path().join(format!("ck{i}"));
+        let mut child = std::process::Command::new(&exe)
+            .args(ckpt_args(&out, &ck, &["--runtime", "tract"]))
+            .env("CI", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs_f64(t_full.as_secs_f64() * frac));
+        let _ = child.kill();
+        let _ = child.wait();
+        let had_ckpt = ck.join("harden.ckpt").exists();
+        eprintln!(
+            "killed at {frac} of {t_full:?}: output {}, checkpoint {had_ckpt}",
+            out.exists()
+        );
+        // Either no output or a complete, valid model.
+        if out.exists() {
+            let m = OnnxModel::load(&out).expect("a complete model");
+            logits(&out, RuntimeChoice::Tract, &lcg_vec(784, 1, 0.0, 1.0));
+            drop(m);
+        }
+        if ck.join("harden.ckpt").exists() {
+            run_ok(&ckpt_args(&out, &ck, &["--runtime", "tract", "--resume"]));
+        } else {
+            run_ok(&ckpt_args(&out, &ck, &["--runtime", "tract"]));
+        }
+        assert_eq!(
+            weights(&out),
+            want,
+            "kill at {frac} of the run, then resume"
+        );
+    }
+}
+
+#[test]
+fn resume_refuses_another_runs_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("a.onnx");
+    let ck = d.path().join("ck");
+    run_ok(&ckpt_args(&out, &ck, &["--runtime", "tract"]));
+    let args = ckpt_args(
+        &out,
+        &ck,
+        &["--runtime", "tract", "--resume", "--lr", "0.5"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails_with(&args, "another model or other settings");
+    let args = quick(
+        &f("mlp.onnx"),
+        &out,
+        &[
+            "--resume",
+            "--checkpoint-dir",
+            d.path().join("none").to_str().unwrap(),
+        ],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails_with(&args, "no checkpoint");
+}
+
+/// A model with no weights at all: y = Relu(x) on [N, 784] sliced to 10 classes.
+fn weightless_model(dir: &Path) -> PathBuf {
+    use harden::model::{self, pb, Dim};
+    let mut g = pb::GraphProto {
+        name: "weightless".into(),
+        ..Default::default()
+    };
+    g.input.push(model::float_value_info(
+        "x",
+        &[Dim::Symbolic("N".into()), Dim::Fixed(784)],
+    ));
+    g.output.push(model::float_value_info(
+        "y",
+        &[Dim::Symbolic("N".into()), Dim::Fixed(10)],
+    ));
+    g.node.push(model::node("Relu", "r", &["x"], &["h"]));
+    g.initializer.push(pb::TensorProto {
+        name: "starts".into(),
+        dims: vec![1],
+        data_type: 7,
+        int64_data: vec![0],
+        ..Default::default()
+    });
+    g.initializer.push(pb::TensorProto {
+        name: "ends".into(),
+        dims: vec![1],
+        data_type: 7,
+        int64_data: vec![10],
+        ..Default::default()
+    });
+    g.initializer.push(pb::TensorProto {
+        name: "axes".into(),
+        dims: vec![1],
+        data_type: 7,
+        int64_data: vec![1],
+        ..Default::default()
+    });
+    g.node.push(model::node(
+        "Slice",
+        "s",
+        &["h", "starts", "ends", "axes"],
+        &["y"],
+    ));
+    let m = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(g),
+        ..Default::default()
+    };
+    let p = dir.join("weightless.onnx");
+    std::fs::write(&p, prost::Message::encode_to_vec(&m)).unwrap();
+    p
+}
+
+#[test]
+fn bad_input_gets_one_line_and_exit_2() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("o.onnx");
+    let o = out.to_str().unwrap();
+    let mlp = f("mlp.onnx");
+    let train = slice("train");
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [mlp.as_str(), "--data", &train, "--limit", "300", "-o", o]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let check = |args: Vec<String>, needle: &str| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_with(&a, needle);
+        assert!(!out.exists(), "{args:?} wrote an output");
+    };
+    check(base(&["--eps", "0.1", "--method", "bogus"]), "bogus");
+    check(base(&["--eps", "1.5"]), "covers the whole input range");
+    check(base(&["--eps", "0"]), "--eps");
+    check(base(&["--eps", "0.1", "--adv-ratio", "2"]), "--adv-ratio");
+    check(base(&["--eps", "0.1", "--lr", "-1"]), "--lr");
+    check(base(&["--eps", "0.1", "--batch-size", "0"]), "--batch-size");
+    check(base(&[]), "--eps");
+    // One class only: the first examples of the tiny set relabelled.
+    let one = d.path().join("one.npz");
+    let x = lcg_vec(30 * 784, 5, 0.0, 1.0);
+    let y = vec![3i64; 30];
+    std::fs::write(
+        &one,
+        harden::npz::write_npz(&[
+            ("x", harden::npz::Array::F32(&[30, 784], &x)),
+            ("y", harden::npz::Array::I64(&[30], &y)),
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    check(
+        vec![
+            mlp.clone(),
+            "--eps".into(),
+            "0.1".into(),
+            "--data".into(),
+            one.display().to_string(),
+            "-o".into(),
+            o.into(),
+        ],
+        "at least two classes",
+    );
+    // No trainable weights.
+    let wl = weightless_model(d.path());
+    check(
+        vec![
+            wl.display().to_string(),
+            "--eps".into(),
+            "0.1".into(),
+            "--data".into(),
+            train.clone(),
+            "--limit".into(),
+            "300".into(),
+            "--audit-limit".into(),
+            "20".into(),
+            "--attacks".into(),
+            "fgsm".into(),
+            "-o".into(),
+            o.into(),
+        ],
+        "no trainable weights",
+    );
+    // An output path that cannot be written: refused before any training.
+    let t = Instant::now();
+    fails_with(
+        &[
+            &mlp,
+            "--eps",
+            "0.1",
+            "--data",
+            &train,
+            "-o",
+            "/proc/harden-out.onnx",
+        ],
+        "cannot write /proc/harden-out.onnx",
+    );
+    assert!(t.elapsed() < Duration::from_secs(30));
+    let ro = d.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    fails_with(
+        &[
+            &mlp,
+            "--eps",
+            "0.1",
+            "--data",
+            &train,
+            "-o",
+            ro.to_str().unwrap(),
+        ],
+        "is a folder",
+    );
+}

@@ -142,6 +142,10 @@ pub struct HardenArgs {
     pub patience: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// After training, recompute BatchNormalization statistics from the training data
+    /// (frozen during training otherwise).
+    #[arg(long)]
+    pub update_bn: bool,
     /// Keep a checkpoint here (at each epoch end and every few hundred batches).
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<PathBuf>,

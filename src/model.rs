@@ -317,35 +317,7 @@ impl OnnxModel {
         metadata: &[(String, String)],
     ) -> Result<OnnxModel> {
         let mut proto = self.proto.clone();
-        let graph = proto
-            .graph
-            .as_mut()
-            .ok_or_else(|| anyhow!("the model has no graph"))?;
-        for (name, values) in updates {
-            let t = graph
-                .initializer
-                .iter_mut()
-                .find(|t| &t.name == name)
-                .ok_or_else(|| anyhow!("the model has no initializer '{name}'"))?;
-            let old = float_values(t)
-                .filter(|_| t.data_type == 1)
-                .ok_or_else(|| anyhow!("initializer '{name}' is not a float tensor"))?;
-            if old.len() != values.len() {
-                bail!(
-                    "initializer '{name}' has {} values, {} given",
-                    old.len(),
-                    values.len()
-                );
-            }
-            let same = old
-                .iter()
-                .zip(values)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            if !same {
-                t.float_data.clear();
-                t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            }
-        }
+        set_initializers(&mut proto, updates)?;
         for (k, v) in metadata {
             proto.metadata_props.retain(|p| &p.key != k);
             proto.metadata_props.push(pb::StringStringEntryProto {
@@ -687,6 +659,41 @@ pub fn free_batch(proto: &pb::ModelProto, input: &str) -> Option<pb::ModelProto>
     }
     g.initializer.extend(new_inits);
     Some(p)
+}
+
+/// Gives the float initializers named in `updates` new values (same name, dims and
+/// type); tensors whose values did not change are left untouched, bytes included.
+pub fn set_initializers(proto: &mut pb::ModelProto, updates: &[(String, Vec<f32>)]) -> Result<()> {
+    let graph = proto
+        .graph
+        .as_mut()
+        .ok_or_else(|| anyhow!("the model has no graph"))?;
+    for (name, values) in updates {
+        let t = graph
+            .initializer
+            .iter_mut()
+            .find(|t| &t.name == name)
+            .ok_or_else(|| anyhow!("the model has no initializer '{name}'"))?;
+        let old = float_values(t)
+            .filter(|_| t.data_type == 1)
+            .ok_or_else(|| anyhow!("initializer '{name}' is not a float tensor"))?;
+        if old.len() != values.len() {
+            bail!(
+                "initializer '{name}' has {} values, {} given",
+                old.len(),
+                values.len()
+            );
+        }
+        let same = old
+            .iter()
+            .zip(values)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        if !same {
+            t.float_data.clear();
+            t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        }
+    }
+    Ok(())
 }
 
 /// The values of a float or double tensor as f32, from the typed field or little-endian

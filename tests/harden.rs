@@ -485,3 +485,90 @@ fn bad_input_gets_one_line_and_exit_2() {
         "is a folder",
     );
 }
+
+#[test]
+fn update_bn_recomputes_statistics_from_the_training_data() {
+    // cnn_bn: Conv(1->4, 3x3, pad 1) then BatchNormalization; the statistics must become
+    // the per-channel mean and variance of the Conv output over the training images.
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("bn.onnx");
+    run_ok(&quick(
+        &f("cnn_bn.onnx"),
+        &out,
+        &[
+            "--epochs",
+            "0",
+            "--update-bn",
+            "--limit",
+            "300",
+            "--val-size",
+            "0",
+        ],
+    ));
+    let m = OnnxModel::load(&fixture("cnn_bn.onnx")).unwrap();
+    let g = m.graph();
+    let conv = g.node.iter().find(|n| n.op_type == "Conv").unwrap();
+    let bn = g
+        .node
+        .iter()
+        .find(|n| n.op_type == "BatchNormalization")
+        .unwrap();
+    assert_eq!(bn.input[0], conv.output[0]);
+    let init = |m: &OnnxModel, name: &str| {
+        harden::model::float_values(
+            m.graph()
+                .initializer
+                .iter()
+                .find(|t| t.name == name)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let (w, b) = (init(&m, &conv.input[1]), init(&m, &conv.input[2]));
+    // The first 300 training images of the slice, mapped to [0, 1].
+    let mut src = harden::data::open(&slice("train"), None, None).unwrap();
+    let (mut xs, mut ys) = (vec![], vec![]);
+    src.next_batch(300, &mut xs, &mut ys).unwrap();
+    let x: Vec<f32> = xs.iter().map(|v| v / 255.0).collect();
+    let (mut sum, mut sq) = ([0f64; 4], [0f64; 4]);
+    for img in x.chunks(784) {
+        for c in 0..4 {
+            for i in 0..28i64 {
+                for j in 0..28i64 {
+                    let mut acc = b[c];
+                    for di in 0..3i64 {
+                        for dj in 0..3i64 {
+                            let (r, s) = (i + di - 1, j + dj - 1);
+                            if (0..28).contains(&r) && (0..28).contains(&s) {
+                                acc +=
+                                    w[c * 9 + (di * 3 + dj) as usize] * img[(r * 28 + s) as usize];
+                            }
+                        }
+                    }
+                    sum[c] += acc as f64;
+                    sq[c] += (acc as f64).powi(2);
+                }
+            }
+        }
+    }
+    let n = 300.0 * 784.0;
+    let h = OnnxModel::load(&out).unwrap();
+    let (mean, var) = (init(&h, &bn.input[3]), init(&h, &bn.input[4]));
+    assert_ne!(mean, init(&m, &bn.input[3]), "statistics unchanged");
+    for c in 0..4 {
+        let em = sum[c] / n;
+        let ev = sq[c] / n - em * em;
+        assert!(
+            (mean[c] as f64 - em).abs() <= 1e-4 * em.abs().max(1.0),
+            "mean {c}: {} vs {em}",
+            mean[c]
+        );
+        assert!(
+            (var[c] as f64 - ev).abs() <= 1e-3 * ev.abs().max(1e-3),
+            "var {c}: {} vs {ev}",
+            var[c]
+        );
+    }
+    // Weights untouched (0 epochs).
+    assert_eq!(init(&h, &conv.input[1]), w);
+}

@@ -287,6 +287,44 @@ pub fn forward_graph(
     Ok(out)
 }
 
+/// The model at a fixed batch with the tensors `names` as its outputs (static shapes):
+/// to read intermediate activations (BatchNormalization inputs for `--update-bn`).
+pub fn tap_graph(
+    proto: &pb::ModelProto,
+    input: &str,
+    example_shape: &[usize],
+    batch: usize,
+    names: &[String],
+) -> Result<pb::ModelProto> {
+    let mut x_shape = vec![batch];
+    x_shape.extend_from_slice(example_shape);
+    let shapes = shapes::infer(proto, input, &x_shape)?;
+    let mut out = proto.clone();
+    let g = out
+        .graph
+        .as_mut()
+        .ok_or_else(|| anyhow!("the model has no graph"))?;
+    let fixed: Vec<Dim> = x_shape.iter().map(|d| Dim::Fixed(*d)).collect();
+    let vi = g
+        .input
+        .iter_mut()
+        .find(|v| v.name == input)
+        .ok_or_else(|| anyhow!("the model has no input '{input}'"))?;
+    model::set_value_shape(vi, &fixed);
+    g.value_info.clear();
+    g.output = names
+        .iter()
+        .map(|n| {
+            let s = shapes
+                .get(n)
+                .ok_or_else(|| anyhow!("shape analysis gave no shape for '{n}'"))?;
+            let dims: Vec<Dim> = s.iter().map(|d| Dim::Fixed(*d)).collect();
+            Ok(model::float_value_info(n, &dims))
+        })
+        .collect::<Result<_>>()?;
+    Ok(out)
+}
+
 /// Float initializers that feed differentiable inputs of ops: Conv W and B, Gemm B and
 /// C, MatMul operands, Add/Sub/Mul/Div operands, BatchNormalization scale and bias,
 /// PRelu slope; never integer tensors, shape constants, or BatchNormalization mean and

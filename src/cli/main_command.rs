@@ -45,6 +45,8 @@ pub struct TrainingFacts {
     pub val_examples: usize,
     pub trained_tensors: Vec<String>,
     pub trained_values: usize,
+    /// BatchNormalization mean/variance initializers recomputed (`--update-bn`).
+    pub bn_statistics_updated: Vec<String>,
     pub runtime: String,
     pub epochs_run: usize,
     pub best_epoch: usize,
@@ -413,7 +415,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         }
     }
     let mut net = TrainNet::new(
-        proto,
+        proto.clone(),
         &spec.input_name,
         &mapping.example_shape,
         k,
@@ -460,7 +462,23 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
     let train_seconds = t_train.elapsed().as_secs_f64();
 
     // Export, audit, write.
-    let updates: Vec<(String, Vec<f32>)> = params.iter().cloned().zip(fit.params).collect();
+    let mut updates: Vec<(String, Vec<f32>)> = params.iter().cloned().zip(fit.params).collect();
+    let mut bn_updated = vec![];
+    if a.update_bn {
+        let mut trained = proto;
+        crate::model::set_initializers(&mut trained, &updates)?;
+        let m = train_set.len().min(10_000);
+        let bn = train::bn::recompute(
+            &trained,
+            &spec.input_name,
+            &mapping.example_shape,
+            &train_set.x[..m * len],
+            a.batch_size,
+            &opts,
+        )?;
+        bn_updated = bn.iter().map(|(n, _)| n.clone()).collect();
+        updates.extend(bn);
+    }
     let mut metadata = vec![
         (
             "harden.version".to_string(),
@@ -478,6 +496,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         ("harden.eps".to_string(), eps.to_string()),
         ("harden.epochs".to_string(), fit.epochs_run.to_string()),
         ("harden.best_epoch".to_string(), fit.best_epoch.to_string()),
+        ("harden.update_bn".to_string(), a.update_bn.to_string()),
     ];
     let mut hardened = model.with_updates(&updates, &metadata)?;
     hardened.path = out_path.clone();
@@ -508,7 +527,11 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         .map(|b| format!("{b:02x}"))
         .collect();
 
-    let trained_values = updates.iter().map(|(_, v)| v.len()).sum();
+    let trained_values = updates
+        .iter()
+        .filter(|(n, _)| params.contains(n))
+        .map(|(_, v)| v.len())
+        .sum();
     let report = HardenReport {
         schema_version: audit::SCHEMA_VERSION,
         kind: "harden",
@@ -522,6 +545,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
             val_examples: val_set.len(),
             trained_tensors: params,
             trained_values,
+            bn_statistics_updated: bn_updated,
             runtime: runtime_name,
             epochs_run: fit.epochs_run,
             best_epoch: fit.best_epoch,

@@ -23,6 +23,7 @@ use crate::metrics::argmax;
 use crate::oracle::onehot;
 use crate::rng::Rng;
 
+pub mod bn;
 pub mod checkpoint;
 pub mod net;
 pub mod optim;

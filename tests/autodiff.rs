@@ -1399,3 +1399,71 @@ fn fixture_and_demo_parameter_gradients() {
         eprintln!("{}: {:?}", path.display(), t0.elapsed());
     }
 }
+
+#[test]
+fn graphs_compute_only_the_gradients_asked_for() {
+    use harden::autodiff::{training_graph_wrt, Wrt};
+    let m = harden::model::OnnxModel::load(&common::fixture("cnn_bn.onnx")).unwrap();
+    let input = m.classifier_input().unwrap().name;
+    let params = trainable_params(&m.proto);
+    let (batch, example) = (3, [1usize, 28, 28]);
+    let build = |wrt| {
+        training_graph_wrt(
+            &m.proto,
+            &input,
+            &example,
+            batch,
+            LossKind::CrossEntropy,
+            &params,
+            wrt,
+        )
+        .unwrap()
+    };
+    let (both, only_x, only_p) = (build(Wrt::BOTH), build(Wrt::INPUT), build(Wrt::PARAMS));
+    let nodes = |t: &harden::autodiff::TrainGraph| t.grad.proto.graph.as_ref().unwrap().node.len();
+    assert!(nodes(&only_x) < nodes(&both) && nodes(&only_p) < nodes(&both));
+    let mut rng = Rng::new(5);
+    let x = ArrayD::from_shape_vec(
+        IxDyn(&[batch, 1, 28, 28]),
+        (0..batch * 784).map(|_| rng.range(0.0, 1.0)).collect(),
+    )
+    .unwrap();
+    let heads: Vec<ArrayD<f32>> = head_inputs(LossKind::CrossEntropy, batch, 10, &mut rng)
+        .into_iter()
+        .map(|h| ArrayD::from_shape_vec(IxDyn(&[batch, 10]), h).unwrap())
+        .collect();
+    let values: Vec<ArrayD<f32>> = both
+        .param_values
+        .iter()
+        .zip(&both.param_shapes)
+        .map(|(v, s)| ArrayD::from_shape_vec(IxDyn(s), v.clone()).unwrap())
+        .collect();
+    for choice in runtimes() {
+        let run = |t: &harden::autodiff::TrainGraph| {
+            let bytes = prost::Message::encode_to_vec(&t.grad.proto);
+            let mut rt = runtime::open(choice, &bytes, 1, &common::ort_locator()).unwrap();
+            let mut views = vec![x.view()];
+            views.extend(heads.iter().map(|h| h.view()));
+            views.extend(values.iter().map(|p| p.view()));
+            rt.run(&views).unwrap()
+        };
+        let (ob, ox, op) = (run(&both), run(&only_x), run(&only_p));
+        assert_eq!(ob.len(), 3 + params.len());
+        assert_eq!(
+            ox.len(),
+            3,
+            "no parameter gradients when only X is asked for"
+        );
+        assert_eq!(op.len(), 3 + params.len());
+        let flat = |a: &ArrayD<f32>| a.iter().copied().collect::<Vec<f32>>();
+        common::assert_close(&flat(&ob[2]), &flat(&ox[2]), 1e-5, "input gradient");
+        assert!(
+            op[2].iter().all(|v| *v == 0.0),
+            "PARAMS graph: input gradient is zero"
+        );
+        for i in 0..params.len() {
+            common::assert_close(&flat(&ob[3 + i]), &flat(&op[3 + i]), 1e-5, &params[i]);
+        }
+        common::assert_close(&flat(&ob[0]), &flat(&op[0]), 1e-6, "logits");
+    }
+}

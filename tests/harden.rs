@@ -572,3 +572,69 @@ fn update_bn_recomputes_statistics_from_the_training_data() {
     // Weights untouched (0 epochs).
     assert_eq!(init(&h, &conv.input[1]), w);
 }
+
+/// Python with the onnx package ($HARDEN_PYTHON or python3), if present.
+fn python_with_onnx() -> Option<String> {
+    let py = std::env::var("HARDEN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&py)
+        .args(["-c", "import onnx"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("skipping onnx.checker: no Python with the onnx package ({py})");
+    }
+    ok.then_some(py)
+}
+
+#[test]
+fn exported_models_pass_onnx_checker() {
+    let Some(py) = python_with_onnx() else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let mut outs = vec![];
+    for (model, epochs) in [
+        ("mlp.onnx", "1"),
+        ("cnn_bn.onnx", "1"),
+        ("cnn_fixed_batch.onnx", "1"),
+        ("mlp_matmul.onnx", "0"),
+    ] {
+        let out = d.path().join(format!("{model}.h.onnx"));
+        run_ok(&quick(
+            &f(model),
+            &out,
+            &["--epochs", epochs, "--runtime", "tract"],
+        ));
+        outs.push(out.display().to_string());
+    }
+    let script = "import onnx, sys\nfor p in sys.argv[1:]:\n    m = onnx.load(p)\n    onnx.checker.check_model(m, full_check=True)\n    assert any(e.key == 'harden.method' for e in m.metadata_props), p\nprint('ok', len(sys.argv) - 1)";
+    let out = std::process::Command::new(&py)
+        .arg("-c")
+        .arg(script)
+        .args(&outs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "onnx.checker: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 4");
+}
+
+#[test]
+fn fixed_batch_models_train_in_batches_and_keep_their_interface() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("fixed.onnx");
+    let stdout = run_ok(&quick(&f("cnn_fixed_batch.onnx"), &out, &["--epochs", "1"]));
+    assert!(stdout.contains("1 epochs run"), "{stdout}");
+    let a = OnnxModel::load(&fixture("cnn_fixed_batch.onnx")).unwrap();
+    let b = OnnxModel::load(&out).unwrap();
+    assert_same_interface(&a, &b);
+    assert_ne!(float_inits(&a), float_inits(&b), "weights trained");
+    let x = lcg_vec(784, 9, 0.0, 1.0);
+    for rt in runtimes() {
+        assert_eq!(logits(&out, rt, &x).len(), 10);
+    }
+}

@@ -1,0 +1,145 @@
+//! One epoch of adversarial training (default: `--method pgd`, 7 steps, eps 0.1, batch
+//! 128, Adam) of the demo model on Fashion-MNIST training images with harden; prints one
+//! JSON line like scripts/bench_tf.py's. No validation or audits: the training loop only.
+//! Usage: cargo run --example bench_train -- [--runtime ort|tract] [--images 60000]
+//!        [--method pgd|fast|mixed|trades] [--steps 7] [--batch 128] [--threads 2]
+use std::time::Instant;
+
+use harden::attack::{Norm, Threat};
+use harden::autodiff::trainable_params;
+use harden::classifier::RunOptions;
+use harden::runtime::{OrtLocator, RuntimeChoice};
+use harden::spec::{DataMapping, InputSpec, SpecArgs};
+use harden::train::{self, optim, Examples, HardenConfig, Method, TrainNet};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |k: &str, d: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or(d.to_string())
+    };
+    let runtime = match get("--runtime", "ort").as_str() {
+        "tract" => RuntimeChoice::Tract,
+        _ => RuntimeChoice::Ort,
+    };
+    let images: usize = get("--images", "60000").parse()?;
+    let batch: usize = get("--batch", "128").parse()?;
+    let threads: usize = get("--threads", "2").parse()?;
+    let steps: usize = get("--steps", "7").parse()?;
+    let method = match get("--method", "pgd").as_str() {
+        "fast" => Method::Fast,
+        "mixed" => Method::Mixed,
+        "trades" => Method::Trades,
+        _ => Method::Pgd,
+    };
+    let model_path = get("--model", "models/fmnist_cnn.onnx");
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let ort = OrtLocator::standard(
+        std::env::var_os("ORT_DYLIB_PATH").map(Into::into),
+        home.as_deref(),
+        None,
+    );
+    let opts = RunOptions {
+        runtime,
+        threads,
+        batch_size: batch,
+        ort,
+    };
+    let model = harden::model::OnnxModel::load(std::path::Path::new(&model_path))?;
+    let spec = InputSpec::resolve(&model.classifier_input()?, &SpecArgs::default())?;
+    let mut data = harden::data::limit(
+        harden::data::open("fashion-mnist:train", home.as_deref(), None)?,
+        images,
+    );
+    let mapping = DataMapping::new(&spec, data.example_shape(), data.kind())?;
+    let (mut raw, mut ys) = (vec![], vec![]);
+    while data.next_batch(4096, &mut raw, &mut ys)? > 0 {}
+    let mut x = vec![];
+    mapping.map_batch(&raw, &mut x, 0)?;
+    let train_set = Examples {
+        x,
+        y: ys.iter().map(|y| y.unwrap_or(0)).collect(),
+        len: mapping.example_len(),
+    };
+    let params = trainable_params(&model.proto);
+    let mut net = TrainNet::new(
+        spec.wrap(&model)?,
+        &spec.input_name,
+        &mapping.example_shape,
+        10,
+        params,
+        &opts,
+        batch,
+    )?;
+    let cfg = HardenConfig {
+        method,
+        norm: Norm::Linf,
+        eps: 0.1,
+        epochs: 1,
+        batch_size: batch,
+        adv_ratio: 0.5,
+        attack_steps: steps,
+        step_size: None,
+        beta: 6.0,
+        optim: optim::OptimConfig {
+            kind: optim::OptimizerKind::Adam,
+            lr: 1e-3,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            schedule: optim::Schedule::Cosine,
+            warmup_steps: 0,
+            total_steps: 0,
+        },
+        warmup_epochs: 0.0,
+        seed: 0,
+        val_steps: 1,
+        patience: None,
+    };
+    let threat = Threat::new(Norm::Linf, 0.1, (0.0, 1.0))?;
+    // Warm-up: build and open the graphs on a one-batch run.
+    let warm = Examples {
+        x: train_set.x[..batch * train_set.len].to_vec(),
+        y: train_set.y[..batch].to_vec(),
+        len: train_set.len,
+    };
+    let none = Examples::default();
+    let t = Instant::now();
+    let mut clock = || t.elapsed().as_secs_f64();
+    train::fit(
+        &mut net,
+        &warm,
+        &none,
+        &threat,
+        &cfg,
+        None,
+        None,
+        &mut |_| {},
+        &mut clock,
+    )?;
+    let t0 = Instant::now();
+    let r = train::fit(
+        &mut net,
+        &train_set,
+        &none,
+        &threat,
+        &cfg,
+        None,
+        None,
+        &mut |_| {},
+        &mut clock,
+    )?;
+    let secs = t0.elapsed().as_secs_f64();
+    let trained = (train_set.len() / batch) * batch;
+    println!(
+        "{{\"tool\": \"harden-{}\", \"work\": \"train-{}{}\", \"images\": {trained}, \"batch\": {batch}, \"threads\": {threads}, \"images_per_s\": {:.1}, \"epochs\": {}}}",
+        net.runtime_name()?,
+        method.name(),
+        if matches!(method, Method::Fast) { String::new() } else { steps.to_string() },
+        trained as f64 / secs,
+        r.epochs_run
+    );
+    Ok(())
+}

@@ -13,7 +13,8 @@
 //!
 //! Training attacks return their last iterate (no early stop on success). After each
 //! epoch the held-out validation examples are scored clean and under PGD (the audit's
-//! attack), and the weights with the best robust accuracy are kept.
+//! attack), and the weights with the best robust accuracy (ties: best clean accuracy) are
+//! kept.
 
 use anyhow::{bail, Result};
 
@@ -563,7 +564,11 @@ pub fn fit(
         progress(Event::Epoch(&row));
         state.history.push(row);
         // Without validation examples the last epoch is kept.
-        if v.is_none_or(|v| v.1 > state.best.robust) {
+        // Ties on robust accuracy go to the better clean accuracy.
+        let better = |(c, r): (f64, f64)| {
+            r > state.best.robust || (r == state.best.robust && c > state.best.clean)
+        };
+        if v.is_none_or(better) {
             state.best = checkpoint::Best {
                 epoch,
                 robust: v.map_or(-1.0, |v| v.1),

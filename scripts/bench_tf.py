@@ -2,7 +2,12 @@
 """The same demo network in its source framework (TensorFlow/Keras), driven by
 hand-written compiled (tf.function) loops: the speed a skilled user gets by hand.
 
-Usage: python scripts/bench_tf.py [--images 1024] [--batch 128] [--threads 2] [--work pgd10|clean]
+Usage: python scripts/bench_tf.py [--images 1024] [--batch 128] [--threads 2]
+                                 [--work pgd10,clean,train-pgd7,train-fast] [--train-images 60000]
+Work items: pgd10 (PGD-10 Linf attack on test images), clean (forward), train-pgd7 (one
+epoch of Madry PGD-7 adversarial training with Adam, model in inference mode for the
+attack) and train-fast (one epoch of FGSM-RS "fast" training, Wong et al. 2020) on training
+images.
 Prints one JSON line per work item: {"tool": "tensorflow-handwritten", "work": ..., "images_per_s": ...}.
 Needs the virtualenv described in models/PROVENANCE.md (tensorflow-cpu 2.15.1).
 """
@@ -38,6 +43,7 @@ def main():
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--work", default="pgd10,clean")
+    ap.add_argument("--train-images", type=int, default=60000)
     args = ap.parse_args()
 
     import tensorflow as tf
@@ -82,7 +88,51 @@ def main():
             best = min(best, time.perf_counter() - t0)
         return len(x) / best
 
+    def train_epoch(work):
+        xt = read_idx(os.path.join(args.data, "train-images-idx3-ubyte.gz"))[: args.train_images]
+        yt = read_idx(os.path.join(args.data, "train-labels-idx1-ubyte.gz"))[: args.train_images]
+        xt = (xt.astype(np.float32) / 255.0)[..., None]
+        yt = yt.astype(np.int64)
+        net = build(tf)
+        net.load_weights(os.path.join(ROOT, "models", "fmnist_cnn.weights.h5"))
+        opt = tf.keras.optimizers.Adam(1e-3)
+        mean_loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        k, a = (1, 1.25 * eps) if work == "train-fast" else (7, 2.5 * eps / 7)
+
+        @tf.function
+        def step(xb, yb):
+            xa = tf.clip_by_value(xb + tf.random.uniform(tf.shape(xb), -eps, eps), 0.0, 1.0)
+            for _ in range(k):
+                with tf.GradientTape() as tape:
+                    tape.watch(xa)
+                    loss = loss_fn(yb, net(xa, training=False))
+                g = tape.gradient(loss, xa)
+                xa = xa + a * tf.sign(g)
+                xa = tf.clip_by_value(tf.clip_by_value(xa, xb - eps, xb + eps), 0.0, 1.0)
+            with tf.GradientTape() as tape:
+                loss = mean_loss(yb, net(xa, training=True))
+            grads = tape.gradient(loss, net.trainable_variables)
+            opt.apply_gradients(zip(grads, net.trainable_variables))
+            return loss
+
+        rng = np.random.default_rng(0)
+        order = rng.permutation(len(xt))
+        nb = len(xt) // args.batch
+        step(tf.constant(xt[:args.batch]), tf.constant(yt[:args.batch]))  # trace, warm up
+        t0 = time.perf_counter()
+        for b in range(nb):
+            idx = order[b * args.batch:(b + 1) * args.batch]
+            loss = step(tf.constant(xt[idx]), tf.constant(yt[idx]))
+        _ = loss.numpy()
+        return nb * args.batch / (time.perf_counter() - t0), nb * args.batch
+
     for work in args.work.split(","):
+        if work.startswith("train-"):
+            ips, n = train_epoch(work)
+            print(json.dumps({"tool": "tensorflow-handwritten", "work": work, "images": n,
+                              "batch": args.batch, "threads": args.threads,
+                              "images_per_s": round(ips, 1)}))
+            continue
         ips = timed(pgd if work == "pgd10" else clean)
         print(json.dumps({"tool": "tensorflow-handwritten", "work": work, "images": len(x),
                           "batch": args.batch, "threads": args.threads, "images_per_s": round(ips, 1)}))

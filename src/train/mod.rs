@@ -240,6 +240,53 @@ fn perturb(
     Ok(x)
 }
 
+/// TRADES: the weight gradients of sum_i CE(z_c, y) + beta * KL(p_c || softmax(z_a)),
+/// z_c the logits at the clean `x0` (`pc` = softmax(z_c), given), z_a at the adversarial
+/// `xa`; both branches depend on the weights. The adversarial branch comes from the KL
+/// head with `pc` fixed; the clean branch from a `Linear` head seeded with the closed-form
+/// derivative of the whole loss with respect to z_c. Returns the gradients and the loss.
+fn trades_grads(
+    net: &mut TrainNet,
+    x0: &[f32],
+    xa: &[f32],
+    y: &[usize],
+    pc: &[f32],
+    beta: f32,
+) -> Result<(Vec<Vec<f32>>, f64)> {
+    let k = net.num_classes();
+    let b = y.len();
+    let y1 = onehot(y, k);
+    let heads = [pc.to_vec()];
+    let adv = net.run_graph(LossKind::Kl, true, b, xa, &heads)?;
+    let za: Vec<f32> = adv.logits.iter().copied().collect();
+    let q = softmax_rows(&za, k);
+    // dL/dz_c: CE's p - y, plus beta * p * (d - KL) with d = log p - log q.
+    let mut coeffs = vec![0.0f32; b * k];
+    let mut loss_sum = 0.0f64;
+    for i in 0..b {
+        let p = &pc[i * k..(i + 1) * k];
+        let qi = &q[i * k..(i + 1) * k];
+        let d: Vec<f32> = p
+            .iter()
+            .zip(qi)
+            .map(|(a, c)| a.max(1e-30).ln() - c.max(1e-30).ln())
+            .collect();
+        let kl: f32 = p.iter().zip(&d).map(|(a, dv)| a * dv).sum();
+        for j in 0..k {
+            coeffs[i * k + j] = p[j] - y1[i * k + j] + beta * p[j] * (d[j] - kl);
+        }
+        loss_sum += (-(p[y[i]].max(1e-30)).ln() + beta * kl) as f64;
+    }
+    let clean = net.run_graph(LossKind::Linear, true, b, x0, &[coeffs])?;
+    let grads = clean
+        .param_grads
+        .into_iter()
+        .zip(adv.param_grads)
+        .map(|(gc, ga)| gc.iter().zip(&ga).map(|(c, a)| c + beta * a).collect())
+        .collect();
+    Ok((grads, loss_sum))
+}
+
 /// One optimisation step on the batch (`x0`, `y`); returns its loss and accuracy.
 fn train_step(
     net: &mut TrainNet,
@@ -319,33 +366,7 @@ fn train_step(
                 steps,
                 pgd_alpha,
             )?;
-            let adv = net.run_graph(LossKind::Kl, true, b, &xa, &heads)?;
-            let za: Vec<f32> = adv.logits.iter().copied().collect();
-            let q = softmax_rows(&za, k);
-            // d/dz_clean of CE(z_c, y) + beta * KL(softmax(z_c) || q).
-            let mut coeffs = vec![0.0f32; b * k];
-            let mut loss_sum = 0.0f64;
-            for i in 0..b {
-                let p = &pc[i * k..(i + 1) * k];
-                let qi = &q[i * k..(i + 1) * k];
-                let d: Vec<f32> = p
-                    .iter()
-                    .zip(qi)
-                    .map(|(a, c)| a.max(1e-30).ln() - c.max(1e-30).ln())
-                    .collect();
-                let kl: f32 = p.iter().zip(&d).map(|(a, dv)| a * dv).sum();
-                for j in 0..k {
-                    coeffs[i * k + j] = p[j] - y1[i * k + j] + cfg.beta * p[j] * (d[j] - kl);
-                }
-                loss_sum += (-(p[y[i]].max(1e-30)).ln() + cfg.beta * kl) as f64;
-            }
-            let clean = net.run_graph(LossKind::Linear, true, b, x0, &[coeffs])?;
-            let grads: Vec<Vec<f32>> = clean
-                .param_grads
-                .into_iter()
-                .zip(adv.param_grads)
-                .map(|(gc, ga)| gc.iter().zip(&ga).map(|(c, a)| c + cfg.beta * a).collect())
-                .collect();
+            let (grads, loss_sum) = trades_grads(net, x0, &xa, y, &pc, cfg.beta)?;
             let zc = ndarray::Array2::from_shape_vec((b, k), zc)?;
             let stats = StepStats {
                 loss_sum,
@@ -592,4 +613,105 @@ pub fn fit(
         history: state.history,
         epochs_run: state.epoch,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classifier::RunOptions;
+    use crate::runtime::{OrtLocator, RuntimeChoice};
+
+    fn mlp_net() -> TrainNet {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mlp.onnx");
+        let m = crate::model::OnnxModel::load(&path).unwrap();
+        let params = crate::autodiff::trainable_params(&m.proto);
+        let opts = RunOptions {
+            runtime: RuntimeChoice::Tract,
+            threads: 1,
+            batch_size: 6,
+            ort: OrtLocator::standard(None, None, None),
+        };
+        TrainNet::new(m.proto, "x", &[784], 10, params, &opts, 6).unwrap()
+    }
+
+    fn trades_loss(net: &mut TrainNet, x0: &[f32], xa: &[f32], y: &[usize], beta: f32) -> f64 {
+        let k = 10;
+        let pc = softmax_rows(
+            &net.logits(x0).unwrap().iter().copied().collect::<Vec<_>>(),
+            k,
+        );
+        let q = softmax_rows(
+            &net.logits(xa).unwrap().iter().copied().collect::<Vec<_>>(),
+            k,
+        );
+        let mut l = 0.0f64;
+        for i in 0..y.len() {
+            let (p, qi) = (&pc[i * k..(i + 1) * k], &q[i * k..(i + 1) * k]);
+            let kl: f64 = p
+                .iter()
+                .zip(qi)
+                .map(|(a, c)| *a as f64 * ((*a as f64).ln() - (*c as f64).ln()))
+                .sum();
+            l += -(p[y[i]] as f64).ln() + beta as f64 * kl;
+        }
+        l
+    }
+
+    /// The assembled TRADES gradient (both branches) against central differences of the
+    /// loss along random directions in weight space.
+    #[test]
+    fn trades_gradient_matches_finite_differences() {
+        let mut net = mlp_net();
+        let mut rng = Rng::new(3);
+        let b = 6;
+        let x0: Vec<f32> = (0..b * 784).map(|_| rng.range(0.0, 1.0)).collect();
+        let xa: Vec<f32> = x0
+            .iter()
+            .map(|v| (v + rng.range(-0.1, 0.1)).clamp(0.0, 1.0))
+            .collect();
+        let y: Vec<usize> = (0..b).map(|i| (i * 3) % 10).collect();
+        let beta = 6.0;
+        let pc = softmax_rows(
+            &net.logits(&x0).unwrap().iter().copied().collect::<Vec<_>>(),
+            10,
+        );
+        let (grads, loss) = trades_grads(&mut net, &x0, &xa, &y, &pc, beta).unwrap();
+        let l0 = trades_loss(&mut net, &x0, &xa, &y, beta);
+        assert!(
+            (loss - l0).abs() < 1e-3 * l0.abs().max(1.0),
+            "{loss} vs {l0}"
+        );
+        let theta = values_of(&net);
+        for dir in 0..3 {
+            let v: Vec<Vec<f32>> = theta
+                .iter()
+                .map(|t| t.iter().map(|_| rng.normal()).collect())
+                .collect();
+            let norm = v.iter().flatten().map(|a| a * a).sum::<f32>().sqrt();
+            let h = 1e-2f32;
+            let shifted = |s: f32| -> Vec<Vec<f32>> {
+                theta
+                    .iter()
+                    .zip(&v)
+                    .map(|(t, d)| t.iter().zip(d).map(|(a, b)| a + s * h * b / norm).collect())
+                    .collect()
+            };
+            set_values(&mut net, &shifted(1.0)).unwrap();
+            let lp = trades_loss(&mut net, &x0, &xa, &y, beta);
+            set_values(&mut net, &shifted(-1.0)).unwrap();
+            let lm = trades_loss(&mut net, &x0, &xa, &y, beta);
+            set_values(&mut net, &theta).unwrap();
+            let fd = (lp - lm) / (2.0 * h as f64);
+            let an: f64 = grads
+                .iter()
+                .flatten()
+                .zip(v.iter().flatten())
+                .map(|(g, d)| *g as f64 * *d as f64 / norm as f64)
+                .sum();
+            assert!(
+                (fd - an).abs() <= 2e-2 * fd.abs().max(an.abs()).max(1e-2),
+                "direction {dir}: finite difference {fd} vs gradient {an}"
+            );
+        }
+    }
 }

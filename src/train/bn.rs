@@ -51,7 +51,13 @@ pub fn recompute(
     let mut current = proto.clone();
     let mut updates = vec![];
     for (tensor, mean_name, var_name) in layers {
-        let tap = autodiff::tap_graph(&current, input, example_shape, batch, &[tensor.clone()])?;
+        let tap = autodiff::tap_graph(
+            &current,
+            input,
+            example_shape,
+            batch,
+            std::slice::from_ref(&tensor),
+        )?;
         let mut rt = runtime::open(
             opts.runtime,
             &prost::Message::encode_to_vec(&tap),

@@ -444,6 +444,12 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
             bar.set_position(done as u64);
         }
         Event::Validating { epoch } => bar.set_message(format!("validating epoch {epoch}")),
+        // One line per epoch: above the bar on a terminal, on stderr in logs (not in CI).
+        Event::Epoch(row) if bar.is_hidden() => {
+            if std::env::var_os("CI").is_none() {
+                eprintln!("{}", epoch_line(row));
+            }
+        }
         Event::Epoch(row) => bar.println(epoch_line(row)),
     };
     let mut clock = || t_train.elapsed().as_secs_f64();

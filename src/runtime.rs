@@ -129,6 +129,12 @@ impl OrtRuntime {
             .map_err(err)?
             .with_inter_threads(1)
             .map_err(err)?
+            // Idle workers sleep instead of spinning: on a machine with few cores or
+            // other work, and with several sessions taking turns (classifier and
+            // gradient graphs), spinning threads take CPU from the ones computing
+            // (measured: PGD-10 1.5x, clean audit 1.2x faster).
+            .with_intra_op_spinning(false)
+            .map_err(err)?
             .commit_from_memory(model_bytes)
             .map_err(|e| anyhow!("onnxruntime cannot load the model: {e}"))?;
         Ok(OrtRuntime { session })

@@ -576,6 +576,74 @@ fn conv_and_pool_rules() {
         vec![w(&mut r, &[2, 1, 3, 3])],
         13,
     );
+    check(
+        "Conv wide input (flipped-kernel Conv)",
+        &[16, 5, 5],
+        vec![node(
+            "Conv",
+            &["x", "w"],
+            "y",
+            vec![attr_ints("pads", &[1, 0, 1, 2])],
+        )],
+        vec![w(&mut r, &[3, 16, 3, 3])],
+        13,
+    );
+    // A Relu feeding only a tiling MaxPool: its mask is folded into the pool's gradient
+    // (odd sizes: the pool drops the last row and column).
+    for opset in [13, 10] {
+        check(
+            &format!("Conv Relu MaxPool opset {opset}"),
+            &[2, 7, 7],
+            vec![
+                node("Conv", &["x", "w", "b"], "c", vec![]),
+                node("Relu", &["c"], "r", vec![]),
+                node(
+                    "MaxPool",
+                    &["r"],
+                    "y",
+                    vec![
+                        attr_ints("kernel_shape", &[2, 2]),
+                        attr_ints("strides", &[2, 2]),
+                    ],
+                ),
+            ],
+            vec![
+                w(&mut r, &[4, 2, 3, 3]),
+                // Negative biases: many windows are all zero after the Relu.
+                model::float_tensor("b", &[4], &[-1.5, -0.8, -1.2, 0.2]),
+            ],
+            opset,
+        );
+    }
+    // A Relu feeding a MaxPool and another op: the plain rules.
+    check(
+        "Relu feeding MaxPool and AveragePool",
+        &[2, 6, 6],
+        vec![
+            node("Relu", &["x"], "r", vec![]),
+            node(
+                "MaxPool",
+                &["r"],
+                "p",
+                vec![
+                    attr_ints("kernel_shape", &[2, 2]),
+                    attr_ints("strides", &[2, 2]),
+                ],
+            ),
+            node(
+                "AveragePool",
+                &["r"],
+                "q",
+                vec![
+                    attr_ints("kernel_shape", &[2, 2]),
+                    attr_ints("strides", &[2, 2]),
+                ],
+            ),
+            node("Add", &["p", "q"], "y", vec![]),
+        ],
+        vec![],
+        13,
+    );
     for (name, attrs) in [
         (
             "MaxPool 2x2",

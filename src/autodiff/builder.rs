@@ -28,8 +28,28 @@ pub struct Builder {
     pub opset: i64,
     pub nodes: Vec<pb::NodeProto>,
     pub inits: Vec<pb::TensorProto>,
+    /// The gradient the last tiling MaxPool rule emitted, so that the rule of a Relu
+    /// feeding that MaxPool can re-emit it with the ReLU's mask folded in.
+    pub last_pool: Option<PoolGrad>,
     counter: usize,
     prefix: String,
+}
+
+/// How many nodes and constants a builder holds (to take back what was emitted since).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    nodes: usize,
+    inits: usize,
+}
+
+/// A MaxPool's input gradient as emitted: the MaxPool node, the gradient of its output it
+/// was built from, its name, and the builder's marks before and after.
+pub struct PoolGrad {
+    pub pool: pb::NodeProto,
+    pub dy: String,
+    pub dx: String,
+    pub start: Mark,
+    pub end: Mark,
 }
 
 impl Builder {
@@ -38,9 +58,23 @@ impl Builder {
             opset,
             nodes: vec![],
             inits: vec![],
+            last_pool: None,
             counter: 0,
             prefix: prefix.to_string(),
         }
+    }
+
+    pub fn mark(&self) -> Mark {
+        Mark {
+            nodes: self.nodes.len(),
+            inits: self.inits.len(),
+        }
+    }
+
+    /// Drops the nodes and constants emitted since `mark`.
+    pub fn truncate(&mut self, mark: Mark) {
+        self.nodes.truncate(mark.nodes);
+        self.inits.truncate(mark.inits);
     }
 
     pub fn fresh(&mut self, hint: &str) -> String {
@@ -157,15 +191,12 @@ impl Builder {
         self.op("Cast", &[b], vec![attr_int("to", 1)])
     }
 
-    /// `x` where `cond`, else 0 (Where from opset 9, Cast+Mul before).
+    /// `x` where `cond`, else 0, as `x * float(cond)`: ONNX Runtime runs Cast and Mul
+    /// together about twice as fast as a Where with a broadcast zero. (Unlike Where, an
+    /// infinite or NaN `x` where `cond` is false gives NaN rather than 0.)
     pub fn select(&mut self, cond: &str, x: &str) -> String {
-        if self.opset >= 9 {
-            let z = self.scalar(0.0);
-            self.op("Where", &[cond, x, &z], vec![])
-        } else {
-            let m = self.as_float(cond);
-            self.mul(&m, x)
-        }
+        let m = self.as_float(cond);
+        self.mul(x, &m)
     }
 
     /// `a == b` for floats, from comparisons available at every opset.

@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Result};
 
-use super::builder::{attr_int, attr_ints, Builder};
+use super::builder::{attr_int, attr_ints, Builder, PoolGrad};
 use super::{Consts, Shapes};
 use crate::model::pb;
 
@@ -120,9 +120,16 @@ pub fn backward(
             }
         }
         "Relu" => {
-            let z = b.scalar(0.0);
-            let c = b.op("Greater", &[input(0), &z], vec![]);
-            g[0] = Some(b.select(&c, dy));
+            g[0] = Some(match relu_into_pool(b, out, dy, shapes)? {
+                Some(dx) => dx,
+                None => {
+                    // The mask from the output (y > 0 exactly where x > 0), so that the
+                    // runtime may fuse the Relu into the op before it.
+                    let z = b.scalar(0.0);
+                    let c = b.op("Greater", &[out, &z], vec![]);
+                    b.select(&c, dy)
+                }
+            });
         }
         "LeakyRelu" | "PRelu" => {
             let z = b.scalar(0.0);
@@ -584,10 +591,13 @@ fn conv(
     let weights = consts
         .f32s(&n.input[1])
         .filter(|w| w.len() == ws.iter().product::<usize>());
-    if let (true, true, true, Some(w)) = (need_x, unit, fits, weights) {
+    // ONNX Runtime computes Conv in blocks of 8 output channels: with fewer than 16
+    // (dX of a first layer on grey or RGB images), ConvTranspose is 2-3x faster; with
+    // more, Conv is as fast or faster.
+    let wide = ws[1] >= 16;
+    if let (true, true, true, true, Some(w)) = (need_x, unit, fits, wide, weights) {
         // Stride 1: dX is a plain Conv of dy with the kernel flipped and its channel axes
-        // swapped, padded to a "full" correlation; ONNX Runtime runs Conv much faster
-        // than ConvTranspose.
+        // swapped, padded to a "full" correlation.
         let (m, c) = (ws[0], ws[1]);
         let ksz: usize = k.iter().product();
         let mut wt = vec![0.0f32; w.len()];
@@ -775,7 +785,18 @@ fn maxpool(
     let p = pool_geom(n, shapes)?;
     let tiles = p.s == p.k && p.d == [1, 1] && p.pads.iter().all(|v| *v == 0);
     if tiles {
-        return maxpool_tiles(b, n, dy, g, &p);
+        let start = b.mark();
+        maxpool_tiles(b, n, dy, g, &p, false)?;
+        if let Some(dx) = g[0].clone() {
+            b.last_pool = Some(PoolGrad {
+                pool: n.clone(),
+                dy: dy.to_string(),
+                dx,
+                start,
+                end: b.mark(),
+            });
+        }
+        return Ok(());
     }
     let (bn, c) = (p.xs[0], p.xs[1]);
     let (oh, ow) = (p.ys[2], p.ys[3]);
@@ -801,18 +822,56 @@ fn maxpool(
     Ok(())
 }
 
+/// A Relu whose output `relu_out` feeds only a tiling MaxPool whose gradient `dy` was the
+/// last thing emitted: takes that gradient back and re-emits it with the ReLU's mask
+/// applied to dy at the pooled resolution (dy where the window's max is positive), which
+/// is then the Relu's input gradient. Exact: an entry equal to a positive maximum is
+/// positive; where the maximum is 0 every entry is 0 and its ReLU gradient is 0.
+fn relu_into_pool(
+    b: &mut Builder,
+    relu_out: &str,
+    dy: &str,
+    shapes: &Shapes,
+) -> Result<Option<String>> {
+    let Some(rec) = b.last_pool.take() else {
+        return Ok(None);
+    };
+    if rec.dx != dy
+        || rec.pool.input.first().map(String::as_str) != Some(relu_out)
+        || b.mark() != rec.end
+    {
+        return Ok(None);
+    }
+    b.truncate(rec.start);
+    let p = pool_geom(&rec.pool, shapes)?;
+    let mut g: Grads = vec![None; rec.pool.input.len()];
+    maxpool_tiles(b, &rec.pool, &rec.dy, &mut g, &p, true)?;
+    Ok(g[0].take())
+}
+
 /// MaxPool with windows that tile the input (stride = kernel, no padding, the usual 2x2):
 /// upsample the pooled maximum and dy to the windows, compare, keep dy where the input
 /// equals its window's maximum, and zero-pad the rows/columns the pooling dropped. No
 /// convolutions. (Before opset 11, without Resize: reshape into windows and share dy
-/// among tied entries.)
+/// among tied entries.) With `relu_mask`, dy is first kept only where the maximum is
+/// positive (see [`relu_into_pool`]).
 fn maxpool_tiles(
     b: &mut Builder,
     n: &pb::NodeProto,
     dy: &str,
     g: &mut Grads,
     p: &PoolGeom,
+    relu_mask: bool,
 ) -> Result<()> {
+    let masked;
+    let dy = if relu_mask {
+        let z = b.scalar(0.0);
+        let pos = b.op("Greater", &[&n.output[0], &z], vec![]);
+        masked = b.select(&pos, dy);
+        masked.as_str()
+    } else {
+        dy
+    };
     let (bn, c, h, w) = (p.xs[0], p.xs[1], p.xs[2], p.xs[3]);
     let (oh, ow, kh, kw) = (p.ys[2], p.ys[3], p.k[0], p.k[1]);
     let (ch, cw) = (oh * kh, ow * kw);

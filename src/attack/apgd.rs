@@ -165,25 +165,44 @@ fn run_once(
     let c0 = gather(x0, &idx, len);
     let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
     let t: Option<Vec<usize>> = targets.map(|t| idx.iter().map(|i| t[*i]).collect());
-    let head = match (cfg.loss, &t) {
-        (ApgdLoss::CrossEntropy, _) => Head::CrossEntropy { labels: &y },
-        (ApgdLoss::Dlr, _) => Head::Dlr { labels: &y },
-        (ApgdLoss::DlrTargeted { .. }, Some(t)) => Head::DlrTargeted {
-            labels: &y,
-            targets: t,
-        },
-        (ApgdLoss::DlrTargeted { .. }, None) => bail!("APGD-T needs targets"),
-    };
-    let mut eval = |x: &[f32], out: &mut Outcome| -> Result<(Vec<f32>, Vec<f32>)> {
-        let lg = oracle.loss_grad(x, head)?;
-        out.evaluations += m as u64;
-        record(out, &lg.logits, x, &idx, labels, None, len);
-        Ok((lg.loss, lg.grad))
+    // Examples still not broken (local indices). Examples are independent, so dropping
+    // broken ones from later steps changes no result, only the cost.
+    let mut act: Vec<usize> = (0..m).collect();
+    let mut f = vec![0.0f32; m];
+    let mut g = vec![0.0f32; m * len];
+    let mut eval = |x: &[f32],
+                    act: &mut Vec<usize>,
+                    f: &mut [f32],
+                    g: &mut [f32],
+                    out: &mut Outcome|
+     -> Result<()> {
+        let xa = gather(x, act, len);
+        let ya: Vec<usize> = act.iter().map(|j| y[*j]).collect();
+        let ta: Option<Vec<usize>> = t.as_ref().map(|t| act.iter().map(|j| t[*j]).collect());
+        let head = match (cfg.loss, &ta) {
+            (ApgdLoss::CrossEntropy, _) => Head::CrossEntropy { labels: &ya },
+            (ApgdLoss::Dlr, _) => Head::Dlr { labels: &ya },
+            (ApgdLoss::DlrTargeted { .. }, Some(t)) => Head::DlrTargeted {
+                labels: &ya,
+                targets: t,
+            },
+            (ApgdLoss::DlrTargeted { .. }, None) => bail!("APGD-T needs targets"),
+        };
+        let lg = oracle.loss_grad(&xa, head)?;
+        out.evaluations += act.len() as u64;
+        let ia: Vec<usize> = act.iter().map(|j| idx[*j]).collect();
+        record(out, &lg.logits, &xa, &ia, labels, None, len);
+        for (r, &j) in act.iter().enumerate() {
+            f[j] = lg.loss[r];
+            g[j * len..(j + 1) * len].copy_from_slice(&lg.grad[r * len..(r + 1) * len]);
+        }
+        act.retain(|j| !out.success[idx[*j]]);
+        Ok(())
     };
 
     let mut rng = Rng::derive(cfg.seed, stream);
     let mut x = threat.random_start(&c0, len, &mut rng);
-    let (mut f, mut g) = eval(&x, out)?;
+    eval(&x, &mut act, &mut f, &mut g, out)?;
     let mut x_prev = x.clone();
     let mut x_best = x.clone();
     let mut f_best = f.clone();
@@ -196,6 +215,9 @@ fn run_once(
     let mut reduced_at_ckpt = vec![false; m];
 
     for k in 0..cfg.steps {
+        if act.is_empty() {
+            break;
+        }
         // z = P(x + eta * step(grad)); x_next = P(x + a (z - x) + (1 - a)(x - x_prev)).
         let mut z = x.clone();
         threat.ascend(&mut z, &g, &eta, len);
@@ -208,8 +230,11 @@ fn run_once(
             .map(|((xv, zv), pv)| xv + a * (zv - xv) + (1.0 - a) * (xv - pv))
             .collect();
         threat.project(&mut xn, &c0, len);
-        let (fn_, gn) = eval(&xn, out)?;
-        for j in 0..m {
+        let mut fn_ = f.clone();
+        let mut gn = g.clone();
+        let stepped = act.clone();
+        eval(&xn, &mut act, &mut fn_, &mut gn, out)?;
+        for &j in &stepped {
             if fn_[j] > f[j] {
                 increases[j] += 1;
             }
@@ -225,7 +250,7 @@ fn run_once(
 
         if next_ckpt < w.len() && k + 1 == w[next_ckpt] {
             let interval = (w[next_ckpt] - w[next_ckpt - 1]) as f32;
-            for j in 0..m {
+            for &j in &act {
                 let oscillating = (increases[j] as f32) < cfg.rho * interval;
                 let stalled = !reduced_at_ckpt[j] && f_best_at_ckpt[j] >= f_best[j];
                 let reduce = oscillating || stalled;

@@ -1535,3 +1535,59 @@ fn graphs_compute_only_the_gradients_asked_for() {
         common::assert_close(&flat(&ob[0]), &flat(&op[0]), 1e-6, "logits");
     }
 }
+
+/// Tied maxima (flat image backgrounds): a window's gradient is shared among its tied
+/// entries, so it sums to the pooled gradient, as a subgradient of max must; with and
+/// without a Relu folded in, in the Resize form (opset 13) and the reshape form (opset 10).
+#[test]
+fn maxpool_shares_the_gradient_among_tied_maxima() {
+    let pool = |input: &str| {
+        node(
+            "MaxPool",
+            &[input],
+            "y",
+            vec![
+                attr_ints("kernel_shape", &[2, 2]),
+                attr_ints("strides", &[2, 2]),
+            ],
+        )
+    };
+    for opset in [13, 10] {
+        for with_relu in [false, true] {
+            let nodes = if with_relu {
+                vec![node("Relu", &["x"], "r", vec![]), pool("r")]
+            } else {
+                vec![pool("x")]
+            };
+            let m = model_of(&[1, 4, 4], nodes, vec![], opset);
+            let g = gradient_graph(&m, "x", &[1, 4, 4], 1, LossKind::Linear).unwrap();
+            let bytes = prost::Message::encode_to_vec(&g.proto);
+            // Window 0: all four equal; window 1: two tied maxima; windows 2, 3: one max.
+            #[rustfmt::skip]
+            let x = vec![
+                0.5, 0.5, 0.9, 0.1,
+                0.5, 0.5, 0.9, 0.2,
+                0.3, 0.1, 0.2, 0.2,
+                0.1, 0.1, 0.2, 0.8f32,
+            ];
+            let c = vec![1.0f32, 2.0, 3.0, 4.0];
+            for choice in runtimes() {
+                let mut rt = runtime::open(choice, &bytes, 1, &common::ort_locator()).unwrap();
+                let (_, _, gx) = run_graph(rt.as_mut(), &x, &[1, 1, 4, 4], &[c.clone()], 4);
+                #[rustfmt::skip]
+                let want = vec![
+                    0.25, 0.25, 1.0, 0.0,
+                    0.25, 0.25, 1.0, 0.0,
+                    3.0, 0.0, 0.0, 0.0,
+                    0.0, 0.0, 0.0, 4.0f32,
+                ];
+                for (i, (a, b)) in gx.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() < 1e-6,
+                        "opset {opset} relu {with_relu} {choice:?}: entry {i}: {a} vs {b} ({gx:?})"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -850,8 +850,8 @@ fn relu_into_pool(
 }
 
 /// MaxPool with windows that tile the input (stride = kernel, no padding, the usual 2x2):
-/// upsample the pooled maximum and dy to the windows, compare, keep dy where the input
-/// equals its window's maximum, and zero-pad the rows/columns the pooling dropped. No
+/// upsample the pooled maximum and dy to the windows, compare, share dy among the entries
+/// equal to their window's maximum, and zero-pad the rows/columns the pooling dropped. No
 /// convolutions. (Before opset 11, without Resize: reshape into windows and share dy
 /// among tied entries.) With `relu_mask`, dy is first kept only where the maximum is
 /// positive (see [`relu_into_pool`]).
@@ -881,12 +881,26 @@ fn maxpool_tiles(
         b.slice(&n.input[0], &[0, 0], &[ch as i64, cw as i64], &[2, 3])
     };
     let g4 = if b.opset >= 11 {
-        // Upsample y and dy to the windows with nearest-neighbour Resize (fast on ONNX
-        // Runtime); ties between positive entries (measure zero) all receive dy.
+        // Upsample y to the windows with nearest-neighbour Resize (fast on ONNX Runtime),
+        // compare, and share dy among a window's tied maxima (common on real images:
+        // flat backgrounds give equal activations), counted by an AveragePool of the mask.
         let y_up = b.resize_nearest(&n.output[0], kh, kw);
-        let dy_up = b.resize_nearest(dy, kh, kw);
         let eq = b.equal(&x, &y_up);
-        b.select(&eq, &dy_up)
+        let mask = b.as_float(&eq);
+        let to_i = |v: &[usize]| v.iter().map(|x| *x as i64).collect::<Vec<_>>();
+        let mean = b.op(
+            "AveragePool",
+            &[&mask],
+            vec![
+                attr_ints("kernel_shape", &to_i(&p.k)),
+                attr_ints("strides", &to_i(&p.s)),
+            ],
+        );
+        let kk = b.scalar((kh * kw) as f32);
+        let cnt = b.mul(&mean, &kk);
+        let share = b.div(dy, &cnt);
+        let share_up = b.resize_nearest(&share, kh, kw);
+        b.mul(&mask, &share_up)
     } else {
         let x6 = b.reshape(&x, &[bn, c, oh, kh, ow, kw]);
         let y6 = b.reshape(&n.output[0], &[bn, c, oh, 1, ow, 1]);

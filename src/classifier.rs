@@ -25,6 +25,8 @@ pub struct Classifier {
     example_shape: Vec<usize>,
     num_classes: usize,
     batch_freed: bool,
+    /// Whether runs may use fewer examples than `batch` (see [`bucket`]).
+    dynamic: bool,
     /// Reused input buffer, `batch * example_len` values.
     buffer: Vec<f32>,
 }
@@ -51,6 +53,7 @@ impl Classifier {
         };
         let batch = spec.fixed_batch().unwrap_or(opts.batch_size);
         let mut c = Classifier::with_runtime(open(&wrapped)?, batch, example_shape)?;
+        c.dynamic = spec.fixed_batch().is_none();
         if c.batch < opts.batch_size {
             if let Some(freed) = c.try_free_batch(&wrapped, spec, opts.batch_size, &open) {
                 c = freed;
@@ -79,6 +82,7 @@ impl Classifier {
             example_shape: example_shape.to_vec(),
             num_classes: 0,
             batch_freed: false,
+            dynamic: false,
             buffer: Vec::with_capacity(batch * example_len),
         };
         c.num_classes = c.run_padded(&vec![0.0f32; example_len], 1)?.ncols();
@@ -109,7 +113,14 @@ impl Classifier {
                 .zip(b.iter())
                 .all(|(x, y)| (x - y).abs() <= 1e-4 * scale);
         candidate.batch_freed = true;
+        candidate.dynamic = true;
         agree.then_some(candidate)
+    }
+
+    /// Whether runs may take fewer examples than [`Classifier::batch`]: the model's batch
+    /// dimension is free (declared so, or made so by `model::free_batch`).
+    pub fn dynamic_batch(&self) -> bool {
+        self.dynamic
     }
 
     /// Whether a fixed batch dimension was made dynamic (see `model::free_batch`).
@@ -155,14 +166,21 @@ impl Classifier {
         Ok(Array2::from_shape_vec((n, cols), rows)?)
     }
 
-    /// Runs `take <= batch` examples, padded with zeros to a full batch so that every
-    /// call has one shape (one tract plan, one ORT allocation pattern).
+    /// Runs `take <= batch` examples, padded with zeros to a full batch, or to the
+    /// smallest [`bucket`] that holds them when the batch is dynamic, so that calls have at
+    /// most a few shapes (few tract plans, reused ORT allocations) and small remainders
+    /// (the last examples an attack still works on) cost little.
     fn run_padded(&mut self, x: &[f32], take: usize) -> Result<Array2<f32>> {
         let len = self.example_len();
+        let b = if self.dynamic {
+            bucket(take, self.batch)
+        } else {
+            self.batch
+        };
         self.buffer.clear();
         self.buffer.extend_from_slice(x);
-        self.buffer.resize(self.batch * len, 0.0);
-        let mut shape = vec![self.batch];
+        self.buffer.resize(b * len, 0.0);
+        let mut shape = vec![b];
         shape.extend(&self.example_shape);
         let view = ArrayViewD::from_shape(IxDyn(&shape), &self.buffer)?;
         let outputs = self.runtime.run(&[view])?;
@@ -170,15 +188,42 @@ impl Classifier {
             bail!("the model produced no output");
         };
         let total = first.len();
-        if first.ndim() == 0 || first.shape()[0] != self.batch || total % self.batch != 0 {
+        if first.ndim() == 0 || first.shape()[0] != b || total % b != 0 {
             bail!(
                 "the model's first output has shape {:?}, which does not have the batch ({}) first",
                 first.shape(),
-                self.batch
+                b
             );
         }
-        let cols = total / self.batch;
+        let cols = total / b;
         let flat: Vec<f32> = first.iter().copied().take(take * cols).collect();
         Ok(Array2::from_shape_vec((take, cols), flat)?)
+    }
+}
+
+/// The examples per run for `n <= batch` examples: the smallest of batch, batch/4,
+/// batch/16, ... (at least 1) that holds them.
+pub fn bucket(n: usize, batch: usize) -> usize {
+    let mut b = batch.max(1);
+    while b / 4 >= n.max(1) {
+        b /= 4;
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn buckets() {
+        use super::bucket;
+        assert_eq!(bucket(128, 128), 128);
+        assert_eq!(bucket(33, 128), 128);
+        assert_eq!(bucket(32, 128), 32);
+        assert_eq!(bucket(9, 128), 32);
+        assert_eq!(bucket(8, 128), 8);
+        assert_eq!(bucket(2, 128), 2);
+        assert_eq!(bucket(1, 128), 2);
+        assert_eq!(bucket(1, 1), 1);
+        assert_eq!(bucket(3, 5), 5);
     }
 }

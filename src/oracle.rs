@@ -22,7 +22,9 @@ pub struct ModelOracle {
     example_shape: Vec<usize>,
     batch: usize,
     opts: RunOptions,
-    graphs: HashMap<LossKind, Box<dyn Runtime>>,
+    /// Gradient graphs by loss kind and batch (buckets of `batch` when it is dynamic).
+    graphs: HashMap<(LossKind, usize), Box<dyn Runtime>>,
+    dynamic: bool,
 }
 
 impl ModelOracle {
@@ -40,6 +42,7 @@ impl ModelOracle {
         }
         Ok(ModelOracle {
             batch: classifier.batch(),
+            dynamic: classifier.dynamic_batch(),
             example_shape: classifier.example_shape().to_vec(),
             classifier,
             proto,
@@ -53,24 +56,26 @@ impl ModelOracle {
         &mut self.classifier
     }
 
-    /// The gradient graph for `kind` (built and opened on first use).
+    /// The gradient graph for `kind` at the oracle's batch.
     pub fn graph_proto(&self, kind: LossKind) -> Result<autodiff::GradGraph> {
-        autodiff::gradient_graph(
-            &self.proto,
-            &self.input,
-            &self.example_shape,
-            self.batch,
-            kind,
-        )
+        self.graph_at(kind, self.batch)
+    }
+
+    fn graph_at(&self, kind: LossKind, batch: usize) -> Result<autodiff::GradGraph> {
+        autodiff::gradient_graph(&self.proto, &self.input, &self.example_shape, batch, kind)
     }
 
     /// Builds the gradient graph for `kind` now (errors name an unsupported node).
     pub fn prepare(&mut self, kind: LossKind) -> Result<()> {
-        if !self.graphs.contains_key(&kind) {
-            let g = self.graph_proto(kind)?;
+        self.prepare_at(kind, self.batch)
+    }
+
+    fn prepare_at(&mut self, kind: LossKind, batch: usize) -> Result<()> {
+        if !self.graphs.contains_key(&(kind, batch)) {
+            let g = self.graph_at(kind, batch)?;
             let bytes = prost::Message::encode_to_vec(&g.proto);
             let rt = runtime::open(self.opts.runtime, &bytes, self.opts.threads, &self.opts.ort)?;
-            self.graphs.insert(kind, rt);
+            self.graphs.insert((kind, batch), rt);
         }
         Ok(())
     }
@@ -127,19 +132,24 @@ impl Oracle for ModelOracle {
         if extra.iter().any(|e| e.len() != n * k) {
             bail!("loss inputs do not match {n} examples of {k} classes");
         }
-        self.prepare(kind)?;
-        let b = self.batch;
-        let mut xshape = vec![b];
-        xshape.extend(&self.example_shape);
-        let Some(rt) = self.graphs.get_mut(&kind) else {
-            bail!("no gradient graph for {kind:?}");
-        };
         let mut logits = Vec::with_capacity(n * k);
         let mut loss = Vec::with_capacity(n);
         let mut grad = Vec::with_capacity(n * len);
         let mut done = 0;
         while done < n {
-            let take = (n - done).min(b);
+            let take = (n - done).min(self.batch);
+            // A small remainder runs in a smaller graph when the batch is free.
+            let b = if self.dynamic {
+                crate::classifier::bucket(take, self.batch)
+            } else {
+                self.batch
+            };
+            self.prepare_at(kind, b)?;
+            let mut xshape = vec![b];
+            xshape.extend(&self.example_shape);
+            let Some(rt) = self.graphs.get_mut(&(kind, b)) else {
+                bail!("no gradient graph for {kind:?}");
+            };
             let mut xb = x[done * len..(done + take) * len].to_vec();
             xb.resize(b * len, 0.0);
             let xa = ArrayD::from_shape_vec(IxDyn(&xshape), xb)?;

@@ -1573,7 +1573,8 @@ fn maxpool_shares_the_gradient_among_tied_maxima() {
             let c = vec![1.0f32, 2.0, 3.0, 4.0];
             for choice in runtimes() {
                 let mut rt = runtime::open(choice, &bytes, 1, &common::ort_locator()).unwrap();
-                let (_, _, gx) = run_graph(rt.as_mut(), &x, &[1, 1, 4, 4], &[c.clone()], 4);
+                let (_, _, gx) =
+                    run_graph(rt.as_mut(), &x, &[1, 1, 4, 4], std::slice::from_ref(&c), 4);
                 #[rustfmt::skip]
                 let want = vec![
                     0.25, 0.25, 1.0, 0.0,

@@ -89,16 +89,16 @@ pub struct HardenArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Audit on at most N examples.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 500)]
     pub audit_limit: usize,
     /// Attacks of the before/after audits (as for `audit --attacks`).
     #[arg(long, default_value = "standard")]
     pub attacks: String,
     /// Training method: mixed (clean + PGD), pgd (Madry), fast (FGSM with random start),
     /// trades.
-    #[arg(long, value_enum, default_value = "pgd")]
+    #[arg(long, value_enum, default_value = "fast")]
     pub method: MethodArg,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     pub epochs: usize,
     /// Training examples per step.
     #[arg(long, default_value_t = 128)]

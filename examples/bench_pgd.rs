@@ -2,38 +2,26 @@
 //! of runs of its fused gradient graph alone (the floor set by the runtime).
 //! Usage: cargo run --example bench_pgd -- [--runtime ort|tract] [--images 1024]
 //!        [--batch 128] [--threads 2] [--model models/fmnist_cnn.onnx]
+mod common;
+
 use std::time::Instant;
 
 use harden::attack::pgd::{pgd, PgdConfig};
 use harden::attack::{Head, Norm, Oracle, Threat};
 use harden::classifier::{Classifier, RunOptions};
 use harden::oracle::ModelOracle;
-use harden::runtime::{OrtLocator, RuntimeChoice};
+
 use harden::spec::{DataMapping, InputSpec, SpecArgs};
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |k: &str, d: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or(d.to_string())
-    };
-    let runtime = match get("--runtime", "ort").as_str() {
-        "tract" => RuntimeChoice::Tract,
-        _ => RuntimeChoice::Ort,
-    };
+    let get = common::arg;
+    let runtime = common::runtime();
     let images: usize = get("--images", "1024").parse()?;
     let batch: usize = get("--batch", "128").parse()?;
     let threads: usize = get("--threads", "2").parse()?;
     let model_path = get("--model", "models/fmnist_cnn.onnx");
     let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    let ort = OrtLocator::standard(
-        std::env::var_os("ORT_DYLIB_PATH").map(Into::into),
-        home.as_deref(),
-        None,
-    );
+    let ort = common::ort();
     let opts = RunOptions {
         runtime,
         threads,

@@ -3,28 +3,20 @@
 //! JSON line like scripts/bench_tf.py's. No validation or audits: the training loop only.
 //! Usage: cargo run --example bench_train -- [--runtime ort|tract] [--images 60000]
 //!        [--method pgd|fast|mixed|trades] [--steps 7] [--batch 128] [--threads 2]
+mod common;
+
 use std::time::Instant;
 
 use harden::attack::{Norm, Threat};
 use harden::autodiff::trainable_params;
 use harden::classifier::RunOptions;
-use harden::runtime::{OrtLocator, RuntimeChoice};
+
 use harden::spec::{DataMapping, InputSpec, SpecArgs};
 use harden::train::{self, optim, Examples, HardenConfig, Method, TrainNet};
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |k: &str, d: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or(d.to_string())
-    };
-    let runtime = match get("--runtime", "ort").as_str() {
-        "tract" => RuntimeChoice::Tract,
-        _ => RuntimeChoice::Ort,
-    };
+    let get = common::arg;
+    let runtime = common::runtime();
     let images: usize = get("--images", "60000").parse()?;
     let batch: usize = get("--batch", "128").parse()?;
     let threads: usize = get("--threads", "2").parse()?;
@@ -37,11 +29,7 @@ fn main() -> anyhow::Result<()> {
     };
     let model_path = get("--model", "models/fmnist_cnn.onnx");
     let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    let ort = OrtLocator::standard(
-        std::env::var_os("ORT_DYLIB_PATH").map(Into::into),
-        home.as_deref(),
-        None,
-    );
+    let ort = common::ort();
     let opts = RunOptions {
         runtime,
         threads,

@@ -2,18 +2,13 @@
 //! cross-entropy graph at batch 128), for profiling it outside harden.
 //! Usage: cargo run --example dump_grad -- [--model models/fmnist_cnn.onnx]
 //!        [--batch 128] [--loss ce|margin|dlr] [--out /tmp/grad.onnx]
+mod common;
+
 use harden::autodiff::{gradient_graph, LossKind};
 use harden::spec::{InputSpec, SpecArgs};
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let get = |k: &str, d: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or(d.to_string())
-    };
+    let get = common::arg;
     let model_path = get("--model", "models/fmnist_cnn.onnx");
     let batch: usize = get("--batch", "128").parse()?;
     let kind = match get("--loss", "ce").as_str() {

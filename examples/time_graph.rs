@@ -3,20 +3,16 @@
 //! written by the dump_grad example.
 //! Usage: cargo run --example time_graph -- FILE.onnx [--runtime ort|tract] [--runs 20]
 //!        [--threads 2]
+mod common;
+
 use std::time::Instant;
 
-use harden::runtime::{self, OrtLocator, RuntimeChoice};
+use harden::runtime::{self, RuntimeChoice};
 use ndarray::{ArrayD, IxDyn};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let get = |k: &str, d: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or(d.to_string())
-    };
+    let get = common::arg;
     let path = args
         .get(1)
         .ok_or_else(|| anyhow::anyhow!("usage: time_graph FILE.onnx"))?;
@@ -37,12 +33,7 @@ fn main() -> anyhow::Result<()> {
             .collect();
         inputs.push(ArrayD::from_shape_vec(IxDyn(&dims), v)?);
     }
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    let ort = OrtLocator::standard(
-        std::env::var_os("ORT_DYLIB_PATH").map(Into::into),
-        home.as_deref(),
-        None,
-    );
+    let ort = common::ort();
     let mut rt = runtime::open(choice, &bytes, threads, &ort)?;
     let views: Vec<_> = inputs.iter().map(|a| a.view()).collect();
     for _ in 0..3 {

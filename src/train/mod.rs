@@ -314,31 +314,13 @@ fn train_step(
                 let c0 = &x0[..na * len];
                 let start = threat.random_start(c0, len, rng);
                 let heads = [y1[..na * k].to_vec()];
-                let adv = match cfg.method {
-                    Method::Fast => {
-                        let alpha = cfg.step_size.unwrap_or(1.25 * threat.eps);
-                        perturb(
-                            net,
-                            LossKind::CrossEntropy,
-                            &heads,
-                            c0,
-                            start,
-                            threat,
-                            1,
-                            alpha,
-                        )?
-                    }
-                    _ => perturb(
-                        net,
-                        LossKind::CrossEntropy,
-                        &heads,
-                        c0,
-                        start,
-                        threat,
-                        steps,
-                        pgd_alpha,
-                    )?,
+                // FGSM-RS: one step of 1.25 eps; PGD: `steps` of 2.5 eps / steps.
+                let (n_steps, alpha) = match cfg.method {
+                    Method::Fast => (1, cfg.step_size.unwrap_or(1.25 * threat.eps)),
+                    _ => (steps, pgd_alpha),
                 };
+                let ce = LossKind::CrossEntropy;
+                let adv = perturb(net, ce, &heads, c0, start, threat, n_steps, alpha)?;
                 x[..na * len].copy_from_slice(&adv);
             }
             let out = net.run_graph(LossKind::CrossEntropy, true, b, &x, &[y1])?;

@@ -8,38 +8,22 @@ use std::time::Instant;
 
 use harden::attack::pgd::{pgd, PgdConfig};
 use harden::attack::{Head, Norm, Oracle, Threat};
-use harden::classifier::{Classifier, RunOptions};
+use harden::classifier::Classifier;
 use harden::oracle::ModelOracle;
-
-use harden::spec::{DataMapping, InputSpec, SpecArgs};
 
 fn main() -> anyhow::Result<()> {
     let get = common::arg;
-    let runtime = common::runtime();
     let images: usize = get("--images", "1024").parse()?;
     let batch: usize = get("--batch", "128").parse()?;
     let threads: usize = get("--threads", "2").parse()?;
-    let model_path = get("--model", "models/fmnist_cnn.onnx");
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    let ort = common::ort();
-    let opts = RunOptions {
-        runtime,
-        threads,
-        batch_size: batch,
-        ort,
-    };
-    let model = harden::model::OnnxModel::load(std::path::Path::new(&model_path))?;
-    let spec = InputSpec::resolve(&model.classifier_input()?, &SpecArgs::default())?;
-    let mut data = harden::data::limit(
-        harden::data::open("fashion-mnist:test", home.as_deref(), None)?,
-        images,
-    );
-    let mapping = DataMapping::new(&spec, data.example_shape(), data.kind())?;
-    let (mut raw, mut ys) = (vec![], vec![]);
-    while data.next_batch(1024, &mut raw, &mut ys)? > 0 {}
-    let mut x = vec![];
-    mapping.map_batch(&raw, &mut x, 0)?;
-    let labels: Vec<usize> = ys.iter().map(|y| y.unwrap_or(0)).collect();
+    let common::Setup {
+        model,
+        spec,
+        opts,
+        mapping,
+        x,
+        labels,
+    } = common::setup("fashion-mnist:test", images)?;
     let classifier = Classifier::open(&model, &spec, &mapping.example_shape, &opts)?;
     let mut oracle = ModelOracle::new(&model, &spec, classifier, &opts)?;
     let len = oracle.example_len();

@@ -9,14 +9,11 @@ use std::time::Instant;
 
 use harden::attack::{Norm, Threat};
 use harden::autodiff::trainable_params;
-use harden::classifier::RunOptions;
 
-use harden::spec::{DataMapping, InputSpec, SpecArgs};
 use harden::train::{self, optim, Examples, HardenConfig, Method, TrainNet};
 
 fn main() -> anyhow::Result<()> {
     let get = common::arg;
-    let runtime = common::runtime();
     let images: usize = get("--images", "60000").parse()?;
     let batch: usize = get("--batch", "128").parse()?;
     let threads: usize = get("--threads", "2").parse()?;
@@ -27,29 +24,17 @@ fn main() -> anyhow::Result<()> {
         "trades" => Method::Trades,
         _ => Method::Pgd,
     };
-    let model_path = get("--model", "models/fmnist_cnn.onnx");
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    let ort = common::ort();
-    let opts = RunOptions {
-        runtime,
-        threads,
-        batch_size: batch,
-        ort,
-    };
-    let model = harden::model::OnnxModel::load(std::path::Path::new(&model_path))?;
-    let spec = InputSpec::resolve(&model.classifier_input()?, &SpecArgs::default())?;
-    let mut data = harden::data::limit(
-        harden::data::open("fashion-mnist:train", home.as_deref(), None)?,
-        images,
-    );
-    let mapping = DataMapping::new(&spec, data.example_shape(), data.kind())?;
-    let (mut raw, mut ys) = (vec![], vec![]);
-    while data.next_batch(4096, &mut raw, &mut ys)? > 0 {}
-    let mut x = vec![];
-    mapping.map_batch(&raw, &mut x, 0)?;
+    let common::Setup {
+        model,
+        spec,
+        opts,
+        mapping,
+        x,
+        labels,
+    } = common::setup("fashion-mnist:train", images)?;
     let train_set = Examples {
         x,
-        y: ys.iter().map(|y| y.unwrap_or(0)).collect(),
+        y: labels,
         len: mapping.example_len(),
     };
     let params = trainable_params(&model.proto);

@@ -30,3 +30,44 @@ pub fn ort() -> OrtLocator {
         None,
     )
 }
+
+/// The demo setup: `--model` (default the demo model) with its default input spec, run
+/// options from `--runtime`, `--threads` (2) and `--batch` (128), and the first `n`
+/// examples of the named data set `data` mapped into its input space.
+pub struct Setup {
+    pub model: harden::model::OnnxModel,
+    pub spec: harden::spec::InputSpec,
+    pub opts: harden::classifier::RunOptions,
+    pub mapping: harden::spec::DataMapping,
+    pub x: Vec<f32>,
+    pub labels: Vec<usize>,
+}
+
+pub fn setup(data: &str, n: usize) -> anyhow::Result<Setup> {
+    use harden::spec::{DataMapping, InputSpec, SpecArgs};
+    let model_path = arg("--model", "models/fmnist_cnn.onnx");
+    let opts = harden::classifier::RunOptions {
+        runtime: runtime(),
+        threads: arg("--threads", "2").parse()?,
+        batch_size: arg("--batch", "128").parse()?,
+        ort: ort(),
+    };
+    let model = harden::model::OnnxModel::load(std::path::Path::new(&model_path))?;
+    let spec = InputSpec::resolve(&model.classifier_input()?, &SpecArgs::default())?;
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let mut src = harden::data::limit(harden::data::open(data, home.as_deref(), None)?, n);
+    let mapping = DataMapping::new(&spec, src.example_shape(), src.kind())?;
+    let (mut raw, mut ys) = (vec![], vec![]);
+    while src.next_batch(4096, &mut raw, &mut ys)? > 0 {}
+    let mut x = vec![];
+    mapping.map_batch(&raw, &mut x, 0)?;
+    let labels = ys.iter().map(|y| y.unwrap_or(0)).collect();
+    Ok(Setup {
+        model,
+        spec,
+        opts,
+        mapping,
+        x,
+        labels,
+    })
+}

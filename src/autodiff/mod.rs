@@ -299,19 +299,11 @@ pub fn tap_graph(
     let mut x_shape = vec![batch];
     x_shape.extend_from_slice(example_shape);
     let shapes = shapes::infer(proto, input, &x_shape)?;
-    let mut out = proto.clone();
+    let mut out = at_fixed_batch(proto, input, &x_shape)?;
     let g = out
         .graph
         .as_mut()
         .ok_or_else(|| anyhow!("the model has no graph"))?;
-    let fixed: Vec<Dim> = x_shape.iter().map(|d| Dim::Fixed(*d)).collect();
-    let vi = g
-        .input
-        .iter_mut()
-        .find(|v| v.name == input)
-        .ok_or_else(|| anyhow!("the model has no input '{input}'"))?;
-    model::set_value_shape(vi, &fixed);
-    g.value_info.clear();
     g.output = names
         .iter()
         .map(|n| {
@@ -559,16 +551,9 @@ fn build(
     }
 
     // Assemble: the forward graph with a fixed batch, then the backward nodes.
-    let mut out = proto.clone();
-    let g = out.graph.as_mut().ok_or_else(|| anyhow!("no graph"))?;
+    let mut out = at_fixed_batch(proto, input, &x_shape)?;
     let fixed: Vec<Dim> = x_shape.iter().map(|d| Dim::Fixed(*d)).collect();
-    let vi = g
-        .input
-        .iter_mut()
-        .find(|v| v.name == input)
-        .ok_or_else(|| anyhow!("the model has no input '{input}'"))?;
-    model::set_value_shape(vi, &fixed);
-    g.value_info.clear();
+    let g = out.graph.as_mut().ok_or_else(|| anyhow!("no graph"))?;
     g.node.extend(b.nodes);
     g.initializer.extend(b.inits);
     let head_inputs = kind.head_inputs();
@@ -597,6 +582,29 @@ fn build(
         num_classes: k,
         head_inputs,
     })
+}
+
+/// A copy of `proto` whose input `input` has the static shape `x_shape` (batch first),
+/// with the stale value_info dropped.
+fn at_fixed_batch(
+    proto: &pb::ModelProto,
+    input: &str,
+    x_shape: &[usize],
+) -> Result<pb::ModelProto> {
+    let mut out = proto.clone();
+    let g = out
+        .graph
+        .as_mut()
+        .ok_or_else(|| anyhow!("the model has no graph"))?;
+    let fixed: Vec<Dim> = x_shape.iter().map(|d| Dim::Fixed(*d)).collect();
+    let vi = g
+        .input
+        .iter_mut()
+        .find(|v| v.name == input)
+        .ok_or_else(|| anyhow!("the model has no input '{input}'"))?;
+    model::set_value_shape(vi, &fixed);
+    g.value_info.clear();
+    Ok(out)
 }
 
 /// The sum of gradient contributions (None when there are none).

@@ -368,8 +368,11 @@ fn train_step(
     let mut views: Vec<&mut [f32]> = net
         .values
         .iter_mut()
-        .map(|v| v.as_slice_mut().expect("parameters are contiguous"))
-        .collect();
+        .map(|v| {
+            v.as_slice_mut()
+                .ok_or_else(|| anyhow::anyhow!("weights are not contiguous"))
+        })
+        .collect::<Result<_>>()?;
     let gviews: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
     opt.step(&mut views, &gviews);
     Ok(stats)

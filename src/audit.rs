@@ -1,5 +1,7 @@
 //! `harden audit`: clean accuracy, per-class precision/recall/F1 and the confusion
-//! matrix, streamed over the data in batches. (Attacks join in a later stage.)
+//! matrix, streamed over the data in batches; with a plan, robust accuracy under attacks
+//! (`robust.rs`); and the sanity checks of `report::sanity`, which probe the model on the
+//! first examples.
 
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -13,7 +15,8 @@ use crate::oracle::ModelOracle;
 use crate::robust::{AttackSpec, EpsResult, RobustTally};
 use crate::spec::{DataMapping, InputSpec, Layout};
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// The version of the report's JSON (`report::Report`), which holds `AuditReport`s.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelFacts {
@@ -63,6 +66,8 @@ pub struct Meta {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct AuditReport {
+    /// The report's (`report::Report` carries it at the top).
+    #[serde(skip)]
     pub schema_version: u32,
     pub model: ModelFacts,
     pub input_spec: InputSpec,
@@ -78,9 +83,33 @@ pub struct AuditReport {
     pub clean: CleanMetrics,
     /// Attacks, when asked for (`--eps`).
     pub robust: Option<RobustReport>,
+    /// Sanity checks (empty when turned off).
+    pub sanity: Vec<crate::report::sanity::Check>,
+    /// The shape of one example as the model sees it (for the image grid).
+    pub example_shape: Vec<usize>,
     #[serde(skip)]
     pub predictions: Vec<usize>,
+    /// Volatile facts; a `report::Report` gathers them under its one `meta` key.
+    #[serde(skip)]
     pub meta: Meta,
+}
+
+/// How much of the report to compute besides the metrics.
+#[derive(Clone, Debug)]
+pub struct AuditOptions {
+    /// Run the sanity checks (`report::sanity`).
+    pub sanity: bool,
+    /// Adversarial examples kept per eps for the image grid.
+    pub keep_examples: usize,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        AuditOptions {
+            sanity: true,
+            keep_examples: 8,
+        }
+    }
 }
 
 /// The robust part of a report.
@@ -116,8 +145,9 @@ pub fn geometry(layout: Layout, example_shape: &[usize]) -> Geometry {
     }
 }
 
-/// Scores every example of `data` (as mapped by `mapping`) and returns the report.
-/// `progress` is called with the number of examples done so far.
+/// Scores every example of `data` (as mapped by `mapping`) and returns the report, with
+/// the default options (sanity checks on). `progress` is called with the number of
+/// examples done so far.
 #[allow(clippy::too_many_arguments)]
 pub fn run_audit(
     model: &OnnxModel,
@@ -129,13 +159,44 @@ pub fn run_audit(
     plan: Option<&RobustPlan>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<AuditReport> {
+    run_audit_with(
+        model,
+        spec,
+        oracle,
+        data,
+        data_spec,
+        mapping,
+        plan,
+        &AuditOptions::default(),
+        progress,
+    )
+}
+
+/// [`run_audit`] with options.
+#[allow(clippy::too_many_arguments)]
+pub fn run_audit_with(
+    model: &OnnxModel,
+    spec: &InputSpec,
+    oracle: &mut ModelOracle,
+    data: &mut dyn DataSource,
+    data_spec: &str,
+    mapping: &DataMapping,
+    plan: Option<&RobustPlan>,
+    opts: &AuditOptions,
+    progress: &mut dyn FnMut(u64),
+) -> Result<AuditReport> {
     let k = crate::attack::Oracle::num_classes(oracle);
+    let mut probe = crate::report::sanity::Probe::new(opts.sanity);
     let mut confusion = Confusion::new(k);
     let mut predictions = vec![];
     let mut like_probs = 0u64;
     let chunk = oracle.classifier().batch().max(64);
     let geo = geometry(spec.layout, &mapping.example_shape);
-    let mut tally = plan.map(|p| RobustTally::new(k, &p.eps, p.attacks.clone(), p.cascade));
+    let mut tally = plan.map(|p| {
+        let mut t = RobustTally::new(k, &p.eps, p.attacks.clone(), p.cascade);
+        t.keep_examples(opts.keep_examples);
+        t
+    });
     let (mut raw, mut labels, mut mapped) = (vec![], vec![], vec![]);
     let mut seen = 0usize;
     loop {
@@ -167,6 +228,13 @@ pub fn run_audit(
                 confusion.add(y, p);
             }
         }
+        probe.add_batch(
+            &mapped,
+            &logits,
+            &labels,
+            &batch_preds,
+            mapping.example_len(),
+        )?;
         if let (Some(t), Some(p)) = (tally.as_mut(), plan) {
             let len = mapping.example_len();
             let idx: Vec<usize> = (0..n).filter(|i| labels[*i].is_some()).collect();
@@ -200,6 +268,19 @@ pub fn run_audit(
         }
         _ => None,
     };
+    let facts = crate::report::sanity::Facts {
+        output_kind: model.output_kind(),
+        rows_like_probabilities: like_probs,
+        examples: seen as u64,
+        classes: k,
+        range: spec.range,
+        geometry: geo,
+    };
+    let sanity = if opts.sanity {
+        probe.finish(oracle, &facts, plan, robust.as_ref())?
+    } else {
+        vec![]
+    };
     Ok(AuditReport {
         schema_version: SCHEMA_VERSION,
         model: ModelFacts::of(model, model.classifier_input()?),
@@ -217,6 +298,8 @@ pub fn run_audit(
         rows_like_probabilities: like_probs,
         clean,
         robust,
+        sanity,
+        example_shape: mapping.example_shape.clone(),
         predictions,
         meta: Meta::default(),
     })

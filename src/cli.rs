@@ -25,6 +25,7 @@ mod main_command;
 
 /// Exit codes, like grep: 0 ok (or gate passed), 1 gate failed, 2 error.
 pub const EXIT_OK: i32 = 0;
+pub const EXIT_GATE_FAILED: i32 = 1;
 pub const EXIT_ERROR: i32 = 2;
 
 #[derive(Parser, Debug)]
@@ -158,9 +159,10 @@ pub struct HardenArgs {
     /// The hardened model (default: MODEL.hardened.onnx next to MODEL).
     #[arg(short, long, value_name = "OUT.onnx")]
     pub output: Option<PathBuf>,
-    /// Write the before/after report (report.json) into DIR.
-    #[arg(long, value_name = "DIR")]
-    pub report: Option<PathBuf>,
+    /// The before/after report (`--report DIR`), its gates on the hardened model and the
+    /// sanity checks.
+    #[command(flatten)]
+    pub report: ReportArgs,
     /// Threat model norm.
     #[arg(long, value_enum, default_value = "linf")]
     pub norm: NormArg,
@@ -336,9 +338,111 @@ pub struct AuditArgs {
     #[command(flatten)]
     pub attack_opts: AttackOpts,
     #[command(flatten)]
+    pub report: ReportArgs,
+    #[command(flatten)]
     pub input: InputArgs,
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// The report, its gates and the sanity checks (shared with the hardening command).
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Write report.json, report.md and report.html into DIR (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Gate: exit with 1 when clean accuracy is below X (a fraction, 0.9 for 90%).
+    #[arg(long, value_name = "X", allow_hyphen_values = true)]
+    pub min_clean_accuracy: Option<f64>,
+    /// Gate: exit with 1 when the worst-case robust accuracy at any eps is below X.
+    #[arg(long, value_name = "X", allow_hyphen_values = true)]
+    pub min_robust_accuracy: Option<f64>,
+    /// Write the gates as a JUnit XML file (one test case per gate).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Skip the sanity checks (they attack a few examples again).
+    #[arg(long)]
+    pub no_sanity_checks: bool,
+}
+
+impl ReportArgs {
+    /// Checks the flags before any work: thresholds, and that the outputs can be written.
+    pub fn validate(&self, has_eps: bool) -> Result<()> {
+        use crate::report::gate::check_threshold;
+        if let Some(v) = self.min_clean_accuracy {
+            check_threshold("--min-clean-accuracy", v)?;
+        }
+        if let Some(v) = self.min_robust_accuracy {
+            check_threshold("--min-robust-accuracy", v)?;
+            if !has_eps {
+                bail!("--min-robust-accuracy needs attacks: pass --eps");
+            }
+        }
+        if let Some(j) = &self.junit {
+            if self.min_clean_accuracy.is_none() && self.min_robust_accuracy.is_none() {
+                bail!(
+                    "--junit writes the gates: pass --min-clean-accuracy or --min-robust-accuracy"
+                );
+            }
+            check_writable("--junit", j)?;
+        }
+        if let Some(d) = &self.report {
+            crate::report::prepare_dir(d)?;
+        }
+        Ok(())
+    }
+
+    /// Evaluates the gates on the report's audit and writes the report folder and JUnit
+    /// file; returns the exit code (0 all gates passed, 1 one failed).
+    pub fn finish(&self, report: &mut crate::report::Report) -> Result<i32> {
+        report.gates = crate::report::gate::evaluate(
+            report.primary(),
+            self.min_clean_accuracy,
+            self.min_robust_accuracy,
+        )?;
+        if let Some(d) = &self.report {
+            crate::report::write_dir(d, report)?;
+        }
+        if let Some(j) = &self.junit {
+            write_atomic(j, crate::report::junit::render(report).as_bytes())?;
+        }
+        Ok(if report.gates_passed() {
+            EXIT_OK
+        } else {
+            EXIT_GATE_FAILED
+        })
+    }
+}
+
+/// Fails now, before any work, when `path` cannot be written later (missing folder, a
+/// folder in its place, no permission).
+fn check_writable(flag: &str, path: &Path) -> Result<()> {
+    if path.is_dir() {
+        bail!("{flag} {}: is a folder, not a file", path.display());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    tempfile::NamedTempFile::new_in(dir)
+        .map(drop)
+        .map_err(|e| anyhow!("{flag} {}: cannot write there: {e}", path.display()))
+}
+
+/// The host's name, for the report's `meta`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Seconds since 1970, for the report's `meta`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The declared input space.
@@ -585,6 +689,11 @@ fn parse_eps_list(s: &str) -> Result<Vec<f32>> {
 
 fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
     let started = Instant::now();
+    let started_unix = unix_now();
+    a.report.validate(a.eps.is_some())?;
+    if let Some(p) = a.json.as_deref().filter(|p| *p != Path::new("-")) {
+        check_writable("--json", p)?;
+    }
     let plan = match &a.eps {
         None => None,
         Some(e) => {
@@ -625,7 +734,7 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         }
     }
     let bar = progress_bar(s.source.len().map(|n| n as u64), "auditing");
-    let mut report = audit::run_audit(
+    let mut report = audit::run_audit_with(
         &s.model,
         &s.spec,
         &mut s.oracle,
@@ -633,6 +742,10 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         &s.data_spec,
         &s.mapping,
         plan.as_ref(),
+        &audit::AuditOptions {
+            sanity: !a.report.no_sanity_checks,
+            ..Default::default()
+        },
         &mut |n| bar.set_position(n),
     )?;
     bar.finish_and_clear();
@@ -642,16 +755,30 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         seconds: secs,
         examples_per_second: report.data.examples as f64 / secs.max(1e-9),
     };
-    let json = serde_json::to_string_pretty(&report)? + "\n";
+    let text = audit::render_text(&report);
+    let mut report = crate::report::Report::audit(report);
+    report.stamp(
+        env!("CARGO_PKG_VERSION"),
+        started_unix,
+        &host_name(),
+        started.elapsed().as_secs_f64(),
+    );
+    let code = a.report.finish(&mut report)?;
+    let json = report.to_json()?;
+    let summary = crate::report::summary(&report);
     match a.json.as_deref() {
         Some(p) if p == Path::new("-") => print_stdout(&json)?,
         Some(p) => {
             write_atomic(p, json.as_bytes())?;
-            print_stdout(&audit::render_text(&report))?;
+            print_stdout(&(text + "\n" + &summary))?;
         }
-        None => print_stdout(&audit::render_text(&report))?,
+        None if a.report.report.is_some() => print_stdout(&summary)?,
+        None => print_stdout(&(text + "\n" + &summary))?,
     }
-    Ok(EXIT_OK)
+    if let (Some(d), false) = (&a.report.report, a.json.as_deref() == Some(Path::new("-"))) {
+        print_stdout(&format!("report   {}\n", d.join("report.html").display()))?;
+    }
+    Ok(code)
 }
 
 fn attack_command(a: AttackArgs, env: &Env) -> Result<i32> {

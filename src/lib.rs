@@ -16,6 +16,7 @@ pub mod model;
 pub mod npz;
 pub mod ops;
 pub mod oracle;
+pub mod report;
 pub mod rng;
 pub mod robust;
 pub mod runtime;

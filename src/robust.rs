@@ -41,6 +41,59 @@ impl AttackSpec {
     pub fn needs_gradients(&self) -> bool {
         !matches!(self, AttackSpec::Square(_))
     }
+
+    /// What kind of attack this is, for the sanity checks that compare kinds.
+    pub fn kind(&self) -> AttackKind {
+        match self {
+            AttackSpec::Fgsm => AttackKind::SingleStep,
+            AttackSpec::Square(_) => AttackKind::BlackBox,
+            _ => AttackKind::Iterative,
+        }
+    }
+
+    /// The same attack with more budget: twice the steps and one more restart
+    /// (`None` for attacks without steps).
+    pub fn stronger(&self) -> Option<AttackSpec> {
+        match self {
+            AttackSpec::Pgd(c) => Some(AttackSpec::Pgd(PgdConfig {
+                steps: 2 * c.steps,
+                restarts: c.restarts + 1,
+                ..c.clone()
+            })),
+            AttackSpec::ApgdCe(c) | AttackSpec::ApgdDlr(c) | AttackSpec::ApgdT(c) => {
+                let c2 = ApgdConfig {
+                    steps: 2 * c.steps,
+                    restarts: c.restarts + 1,
+                    ..c.clone()
+                };
+                Some(match self {
+                    AttackSpec::ApgdCe(_) => AttackSpec::ApgdCe(c2),
+                    AttackSpec::ApgdDlr(_) => AttackSpec::ApgdDlr(c2),
+                    _ => AttackSpec::ApgdT(c2),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Steps and restarts, for reports (`None` for attacks without steps).
+    pub fn budget(&self) -> Option<(usize, usize)> {
+        match self {
+            AttackSpec::Pgd(c) => Some((c.steps, c.restarts)),
+            AttackSpec::ApgdCe(c) | AttackSpec::ApgdDlr(c) | AttackSpec::ApgdT(c) => {
+                Some((c.steps, c.restarts))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Single-step (FGSM), iterative gradient (PGD, APGD) or black-box (Square).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttackKind {
+    SingleStep,
+    Iterative,
+    BlackBox,
 }
 
 /// Knobs shared by the attacks of one run.
@@ -152,6 +205,41 @@ pub struct EpsResult {
     pub robust_accuracy: f64,
     /// Per class (by true label): robust examples / support.
     pub per_class_robust_accuracy: Vec<Option<f64>>,
+    /// Per-example comparisons between kinds of attack (for the sanity checks).
+    pub cross_checks: CrossChecks,
+    /// The first adversarial examples found (re-checked), for the report's image grid.
+    pub examples: Vec<AdvPair>,
+}
+
+/// Per-example comparisons between kinds of attack at one eps, over clean-correct
+/// examples: how often one kind broke an example that another kind tried and missed.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct CrossChecks {
+    /// Broken by a single-step attack, tried and missed by every iterative one.
+    pub single_step_beats_iterative: u64,
+    /// Broken by an iterative attack, tried and missed by every single-step one.
+    pub iterative_beats_single_step: u64,
+    /// Broken by Square, tried and missed by every white-box (gradient) attack.
+    pub black_box_beats_white_box: u64,
+    /// Clean-correct examples attacked.
+    pub examples: u64,
+}
+
+/// One clean example and the adversarial example an attack found for it (confirmed by a
+/// plain forward pass). The values are kept in memory for the HTML image grid only.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AdvPair {
+    /// Position of the example among the labelled examples (data order).
+    pub example: u64,
+    pub label: usize,
+    pub adversarial_prediction: usize,
+    pub attack: String,
+    /// Norm (the threat model's) of the perturbation.
+    pub distance: f32,
+    #[serde(skip)]
+    pub clean: Vec<f32>,
+    #[serde(skip)]
+    pub adversarial: Vec<f32>,
 }
 
 /// Accumulates robust results over batches.
@@ -169,6 +257,9 @@ pub struct RobustTally {
     robust: Vec<u64>,
     class_robust: Vec<Vec<u64>>,
     class_support: Vec<u64>,
+    cross: Vec<CrossChecks>,
+    keep: usize,
+    kept: Vec<Vec<AdvPair>>,
 }
 
 impl RobustTally {
@@ -187,8 +278,16 @@ impl RobustTally {
             robust: vec![0; eps.len()],
             class_robust: vec![vec![0; k]; eps.len()],
             class_support: vec![0; k],
+            cross: vec![CrossChecks::default(); eps.len()],
+            keep: 8,
+            kept: vec![vec![]; eps.len()],
             attacks,
         }
+    }
+
+    /// Keep the first `n` adversarial examples per eps for the report (default 8).
+    pub fn keep_examples(&mut self, n: usize) {
+        self.keep = n;
     }
 
     /// Attacks one batch (`x` in the model's raw input space) and re-checks every
@@ -207,6 +306,7 @@ impl RobustTally {
     ) -> Result<()> {
         let len = oracle.example_len();
         let n = labels.len();
+        let first_id = self.total;
         self.total += n as u64;
         for &y in labels {
             self.class_support[y] += 1;
@@ -215,11 +315,17 @@ impl RobustTally {
         for (e, &eps) in self.eps.clone().iter().enumerate() {
             let threat = Threat::new(norm, eps, range)?;
             let mut robust = correct.clone();
+            // Per attack and example: tried, broken.
+            let mut tried = vec![vec![false; n]; self.attacks.len()];
+            let mut broke = vec![vec![false; n]; self.attacks.len()];
             for (a, spec) in self.attacks.iter().enumerate() {
                 let idx: Vec<usize> = (0..n)
                     .filter(|&i| if self.cascade { robust[i] } else { correct[i] })
                     .collect();
                 self.attacked[e][a] += idx.len() as u64;
+                for &i in &idx {
+                    tried[a][i] = true;
+                }
                 if !idx.is_empty() {
                     let x0 = gather(x, &idx, len);
                     let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
@@ -238,6 +344,23 @@ impl RobustTally {
                             if inside && preds[m] != y[j] {
                                 self.broken[e][a] += 1;
                                 robust[idx[j]] = false;
+                                broke[a][idx[j]] = true;
+                                let id = first_id + idx[j] as u64;
+                                if self.kept[e].len() < self.keep
+                                    && !self.kept[e].iter().any(|p| p.example == id)
+                                {
+                                    let (xa, xc) =
+                                        (&adv[m * len..(m + 1) * len], &x0[j * len..(j + 1) * len]);
+                                    self.kept[e].push(AdvPair {
+                                        example: id,
+                                        label: y[j],
+                                        adversarial_prediction: preds[m],
+                                        attack: spec.name().to_string(),
+                                        distance: distance(norm, xa, xc),
+                                        clean: xc.to_vec(),
+                                        adversarial: xa.to_vec(),
+                                    });
+                                }
                             } else {
                                 self.refused[e][a] += 1;
                             }
@@ -254,6 +377,27 @@ impl RobustTally {
                 if robust[i] {
                     self.robust[e] += 1;
                     self.class_robust[e][labels[i]] += 1;
+                }
+            }
+            let kinds: Vec<AttackKind> = self.attacks.iter().map(|s| s.kind()).collect();
+            let c = &mut self.cross[e];
+            for i in (0..n).filter(|i| correct[*i]) {
+                c.examples += 1;
+                let any = |f: &dyn Fn(AttackKind) -> bool, m: &Vec<Vec<bool>>| {
+                    (0..kinds.len()).any(|a| f(kinds[a]) && m[a][i])
+                };
+                let single = |k: AttackKind| k == AttackKind::SingleStep;
+                let iter = |k: AttackKind| k == AttackKind::Iterative;
+                let black = |k: AttackKind| k == AttackKind::BlackBox;
+                let white = |k: AttackKind| k != AttackKind::BlackBox;
+                if any(&single, &broke) && any(&iter, &tried) && !any(&iter, &broke) {
+                    c.single_step_beats_iterative += 1;
+                }
+                if any(&iter, &broke) && any(&single, &tried) && !any(&single, &broke) {
+                    c.iterative_beats_single_step += 1;
+                }
+                if any(&black, &broke) && any(&white, &tried) && !any(&white, &broke) {
+                    c.black_box_beats_white_box += 1;
                 }
             }
         }
@@ -298,8 +442,23 @@ impl RobustTally {
                             .then(|| self.class_robust[e][c] as f64 / self.class_support[c] as f64)
                     })
                     .collect(),
+                cross_checks: self.cross[e].clone(),
+                examples: self.kept[e].clone(),
             })
             .collect()
+    }
+}
+
+/// The threat model's norm of `a - b`.
+pub fn distance(norm: Norm, a: &[f32], b: &[f32]) -> f32 {
+    match norm {
+        Norm::Linf => a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs())),
+        Norm::L2 => a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y) * (x - y))
+            .sum::<f32>()
+            .sqrt(),
     }
 }
 

@@ -446,6 +446,20 @@ fn elementwise_and_activation_rules() {
         vec![],
         13,
     );
+    // Piecewise-constant ops have a zero derivative wherever it exists: next to an
+    // identity path the finite differences see only the identity's gradient.
+    for op in ["Round", "Floor", "Ceil"] {
+        check(
+            &format!("{op} beside identity"),
+            &[7],
+            vec![
+                node(op, &["x"], "r", vec![]),
+                node("Add", &["r", "x"], "y", vec![]),
+            ],
+            vec![],
+            13,
+        );
+    }
     check(
         "Relu opset 8 (no Where)",
         &[6],

@@ -115,8 +115,14 @@ fn audit_json_report() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    assert_eq!(r["schema_version"], 1);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    // The report: schema_version and kind at the top, the audit under `audit`, timings
+    // only under `meta`.
+    assert_eq!(report["schema_version"], 2);
+    assert_eq!(report["kind"], "audit");
+    assert!(report["meta"]["seconds"].as_f64().unwrap() > 0.0);
+    let r = &report["audit"];
+    assert!(r.get("meta").is_none());
     assert_eq!(r["runtime"], "tract");
     assert_eq!(r["data"]["examples"], 20);
     let correct = r["clean"]["correct"].as_u64().unwrap();

@@ -186,13 +186,21 @@ fn hardening_raises_robust_accuracy_and_keeps_the_interface() {
     };
     let (before, after) = (worst("before"), worst("after"));
     assert!(after > before + 0.1, "robust accuracy {before} -> {after}");
-    let hist = r["training"]["history"].as_array().unwrap();
+    assert_eq!(r["kind"], "hardening");
+    let hist = r["training"]["rows"].as_array().unwrap();
     assert_eq!(hist.len(), 4, "epoch 0 plus 3 epochs");
-    let best = r["training"]["best_epoch"].as_u64().unwrap() as usize;
-    let best_val = hist[best]["val_robust"].as_f64().unwrap();
+    let best = r["training"]["details"]["best_epoch"].as_u64().unwrap() as usize;
+    let best_val = hist[best]["val_robust_accuracy"].as_f64().unwrap();
     assert!(hist
         .iter()
-        .all(|h| h["val_robust"].as_f64().unwrap() <= best_val));
+        .all(|h| h["val_robust_accuracy"].as_f64().unwrap() <= best_val));
+    assert_eq!(r["meta"]["epoch_seconds"].as_array().unwrap().len(), 4);
+    // Markdown and HTML beside the JSON, before and after side by side.
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    assert!(md.contains("| fact | before | after |") && md.contains("## Training"));
+    assert!(std::fs::read_to_string(rep.join("report.html"))
+        .unwrap()
+        .contains("<svg"));
     // Every exported model runs on both runtimes.
     let x = lcg_vec(5 * 784, 3, 0.0, 1.0);
     let per_rt: Vec<Vec<f32>> = runtimes()
@@ -640,4 +648,46 @@ fn fixed_batch_models_train_in_batches_and_keep_their_interface() {
     for rt in runtimes() {
         assert_eq!(logits(&out, rt, &x).len(), 10);
     }
+}
+
+#[test]
+fn gates_judge_the_hardened_model() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("gated.onnx");
+    let junit = d.path().join("gates.xml");
+    let run = |gate: &str| {
+        harden()
+            .args(quick(
+                &f("mlp.onnx"),
+                &out,
+                &[
+                    "--epochs",
+                    "0",
+                    "--min-clean-accuracy",
+                    "0.01",
+                    "--min-robust-accuracy",
+                    gate,
+                    "--junit",
+                    junit.to_str().unwrap(),
+                ],
+            ))
+            .output()
+            .unwrap()
+    };
+    let failed = run("0.99");
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    // A missed gate still leaves the hardened model and the gate file.
+    assert!(out.is_file());
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_eq!(xml.matches("<testcase").count(), 2, "{xml}");
+    assert_eq!(xml.matches("<failure").count(), 1, "{xml}");
+    let stdout = String::from_utf8_lossy(&failed.stdout);
+    assert!(stdout.contains("gate"), "{stdout}");
+    let passed = run("0.0");
+    assert_eq!(passed.status.code(), Some(0), "{passed:?}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_eq!(xml.matches("<failure").count(), 0, "{xml}");
+    // A bad threshold is an error before any work.
+    let bad = run("1.5");
+    assert_eq!(bad.status.code(), Some(2));
 }

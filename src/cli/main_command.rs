@@ -18,44 +18,11 @@ use crate::classifier::{Classifier, RunOptions};
 use crate::data::{self, DataSource, MemorySource, ValueKind};
 use crate::model::OnnxModel;
 use crate::oracle::ModelOracle;
+use crate::report::{Report, Training};
 use crate::rng::Rng;
 use crate::robust::AttackKnobs;
 use crate::spec::{DataMapping, InputSpec};
 use crate::train::{self, optim, EpochRow, Event, Examples, HardenConfig, Method, TrainNet};
-
-/// The report of the main command (report.json).
-#[derive(serde::Serialize)]
-pub struct HardenReport {
-    pub schema_version: u32,
-    pub kind: &'static str,
-    pub input_model: String,
-    pub output_model: String,
-    pub output_sha256: String,
-    pub config: HardenConfig,
-    pub training: TrainingFacts,
-    pub before: AuditReport,
-    pub after: AuditReport,
-    pub meta: audit::Meta,
-}
-
-#[derive(serde::Serialize)]
-pub struct TrainingFacts {
-    pub data: String,
-    pub train_examples: usize,
-    pub val_examples: usize,
-    pub trained_tensors: Vec<String>,
-    pub trained_values: usize,
-    /// BatchNormalization mean/variance initializers recomputed (`--update-bn`).
-    pub bn_statistics_updated: Vec<String>,
-    pub runtime: String,
-    pub epochs_run: usize,
-    pub best_epoch: usize,
-    /// Validation accuracy of the kept epoch (none without validation examples).
-    pub best_val_clean: Option<f64>,
-    pub best_val_robust: Option<f64>,
-    pub history: Vec<EpochRow>,
-    pub seconds: f64,
-}
 
 /// Fails now, not after training, when `path` cannot be written.
 fn check_writable(path: &Path) -> Result<()> {
@@ -176,6 +143,7 @@ fn run_one_audit(
     limit: usize,
     plan: &RobustPlan,
     opts: &RunOptions,
+    sanity: bool,
     env: &Env,
 ) -> Result<AuditReport> {
     let t0 = Instant::now();
@@ -188,7 +156,7 @@ fn run_one_audit(
     }
     let bar = progress_bar(src.len().map(|n| n as u64), "auditing");
     bar.set_message(what.to_string());
-    let mut r = audit::run_audit(
+    let mut r = audit::run_audit_with(
         model,
         spec,
         &mut oracle,
@@ -196,6 +164,10 @@ fn run_one_audit(
         &name,
         &mapping,
         Some(plan),
+        &audit::AuditOptions {
+            sanity,
+            ..Default::default()
+        },
         &mut |n| bar.set_position(n),
     )?;
     bar.finish_and_clear();
@@ -225,6 +197,7 @@ fn fingerprint(model: &OnnxModel, cfg: &HardenConfig, data: &str, n: usize, val:
 
 pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
     let started = Instant::now();
+    let started_unix = super::unix_now();
     let model_path = a
         .model
         .clone()
@@ -265,14 +238,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         model_path.with_file_name(format!("{stem}.hardened.onnx"))
     });
     check_writable(&out_path)?;
-    if let Some(dir) = &a.report {
-        if dir.is_file() {
-            bail!("--report {}: is a file; give a folder", dir.display());
-        }
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the report folder {}", dir.display()))?;
-        check_writable(&dir.join("report.json"))?;
-    }
+    a.report.validate(true)?;
     let ckpt_path: Option<PathBuf> = match &a.checkpoint_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| {
@@ -398,6 +364,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         a.audit_limit,
         &plan,
         &opts,
+        !a.report.no_sanity_checks,
         env,
     )?;
     let k = before.classes;
@@ -514,6 +481,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         a.audit_limit,
         &plan,
         &opts,
+        !a.report.no_sanity_checks,
         env,
     )?;
     if let Some(r) = worst_case(&after) {
@@ -533,47 +501,48 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         .map(|b| format!("{b:02x}"))
         .collect();
 
-    let trained_values = updates
+    let trained_values: usize = updates
         .iter()
         .filter(|(n, _)| params.contains(n))
         .map(|(_, v)| v.len())
         .sum();
-    let report = HardenReport {
-        schema_version: audit::SCHEMA_VERSION,
-        kind: "harden",
-        input_model: model_path.display().to_string(),
-        output_model: out_path.display().to_string(),
-        output_sha256: out_sha,
-        config: cfg.clone(),
-        training: TrainingFacts {
-            data: data_desc,
-            train_examples: train_set.len(),
-            val_examples: val_set.len(),
-            trained_tensors: params,
-            trained_values,
-            bn_statistics_updated: bn_updated,
-            runtime: runtime_name,
-            epochs_run: fit.epochs_run,
-            best_epoch: fit.best_epoch,
-            best_val_clean: Some(fit.best_val_clean).filter(|v| *v >= 0.0),
-            best_val_robust: Some(fit.best_val_robust).filter(|v| *v >= 0.0),
-            history: fit.history.clone(),
-            seconds: train_seconds,
-        },
-        before,
-        after,
-        meta: audit::Meta {
-            harden_version: env!("CARGO_PKG_VERSION").to_string(),
-            seconds: started.elapsed().as_secs_f64(),
-            examples_per_second: 0.0,
-        },
+    let training = Training {
+        method: cfg.method.name().to_string(),
+        eps,
+        epochs: fit.epochs_run,
+        rows: fit.history.clone(),
+        details: serde_json::json!({
+            "input_model": model_path.display().to_string(),
+            "output_model": out_path.display().to_string(),
+            "output_sha256": out_sha,
+            "config": cfg,
+            "data": data_desc,
+            "train_examples": train_set.len(),
+            "val_examples": val_set.len(),
+            "trained_tensors": params,
+            "trained_values": trained_values,
+            "bn_statistics_updated": bn_updated,
+            "runtime": runtime_name,
+            "best_epoch": fit.best_epoch,
+            "best_val_clean_accuracy": Some(fit.best_val_clean).filter(|v| *v >= 0.0),
+            "best_val_robust_accuracy": Some(fit.best_val_robust).filter(|v| *v >= 0.0),
+        }),
     };
-    if let Some(dir) = &a.report {
-        let json = serde_json::to_string_pretty(&report)? + "\n";
-        write_atomic(&dir.join("report.json"), json.as_bytes())?;
+    let mut report = Report::hardening(before, after, training);
+    report.stamp(
+        env!("CARGO_PKG_VERSION"),
+        started_unix,
+        &super::host_name(),
+        started.elapsed().as_secs_f64(),
+    );
+    let code = a.report.finish(&mut report)?;
+    let mut text = headline(&report, &cfg, &out_path, train_seconds, fit.best_epoch);
+    text += &crate::report::summary(&report);
+    if let Some(d) = &a.report.report {
+        text += &format!("report   {}\n", d.join("report.html").display());
     }
-    print_stdout(&summary(&report))?;
-    Ok(super::EXIT_OK)
+    print_stdout(&text)?;
+    Ok(code)
 }
 
 fn pct(v: Option<f64>) -> String {
@@ -605,41 +574,50 @@ fn epoch_line(r: &EpochRow) -> String {
     }
 }
 
-fn summary(r: &HardenReport) -> String {
+/// The lines before the report's summary: what was hardened, and the training curve.
+fn headline(
+    r: &Report,
+    cfg: &HardenConfig,
+    out: &Path,
+    train_seconds: f64,
+    best_epoch: usize,
+) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let t = &r.training;
+    let (Some(t), Some(before)) = (&r.training, &r.before) else {
+        return s;
+    };
+    let d = &t.details;
     let _ = writeln!(
         s,
-        "hardened {} -> {} ({} {}, eps {}, {} epochs run, best epoch {}, {:.0} s on {})",
-        r.input_model,
-        r.output_model,
-        r.config.method.name(),
-        match r.config.norm {
+        "hardened {} -> {} ({} {}, eps {}, {} epochs run, best epoch {best_epoch}, {train_seconds:.0} s on {})",
+        before.model.path,
+        out.display(),
+        t.method,
+        match cfg.norm {
             Norm::Linf => "Linf",
             Norm::L2 => "L2",
         },
-        r.config.eps,
-        t.epochs_run,
-        t.best_epoch,
-        t.seconds,
-        t.runtime
+        t.eps,
+        t.epochs,
+        d["runtime"].as_str().unwrap_or("?"),
     );
     let _ = writeln!(
         s,
         "training: {} examples ({} held out for validation) from {}",
-        t.train_examples, t.val_examples, t.data
+        d["train_examples"],
+        d["val_examples"],
+        d["data"].as_str().unwrap_or("?")
     );
-    for row in &t.history {
+    for row in &t.rows {
         let _ = writeln!(s, "  {}", epoch_line(row));
     }
-    let robust = |a: &AuditReport| pct(worst_case(a));
     let _ = writeln!(
         s,
         "audit on {} examples of {} ({}):",
-        r.after.data.examples,
-        r.after.data.spec,
-        r.before
+        before.data.examples,
+        before.data.spec,
+        before
             .robust
             .as_ref()
             .map(|x| x
@@ -649,19 +627,6 @@ fn summary(r: &HardenReport) -> String {
                 .collect::<Vec<_>>()
                 .join(", "))
             .unwrap_or_default()
-    );
-    let _ = writeln!(s, "                 clean      robust (worst case)");
-    let _ = writeln!(
-        s,
-        "  before       {}   {}",
-        pct(r.before.clean.accuracy),
-        robust(&r.before)
-    );
-    let _ = writeln!(
-        s,
-        "  after        {}   {}",
-        pct(r.after.clean.accuracy),
-        robust(&r.after)
     );
     s
 }

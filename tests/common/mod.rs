@@ -125,7 +125,7 @@ pub fn fails_with(args: &[&str], needle: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// `harden audit ARGS --json -` as JSON (exit code 0 required).
+/// `harden audit ARGS --json -`: the report's audit section (exit code 0 required).
 pub fn audit_json(args: &[&str]) -> serde_json::Value {
     let out = harden()
         .arg("audit")
@@ -139,5 +139,7 @@ pub fn audit_json(args: &[&str]) -> serde_json::Value {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["kind"], "audit");
+    report["audit"].take()
 }

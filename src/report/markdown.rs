@@ -1,0 +1,90 @@
+//! The report as Markdown (GitHub-flavoured tables). Images and the plot live in the HTML
+//! report; the Markdown lists the adversarial examples instead.
+
+use std::fmt::Write;
+
+use super::content::{self, Block};
+use super::Report;
+
+/// Marks the start of the volatile last lines (tests and diffs drop what follows).
+pub const META_MARKER: &str = "<!-- meta: volatile -->";
+
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+fn table(s: &mut String, head: &[String], rows: &[Vec<String>]) {
+    let h: Vec<String> = head.iter().map(|c| cell(c)).collect();
+    let _ = writeln!(s, "| {} |", h.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(head.len()));
+    for r in rows {
+        let r: Vec<String> = r.iter().map(|c| cell(c)).collect();
+        let _ = writeln!(s, "| {} |", r.join(" | "));
+    }
+    s.push('\n');
+}
+
+/// The Markdown report.
+pub fn render(r: &Report) -> String {
+    let mut s = format!("# {}\n\n", content::title(r));
+    let audits = r.audits();
+    for sec in content::sections(r) {
+        let _ = writeln!(s, "## {}\n", sec.title);
+        for b in &sec.blocks {
+            match b {
+                Block::Para(p) => {
+                    let _ = writeln!(s, "{p}\n");
+                }
+                Block::List(items) => {
+                    for i in items {
+                        let _ = writeln!(s, "- {i}");
+                    }
+                    s.push('\n');
+                }
+                Block::Table { head, rows } => table(&mut s, head, rows),
+                Block::Plot => {
+                    s.push_str("The plot of robust accuracy against eps is in report.html.\n\n");
+                }
+                Block::Grid(i) => {
+                    let a = audits[*i].1;
+                    let rows: Vec<Vec<String>> = a
+                        .robust
+                        .iter()
+                        .flat_map(|rb| rb.results.iter())
+                        .flat_map(|e| {
+                            e.examples.iter().map(move |p| {
+                                vec![
+                                    e.eps.to_string(),
+                                    p.example.to_string(),
+                                    p.label.to_string(),
+                                    p.adversarial_prediction.to_string(),
+                                    p.attack.clone(),
+                                    super::sanity::fmt_g(p.distance),
+                                ]
+                            })
+                        })
+                        .collect();
+                    if rows.is_empty() {
+                        s.push_str("No adversarial example was found.\n\n");
+                    } else {
+                        s.push_str("The first adversarial examples found at each eps (images in report.html):\n\n");
+                        table(
+                            &mut s,
+                            &[
+                                "eps".into(),
+                                "example".into(),
+                                "label".into(),
+                                "adversarial prediction".into(),
+                                "attack".into(),
+                                "distance".into(),
+                            ],
+                            &rows,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let _ = writeln!(s, "{META_MARKER}\n_{}_", content::meta_line(r));
+    s
+}

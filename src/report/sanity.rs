@@ -1,0 +1,587 @@
+//! Sanity checks: signs that an audit's robust accuracy cannot be trusted (Carlini et al.
+//! 2019, "On Evaluating Adversarial Robustness"; Croce & Hein 2020). Each check passes,
+//! is flagged (saying what it means and what to do) or did not run (saying why).
+//!
+//! They run on small probes taken during the audit: the first batch (run twice more for
+//! randomness), the first labelled examples (input gradients) and the first clean-correct
+//! examples (attacked again with FGSM, with more budget, and at a large eps), plus the
+//! per-example cross checks between attack kinds that `robust.rs` counts over the whole
+//! run. Every adversarial example a probe counts is re-checked by a plain forward pass.
+
+use anyhow::Result;
+use ndarray::Array2;
+use serde::Serialize;
+
+use crate::attack::pgd::PgdConfig;
+use crate::attack::square::Geometry;
+use crate::attack::{gather, Head, Norm, Oracle, Threat};
+use crate::audit::{RobustPlan, RobustReport};
+use crate::model::OutputKind;
+use crate::oracle::ModelOracle;
+use crate::robust::{predictions, run_attack, AttackKind, AttackSpec};
+
+/// Labelled examples whose input gradient is checked.
+pub const GRADIENT_PROBE: usize = 64;
+/// Clean-correct examples attacked again by the attack checks.
+pub const ATTACK_PROBE: usize = 32;
+/// Examples of the first batch run twice more for the randomness check.
+pub const REPEAT_PROBE: usize = 64;
+/// Share of probed points with a zero input gradient above which the check is flagged.
+pub const ZERO_GRADIENT_SHARE: f64 = 0.05;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Passed,
+    Flagged,
+    NotRun,
+}
+
+/// The outcome of one check.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Check {
+    pub id: String,
+    /// What a passing model shows.
+    pub title: String,
+    pub status: Status,
+    /// What was measured (or why the check did not run).
+    pub evidence: String,
+    /// When flagged: what it means and what to do.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meaning: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+}
+
+pub struct Def {
+    pub id: &'static str,
+    pub title: &'static str,
+    pub meaning: &'static str,
+    pub action: &'static str,
+}
+
+const MASKING_ACTION: &str = "Do not trust robust accuracy from gradient attacks on this \
+model. Run the gradient-free Square attack (--attacks standard includes it), more restarts \
+and APGD (its step size adapts); for non-differentiable or random parts, attack through a \
+differentiable stand-in (BPDA) or average gradients over samples (EOT). Report the lowest \
+robust accuracy found.";
+
+pub const LOGITS: Def = Def {
+    id: "logits-output",
+    title: "The model outputs logits, not probabilities",
+    meaning: "The model ends in a Softmax. Probabilities saturate: on confidently classified \
+points the loss and its gradient underflow, so gradient attacks stall and robust accuracy is \
+overstated. (Accuracy itself is unaffected.)",
+    action: "Export the model without its final Softmax (the argmax is unchanged) and audit \
+that; meanwhile read gradient-attack results as upper bounds.",
+};
+
+pub const GRADIENTS: Def = Def {
+    id: "input-gradients",
+    title: "Input gradients are finite and non-zero",
+    meaning: "The loss has a zero, NaN or infinite input gradient on many points: the model is \
+flat around them (rounding, quantisation, thresholds, saturated activations) or numerically \
+broken. Gradient attacks cannot move from such points, so their robust accuracy is an \
+overestimate (gradient masking).",
+    action: MASKING_ACTION,
+};
+
+pub const SINGLE_STEP: Def = Def {
+    id: "iterative-beats-single-step",
+    title: "Iterative attacks are at least as strong as single-step ones",
+    meaning: "One large step (FGSM) found adversarial examples that the iterative attack, \
+which can take the same step, missed: the loss is non-monotone or misleading along the \
+attack path (gradient obfuscation), or the iterative attack's step size is wrong for this \
+model.",
+    action: MASKING_ACTION,
+};
+
+pub const BUDGET: Def = Def {
+    id: "budget-monotone",
+    title: "More steps and restarts do not raise robust accuracy",
+    meaning: "The iterative attack with twice the steps and one more restart broke fewer \
+examples than with the run's budget. A stronger attack should never find less; this happens \
+when gradients mislead the attack (obfuscated gradients) or its step size shrinks with the \
+number of steps into a trap.",
+    action: MASKING_ACTION,
+};
+
+pub const LARGE_EPS: Def = Def {
+    id: "large-eps-chance",
+    title: "Robust accuracy falls towards chance at a large eps",
+    meaning: "At an eps this large every input can be moved to the same mid-range input, so \
+a working attack leaves at most about one class robust. A robust accuracy well above chance \
+here means the attack does not work on this model, and every robust accuracy in this report \
+is suspect.",
+    action: MASKING_ACTION,
+};
+
+pub const BLACK_BOX: Def = Def {
+    id: "white-box-beats-black-box",
+    title: "The gradient-free Square attack does not beat the white-box attacks",
+    meaning: "Square, which sees only the model's outputs, broke examples that the gradient \
+attacks tried and missed. With working gradients white-box attacks are stronger; this is the \
+classic sign of gradient masking.",
+    action: MASKING_ACTION,
+};
+
+pub const RANDOMNESS: Def = Def {
+    id: "deterministic-forward",
+    title: "The forward pass is deterministic",
+    meaning: "The same inputs gave different outputs on repeated runs: the model draws random \
+numbers at inference (random ops, dropout left in training mode). Attacks see a moving \
+target, a robust accuracy measured once is not what users get, and the randomness can hide \
+gradients.",
+    action: "Export the model in inference mode (no random ops, dropout off). To evaluate a \
+randomised defence on purpose, average gradients over many samples (EOT) and report the \
+accuracy of repeated predictions.",
+};
+
+/// Every check, in report order.
+pub const ALL: [&Def; 7] = [
+    &LOGITS,
+    &GRADIENTS,
+    &RANDOMNESS,
+    &SINGLE_STEP,
+    &BUDGET,
+    &LARGE_EPS,
+    &BLACK_BOX,
+];
+
+impl Def {
+    fn check(&self, flagged: bool, evidence: String) -> Check {
+        Check {
+            id: self.id.into(),
+            title: self.title.into(),
+            status: if flagged {
+                Status::Flagged
+            } else {
+                Status::Passed
+            },
+            evidence,
+            meaning: flagged.then(|| self.meaning.into()),
+            action: flagged.then(|| self.action.into()),
+        }
+    }
+
+    fn not_run(&self, why: impl Into<String>) -> Check {
+        Check {
+            id: self.id.into(),
+            title: self.title.into(),
+            status: Status::NotRun,
+            evidence: why.into(),
+            meaning: None,
+            action: None,
+        }
+    }
+}
+
+/// How many of `n` compared examples may disagree before a check is flagged:
+/// more than 2 and more than 5% of them.
+pub fn tolerance(n: u64) -> u64 {
+    2.max((n as f64 * 0.05).floor() as u64)
+}
+
+/// Facts about the audit the checks need.
+pub struct Facts {
+    pub output_kind: OutputKind,
+    pub rows_like_probabilities: u64,
+    pub examples: u64,
+    pub classes: usize,
+    pub range: (f32, f32),
+    pub geometry: Geometry,
+}
+
+/// The probes, filled during the audit's pass over the data.
+pub struct Probe {
+    enabled: bool,
+    len: usize,
+    repeat_x: Vec<f32>,
+    repeat_logits: Vec<f32>,
+    grad_x: Vec<f32>,
+    grad_y: Vec<usize>,
+    atk_x: Vec<f32>,
+    atk_y: Vec<usize>,
+}
+
+impl Probe {
+    pub fn new(enabled: bool) -> Probe {
+        Probe {
+            enabled,
+            len: 0,
+            repeat_x: vec![],
+            repeat_logits: vec![],
+            grad_x: vec![],
+            grad_y: vec![],
+            atk_x: vec![],
+            atk_y: vec![],
+        }
+    }
+
+    /// Takes what the probes need from one batch (`x` mapped, `logits` its outputs).
+    pub fn add_batch(
+        &mut self,
+        x: &[f32],
+        logits: &Array2<f32>,
+        labels: &[Option<usize>],
+        preds: &[usize],
+        len: usize,
+    ) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.len = len;
+        if self.repeat_x.is_empty() {
+            let n = labels.len().min(REPEAT_PROBE);
+            self.repeat_x = x[..n * len].to_vec();
+            self.repeat_logits = logits
+                .rows()
+                .into_iter()
+                .take(n)
+                .flatten()
+                .copied()
+                .collect();
+        }
+        for (i, l) in labels.iter().enumerate() {
+            let Some(y) = *l else { continue };
+            if self.grad_y.len() < GRADIENT_PROBE {
+                self.grad_x.extend_from_slice(&x[i * len..(i + 1) * len]);
+                self.grad_y.push(y);
+            }
+            if preds[i] == y && self.atk_y.len() < ATTACK_PROBE {
+                self.atk_x.extend_from_slice(&x[i * len..(i + 1) * len]);
+                self.atk_y.push(y);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the checks.
+    pub fn finish(
+        &self,
+        oracle: &mut ModelOracle,
+        facts: &Facts,
+        plan: Option<&RobustPlan>,
+        robust: Option<&RobustReport>,
+    ) -> Result<Vec<Check>> {
+        let mut out = vec![logits_check(facts)];
+        let grads_ok = match oracle.prepare(crate::autodiff::LossKind::CrossEntropy) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(format!("no gradient graph for this model: {e:#}")),
+        };
+        out.push(match &grads_ok {
+            Err(why) => GRADIENTS.not_run(why.clone()),
+            Ok(()) if self.grad_y.is_empty() => GRADIENTS.not_run("the data has no labels"),
+            Ok(()) => self.gradient_check(oracle)?,
+        });
+        out.push(self.randomness_check(oracle)?);
+        let Some(plan) = plan else {
+            for d in [&SINGLE_STEP, &BUDGET, &LARGE_EPS, &BLACK_BOX] {
+                out.push(d.not_run("needs attacks (--eps)"));
+            }
+            return Ok(out);
+        };
+        match (&grads_ok, self.atk_y.is_empty()) {
+            (Err(why), _) => {
+                for d in [&SINGLE_STEP, &BUDGET, &LARGE_EPS] {
+                    out.push(d.not_run(why.clone()));
+                }
+            }
+            (Ok(()), true) => {
+                for d in [&SINGLE_STEP, &BUDGET, &LARGE_EPS] {
+                    out.push(d.not_run("no clean-correct labelled example to attack"));
+                }
+            }
+            (Ok(()), false) => out.extend(self.attack_checks(oracle, facts, plan, robust)?),
+        }
+        out.push(black_box_check(plan, robust));
+        Ok(out)
+    }
+
+    fn gradient_check(&self, oracle: &mut ModelOracle) -> Result<Check> {
+        let lg = match oracle.loss_grad(
+            &self.grad_x,
+            Head::CrossEntropy {
+                labels: &self.grad_y,
+            },
+        ) {
+            Ok(lg) => lg,
+            Err(e) => return Ok(GRADIENTS.not_run(format!("the gradient graph failed: {e:#}"))),
+        };
+        let n = self.grad_y.len();
+        let (mut zero, mut bad) = (0u64, 0u64);
+        for g in lg.grad.chunks(self.len) {
+            if g.iter().any(|v| !v.is_finite()) {
+                bad += 1;
+            } else if g.iter().all(|v| *v == 0.0) {
+                zero += 1;
+            }
+        }
+        let flagged = bad > 0 || zero as f64 > ZERO_GRADIENT_SHARE * n as f64;
+        Ok(GRADIENTS.check(
+            flagged,
+            format!(
+                "cross-entropy input gradient at the first {n} labelled examples: {zero} all zero, \
+                 {bad} NaN or infinite (flagged above {:.0}% zero or any non-finite)",
+                100.0 * ZERO_GRADIENT_SHARE
+            ),
+        ))
+    }
+
+    fn randomness_check(&self, oracle: &mut ModelOracle) -> Result<Check> {
+        let n = self.repeat_logits.len();
+        if self.repeat_x.is_empty() || n == 0 {
+            return Ok(RANDOMNESS.not_run("no examples"));
+        }
+        let scale = self
+            .repeat_logits
+            .iter()
+            .fold(0f32, |m, v| m.max(v.abs()))
+            .max(1e-6);
+        let mut worst = 0f32;
+        for _ in 0..2 {
+            let again = oracle.logits(&self.repeat_x)?;
+            for (a, b) in again.iter().zip(&self.repeat_logits) {
+                let d = (a - b).abs();
+                worst = if d.is_nan() {
+                    f32::INFINITY
+                } else {
+                    worst.max(d)
+                };
+            }
+        }
+        let examples = self.repeat_x.len() / self.len.max(1);
+        Ok(RANDOMNESS.check(
+            worst > 1e-5 * scale,
+            format!(
+                "the first {examples} examples run 3 times: largest output difference {} (outputs up to {}; flagged above 1e-5 of that)",
+                fmt_g(worst),
+                fmt_g(scale)
+            ),
+        ))
+    }
+
+    /// FGSM versus the iterative attack, the iterative attack with more budget, and the
+    /// iterative attack at a large eps, on the attack probe.
+    fn attack_checks(
+        &self,
+        oracle: &mut ModelOracle,
+        facts: &Facts,
+        plan: &RobustPlan,
+        robust: Option<&RobustReport>,
+    ) -> Result<Vec<Check>> {
+        let seed = plan.attacks.iter().find_map(seed_of).unwrap_or_default();
+        let iterative = plan
+            .attacks
+            .iter()
+            .find(|a| a.kind() == AttackKind::Iterative)
+            .cloned()
+            .unwrap_or(AttackSpec::Pgd(PgdConfig {
+                seed,
+                ..Default::default()
+            }));
+        let stronger = iterative.stronger().unwrap_or_else(|| iterative.clone());
+        let name = budget_name(&iterative);
+        let n = self.atk_y.len() as u64;
+        let tol = tolerance(n);
+        let mut single_ev = vec![];
+        let mut single_flag = false;
+        let mut budget_ev = vec![];
+        let mut budget_flag = false;
+        for (e, &eps) in plan.eps.iter().enumerate() {
+            let threat = Threat::new(plan.norm, eps, facts.range)?;
+            let base = self.confirmed(oracle, &iterative, &threat, facts.geometry)?;
+            let fgsm = self.confirmed(oracle, &AttackSpec::Fgsm, &threat, facts.geometry)?;
+            let more = self.confirmed(oracle, &stronger, &threat, facts.geometry)?;
+            let fgsm_only = (0..base.len()).filter(|i| fgsm[*i] && !base[*i]).count() as u64;
+            let iter_only = (0..base.len()).filter(|i| base[*i] && !fgsm[*i]).count() as u64;
+            let mut s = format!(
+                "eps {eps}: on {n} clean-correct probe examples FGSM broke {fgsm_only} that {} missed ({} broke {iter_only} FGSM missed)",
+                iterative.name(),
+                iterative.name()
+            );
+            single_flag |= fgsm_only > tol;
+            if let Some(c) = robust
+                .and_then(|r| r.results.get(e))
+                .map(|r| &r.cross_checks)
+                .filter(|_| {
+                    let has = |k| plan.attacks.iter().any(|a| a.kind() == k);
+                    has(AttackKind::SingleStep) && has(AttackKind::Iterative)
+                })
+            {
+                s += &format!(
+                    "; in the run, single-step attacks broke {} of {} examples that iterative ones missed",
+                    c.single_step_beats_iterative, c.examples
+                );
+                single_flag |= c.single_step_beats_iterative > tolerance(c.examples);
+            }
+            single_ev.push(s);
+            let robust_base = base.iter().filter(|b| !**b).count() as u64;
+            let robust_more = more.iter().filter(|b| !**b).count() as u64;
+            budget_flag |= robust_more > robust_base + tol;
+            budget_ev.push(format!(
+                "eps {eps}: {name} leaves {robust_base} of {n} probe examples robust, {} leaves {robust_more}",
+                budget_name(&stronger)
+            ));
+        }
+        let note = format!(" (flagged when more than {tol} of {n} disagree)");
+        let large = large_eps(plan.norm, facts.range, self.len);
+        let threat = Threat::new(plan.norm, large, facts.range)?;
+        let broken = self.confirmed(oracle, &iterative, &threat, facts.geometry)?;
+        let left = broken.iter().filter(|b| !**b).count() as f64 / n as f64;
+        let chance = 1.0 / facts.classes.max(1) as f64;
+        let limit = chance + (1.0 - chance) / 2.0;
+        Ok(vec![
+            SINGLE_STEP.check(single_flag, single_ev.join("; ") + &note),
+            BUDGET.check(budget_flag, budget_ev.join("; ") + &note),
+            LARGE_EPS.check(
+                left > limit,
+                format!(
+                    "{name} at eps {} (half the input range{}) leaves {:.1}% of {n} clean-correct probe examples robust; chance is {:.1}% (flagged above {:.1}%, halfway from chance to 100%)",
+                    fmt_g(large),
+                    if plan.norm == Norm::L2 { ", times the square root of the input size" } else { "" },
+                    100.0 * left,
+                    100.0 * chance,
+                    100.0 * limit
+                ),
+            ),
+        ])
+    }
+
+    /// Which probe examples `spec` breaks, each confirmed by a plain forward pass.
+    fn confirmed(
+        &self,
+        oracle: &mut ModelOracle,
+        spec: &AttackSpec,
+        threat: &Threat,
+        geometry: Geometry,
+    ) -> Result<Vec<bool>> {
+        let out = run_attack(spec, oracle, &self.atk_x, &self.atk_y, threat, geometry)?;
+        let len = self.len;
+        let idx: Vec<usize> = (0..self.atk_y.len()).filter(|i| out.success[*i]).collect();
+        let mut res = vec![false; self.atk_y.len()];
+        if idx.is_empty() {
+            return Ok(res);
+        }
+        let adv = gather(&out.x_adv, &idx, len);
+        let preds = predictions(&oracle.logits(&adv)?);
+        for (m, &i) in idx.iter().enumerate() {
+            let inside = threat.contains(
+                &adv[m * len..(m + 1) * len],
+                &self.atk_x[i * len..(i + 1) * len],
+            );
+            res[i] = inside && preds[m] != self.atk_y[i];
+        }
+        Ok(res)
+    }
+}
+
+fn logits_check(f: &Facts) -> Check {
+    let softmax = f.output_kind == OutputKind::Probabilities;
+    let all_rows = f.examples > 0 && f.rows_like_probabilities == f.examples;
+    LOGITS.check(
+        softmax || all_rows,
+        format!(
+            "the graph {} in a Softmax; {} of {} output rows are probability vectors",
+            if softmax { "ends" } else { "does not end" },
+            f.rows_like_probabilities,
+            f.examples
+        ),
+    )
+}
+
+fn black_box_check(plan: &RobustPlan, robust: Option<&RobustReport>) -> Check {
+    let has = |k: AttackKind| plan.attacks.iter().any(|a| a.kind() == k);
+    if !has(AttackKind::BlackBox) {
+        return BLACK_BOX.not_run("needs the Square attack in --attacks (standard includes it)");
+    }
+    if !(has(AttackKind::Iterative) || has(AttackKind::SingleStep)) {
+        return BLACK_BOX.not_run("needs a gradient attack in --attacks besides Square");
+    }
+    let Some(r) = robust else {
+        return BLACK_BOX.not_run("no robust results");
+    };
+    let mut flagged = false;
+    let ev: Vec<String> = r
+        .results
+        .iter()
+        .map(|e| {
+            let c = &e.cross_checks;
+            flagged |= c.black_box_beats_white_box > tolerance(c.examples);
+            format!(
+                "eps {}: Square broke {} of {} clean-correct examples that every gradient attack tried and missed (flagged above {})",
+                e.eps,
+                c.black_box_beats_white_box,
+                c.examples,
+                tolerance(c.examples)
+            )
+        })
+        .collect();
+    BLACK_BOX.check(flagged, ev.join("; "))
+}
+
+/// Half the input range for Linf; for L2 the norm of moving every value by that much.
+pub fn large_eps(norm: Norm, range: (f32, f32), len: usize) -> f32 {
+    let half = (range.1 - range.0) / 2.0;
+    match norm {
+        Norm::Linf => half,
+        Norm::L2 => half * (len as f32).sqrt(),
+    }
+}
+
+fn seed_of(a: &AttackSpec) -> Option<u64> {
+    match a {
+        AttackSpec::Pgd(c) => Some(c.seed),
+        AttackSpec::ApgdCe(c) | AttackSpec::ApgdDlr(c) | AttackSpec::ApgdT(c) => Some(c.seed),
+        AttackSpec::Square(c) => Some(c.seed),
+        AttackSpec::Fgsm => None,
+    }
+}
+
+fn budget_name(a: &AttackSpec) -> String {
+    match a.budget() {
+        Some((steps, restarts)) => format!(
+            "{} ({steps} steps, {restarts} restart{})",
+            a.name(),
+            if restarts == 1 { "" } else { "s" }
+        ),
+        None => a.name().to_string(),
+    }
+}
+
+/// A short, stable rendering of a float.
+pub fn fmt_g(v: f32) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 1e-3 && v.abs() < 1e4 {
+        format!("{}", (v as f64 * 1e4).round() / 1e4)
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tolerance_is_more_than_two_and_five_percent() {
+        assert_eq!(tolerance(10), 2);
+        assert_eq!(tolerance(32), 2);
+        assert_eq!(tolerance(200), 10);
+    }
+
+    #[test]
+    fn large_eps_reaches_the_middle() {
+        assert_eq!(large_eps(Norm::Linf, (0.0, 1.0), 784), 0.5);
+        assert_eq!(large_eps(Norm::L2, (0.0, 1.0), 16), 2.0);
+    }
+
+    #[test]
+    fn every_check_is_listed_once() {
+        let mut ids: Vec<&str> = ALL.iter().map(|d| d.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), ALL.len());
+    }
+}

@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         method,
         norm: Norm::Linf,
         eps: 0.1,
+        train_eps: None,
         epochs: 1,
         batch_size: batch,
         adv_ratio: 0.5,

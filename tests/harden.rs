@@ -417,6 +417,15 @@ fn bad_input_gets_one_line_and_exit_2() {
     check(base(&["--eps", "0.1", "--adv-ratio", "2"]), "--adv-ratio");
     check(base(&["--eps", "0.1", "--lr", "-1"]), "--lr");
     check(base(&["--eps", "0.1", "--batch-size", "0"]), "--batch-size");
+    check(
+        base(&["--eps", "0.1", "--train-eps", "-0.1"]),
+        "--train-eps",
+    );
+    check(base(&["--eps", "0.1", "--train-eps", "2"]), "--train-eps");
+    check(
+        base(&["--eps", "0.1", "--min-robust-accuracy", "1.5"]),
+        "--min-robust-accuracy",
+    );
     check(base(&[]), "--eps");
     // One class only: the first examples of the tiny set relabelled.
     let one = d.path().join("one.npz");

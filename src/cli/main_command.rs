@@ -69,6 +69,7 @@ fn config_of(a: &HardenArgs, eps: f32) -> HardenConfig {
             super::NormArg::L2 => Norm::L2,
         },
         eps,
+        train_eps: a.train_eps,
         epochs: a.epochs,
         batch_size: a.batch_size,
         adv_ratio: a.adv_ratio,
@@ -284,6 +285,9 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
     }
     let mapping = DataMapping::new(&spec, source.example_shape(), source.kind())?;
     let threat = Threat::new(cfg.norm, eps, spec.range)?;
+    if let Some(e) = cfg.train_eps {
+        Threat::new(cfg.norm, e, spec.range).map_err(|err| anyhow!("--train-eps: {err}"))?;
+    }
     let data_desc = source.describe();
     let (raw, labels) = read_all(source.as_mut())?;
     let stored_len: usize = source.example_shape().iter().product();
@@ -467,6 +471,10 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
             .to_string(),
         ),
         ("harden.eps".to_string(), eps.to_string()),
+        (
+            "harden.train_eps".to_string(),
+            cfg.train_eps.unwrap_or(eps).to_string(),
+        ),
         ("harden.epochs".to_string(), fit.epochs_run.to_string()),
         ("harden.best_epoch".to_string(), fit.best_epoch.to_string()),
         ("harden.update_bn".to_string(), a.update_bn.to_string()),

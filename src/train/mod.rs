@@ -59,6 +59,9 @@ pub struct HardenConfig {
     pub method: Method,
     pub norm: Norm,
     pub eps: f32,
+    /// The radius the training attack uses (default `eps`); validation always attacks at
+    /// `eps`. Training a little above the audited radius buys robustness at it.
+    pub train_eps: Option<f32>,
     pub epochs: usize,
     pub batch_size: usize,
     /// `mixed`: the fraction of each batch replaced by adversarial examples.
@@ -462,6 +465,11 @@ pub fn fit(
     ocfg.warmup_steps = (cfg.warmup_epochs * per_epoch as f32).round() as u64;
     let mut opt = Optimizer::new(ocfg, &net.shapes());
     let fingerprint = ckpt.map(|c| c.fingerprint.clone()).unwrap_or_default();
+    let train_threat = match cfg.train_eps {
+        Some(e) => Threat::new(threat.norm, e, threat.range)
+            .map_err(|err| anyhow::anyhow!("--train-eps: {err}"))?,
+        None => *threat,
+    };
 
     let mut state = match resume {
         Some(s) => {
@@ -539,7 +547,7 @@ pub fn fit(
         for bi in state.batch..per_epoch {
             let (x, y) = train.gather(&order[bi * b..(bi + 1) * b]);
             let mut rng = Rng::derive(cfg.seed ^ STREAM_ATTACK, ((epoch as u64) << 32) | bi as u64);
-            let s = train_step(net, &mut opt, cfg, threat, &x, &y, &mut rng)?;
+            let s = train_step(net, &mut opt, cfg, &train_threat, &x, &y, &mut rng)?;
             state.running.0 += s.loss_sum;
             state.running.1 += s.correct;
             state.running.2 += y.len() as u64;

@@ -2,9 +2,11 @@
 //! cross-entropy graph at batch 128), for profiling it outside harden.
 //! Usage: cargo run --example dump_grad -- [--model models/fmnist_cnn.onnx]
 //!        [--batch 128] [--loss ce|margin|dlr] [--out /tmp/grad.onnx]
+//!        [--wrt input|params|both]  (with --wrt: the training graph, trainable weights
+//!        lifted to graph inputs, as hardening runs it)
 mod common;
 
-use harden::autodiff::{gradient_graph, LossKind};
+use harden::autodiff::{gradient_graph, trainable_params, training_graph_wrt, LossKind, Wrt};
 use harden::spec::{InputSpec, SpecArgs};
 
 fn main() -> anyhow::Result<()> {
@@ -27,11 +29,33 @@ fn main() -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("dynamic input dimension"))
         })
         .collect::<anyhow::Result<_>>()?;
-    let g = gradient_graph(&proto, &spec.input_name, &example_shape, batch, kind)?;
-    std::fs::write(&out, prost::Message::encode_to_vec(&g.proto))?;
+    let g = match get("--wrt", "").as_str() {
+        "" => gradient_graph(&proto, &spec.input_name, &example_shape, batch, kind)?.proto,
+        w => {
+            let wrt = match w {
+                "input" => Wrt::INPUT,
+                "params" => Wrt::PARAMS,
+                "both" => Wrt::BOTH,
+                _ => anyhow::bail!("--wrt takes input, params or both"),
+            };
+            let params = trainable_params(&model.proto);
+            training_graph_wrt(
+                &proto,
+                &spec.input_name,
+                &example_shape,
+                batch,
+                kind,
+                &params,
+                wrt,
+            )?
+            .grad
+            .proto
+        }
+    };
+    std::fs::write(&out, prost::Message::encode_to_vec(&g))?;
     println!(
         "{out}: {} nodes",
-        g.proto.graph.as_ref().map_or(0, |g| g.node.len())
+        g.graph.as_ref().map_or(0, |g| g.node.len())
     );
     Ok(())
 }

@@ -43,6 +43,14 @@ while [ $# -gt 0 ]; do
     *) echo "bench.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+for t in ${TOOLS//,/ }; do
+  case "$t" in harden-ort|harden-tract|tensorflow-handwritten|cleverhans|foolbox|art) ;;
+    *) echo "bench.sh: --tools: unknown tool '$t'" >&2; exit 2 ;; esac
+done
+for w in ${WORK//,/ }; do
+  case "$w" in pgd10|train-pgd7|train-fast|standard|memory) ;;
+    *) echo "bench.sh: --work: unknown work item '$w'" >&2; exit 2 ;; esac
+done
 if [ "$QUICK" = 1 ]; then
   PGD_N=256; TRAIN_N=2000; AUDIT_N=100; REPS=1
 else

@@ -164,6 +164,7 @@ def train_pgd7(tool, args):
     import numpy as np
     tf, read_idx, net = setup(args)
     x, y = data(args, read_idx, "train", args.train_images)
+    need("art")
     from art.defences.trainer import AdversarialTrainerMadryPGD
     clf = art_classifier(tf, net(), with_optimizer=True)
     eps, b = args.eps, args.batch

@@ -24,7 +24,8 @@
 # /tmp/tfvenv/bin/python) and the peers' virtualenv from scripts/setup-peers.sh
 # (PEER_PYTHON, default /tmp/peervenv/bin/python); a missing one is skipped with a note.
 # Raw results (one JSON line per run, the commands' stderr) go to target/bench/.
-# Not part of CI. The full run takes hours on 2 cores (tract and the peers are slow).
+# Not part of CI. The full run (both networks) should take about 1 to 1.5 hours on 2 idle
+# cores, extrapolated from --quick runs; PGD-7 training on tract and with ART dominates.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; shift ;;
     --tools) TOOLS="${2:?--tools wants a list}"; shift 2 ;;
     --work) WORK="${2:?--work wants a list}"; shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done

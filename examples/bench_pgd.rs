@@ -1,7 +1,7 @@
 //! PGD-10 Linf (eps 0.1) over Fashion-MNIST test images with harden, and the same number
 //! of runs of its fused gradient graph alone (the floor set by the runtime).
 //! Usage: cargo run --example bench_pgd -- [--runtime ort|tract] [--images 1024]
-//!        [--batch 128] [--threads 2] [--model models/fmnist_cnn.onnx]
+//!        [--batch 128] [--threads 2] [--model models/fmnist_cnn.onnx|models/wong_cnn.onnx]
 mod common;
 
 use std::time::Instant;
@@ -61,8 +61,9 @@ fn main() -> anyhow::Result<()> {
     }
     let n = labels.len() as f64;
     println!(
-        "{{\"tool\": \"harden-{}\", \"work\": \"pgd10\", \"images\": {}, \"batch\": {batch}, \"threads\": {threads}, \"images_per_s\": {:.1}, \"graph_only_images_per_s\": {:.1}, \"overhead_over_graph\": {:.3}, \"not_broken\": {robust}}}",
+        "{{\"tool\": \"harden-{}\", \"model\": {:?}, \"work\": \"pgd10\", \"images\": {}, \"batch\": {batch}, \"threads\": {threads}, \"images_per_s\": {:.1}, \"graph_only_images_per_s\": {:.1}, \"overhead_over_graph\": {:.3}, \"not_broken\": {robust}}}",
         oracle.classifier().runtime_name(),
+        common::model_path(),
         labels.len(),
         n / best_attack,
         n / best_graph,

@@ -3,6 +3,7 @@
 //! JSON line like scripts/bench_tf.py's. No validation or audits: the training loop only.
 //! Usage: cargo run --example bench_train -- [--runtime ort|tract] [--images 60000]
 //!        [--method pgd|fast|mixed|trades] [--steps 7] [--batch 128] [--threads 2]
+//!        [--model models/fmnist_cnn.onnx|models/wong_cnn.onnx]
 mod common;
 
 use std::time::Instant;
@@ -108,8 +109,9 @@ fn main() -> anyhow::Result<()> {
     let secs = t0.elapsed().as_secs_f64();
     let trained = (train_set.len() / batch) * batch;
     println!(
-        "{{\"tool\": \"harden-{}\", \"work\": \"train-{}{}\", \"images\": {trained}, \"batch\": {batch}, \"threads\": {threads}, \"images_per_s\": {:.1}, \"epochs\": {}}}",
+        "{{\"tool\": \"harden-{}\", \"model\": {:?}, \"work\": \"train-{}{}\", \"images\": {trained}, \"batch\": {batch}, \"threads\": {threads}, \"images_per_s\": {:.1}, \"epochs\": {}}}",
         net.runtime_name()?,
+        common::model_path(),
         method.name(),
         if matches!(method, Method::Fast) { String::new() } else { steps.to_string() },
         trained as f64 / secs,

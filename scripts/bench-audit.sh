@@ -16,7 +16,7 @@ for rt in ort tract; do
     b=0
     for rep in 1 2 3; do
       json=$("$BIN" audit "$MODEL" --data fashion-mnist:test --limit "$N" --runtime "$rt" --threads "$threads" --json -)
-      ips=$(python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(r["meta"]["examples_per_second"],1))' <<<"$json")
+      ips=$(python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(r["meta"]["audits"][0]["examples_per_second"],1))' <<<"$json")
       b=$(python3 -c "print(max($b, $ips))")
     done
     best[$rt]=$b

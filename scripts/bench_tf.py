@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
-"""The same demo network in its source framework (TensorFlow/Keras), driven by
+"""The benchmark networks in their source framework (TensorFlow/Keras), driven by
 hand-written compiled (tf.function) loops: the speed a skilled user gets by hand.
 
-Usage: python scripts/bench_tf.py [--images 1024] [--batch 128] [--threads 2]
+Usage: python scripts/bench_tf.py [--net demo|wong] [--images 1024] [--batch 128] [--threads 2]
                                  [--work pgd10,clean,train-pgd7,train-fast] [--train-images 60000]
+--net: demo (models/fmnist_cnn, scripts/make_demo_model.py) or wong (models/wong_cnn, the
+MNIST CNN of Wong et al. 2020, scripts/make_wong_model.py); the Keras network is rebuilt by
+its script's build() and loads its committed weights.
 Work items: pgd10 (PGD-10 Linf attack on test images), clean (forward), train-pgd7 (one
 epoch of Madry PGD-7 adversarial training with Adam, model in inference mode for the
 attack) and train-fast (one epoch of FGSM-RS "fast" training, Wong et al. 2020) on training
 images.
-Prints one JSON line per work item: {"tool": "tensorflow-handwritten", "work": ..., "images_per_s": ...}.
+Prints one JSON line per work item: {"tool": "tensorflow-handwritten", "net": ..., "work": ...,
+"images_per_s": ...}.
 Needs the virtualenv described in models/PROVENANCE.md (tensorflow-cpu 2.15.1).
 """
 import argparse
@@ -19,10 +23,26 @@ import struct
 import sys
 import time
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:
+    sys.exit("bench_tf.py: numpy is missing; use the virtualenv of models/PROVENANCE.md")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+# --net: (module whose build(tf) makes the Keras network, its weights file in models/)
+NETS = {"demo": ("make_demo_model", "fmnist_cnn.weights.h5"),
+        "wong": ("make_wong_model", "wong_cnn.weights.h5")}
+
+
+def load_net(tf, net):
+    """The Keras network `net` with its committed weights."""
+    import importlib
+    module, weights = NETS[net]
+    model = importlib.import_module(module).build(tf)
+    model.load_weights(os.path.join(ROOT, "models", weights))
+    return model
 
 
 def read_idx(path):
@@ -36,6 +56,7 @@ def read_idx(path):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--net", choices=sorted(NETS), default="demo")
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--images", type=int, default=1024)
     ap.add_argument("--batch", type=int, default=128)
@@ -46,13 +67,14 @@ def main():
     ap.add_argument("--train-images", type=int, default=60000)
     args = ap.parse_args()
 
-    import tensorflow as tf
-    from make_demo_model import build
+    try:
+        import tensorflow as tf
+    except ImportError:
+        sys.exit("bench_tf.py: tensorflow is missing; use the virtualenv of models/PROVENANCE.md")
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    model = build(tf)
-    model.load_weights(os.path.join(ROOT, "models", "fmnist_cnn.weights.h5"))
+    model = load_net(tf, args.net)
     x = read_idx(os.path.join(args.data, "t10k-images-idx3-ubyte.gz"))[: args.images]
     y = read_idx(os.path.join(args.data, "t10k-labels-idx1-ubyte.gz"))[: args.images].astype(np.int64)
     x = (x.astype(np.float32) / 255.0)[..., None]
@@ -93,8 +115,7 @@ def main():
         yt = read_idx(os.path.join(args.data, "train-labels-idx1-ubyte.gz"))[: args.train_images]
         xt = (xt.astype(np.float32) / 255.0)[..., None]
         yt = yt.astype(np.int64)
-        net = build(tf)
-        net.load_weights(os.path.join(ROOT, "models", "fmnist_cnn.weights.h5"))
+        net = load_net(tf, args.net)
         opt = tf.keras.optimizers.Adam(1e-3)
         mean_loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         k, a = (1, 1.25 * eps) if work == "train-fast" else (7, 2.5 * eps / 7)
@@ -129,12 +150,12 @@ def main():
     for work in args.work.split(","):
         if work.startswith("train-"):
             ips, n = train_epoch(work)
-            print(json.dumps({"tool": "tensorflow-handwritten", "work": work, "images": n,
+            print(json.dumps({"tool": "tensorflow-handwritten", "net": args.net, "work": work, "images": n,
                               "batch": args.batch, "threads": args.threads,
                               "images_per_s": round(ips, 1)}))
             continue
         ips = timed(pgd if work == "pgd10" else clean)
-        print(json.dumps({"tool": "tensorflow-handwritten", "work": work, "images": len(x),
+        print(json.dumps({"tool": "tensorflow-handwritten", "net": args.net, "work": work, "images": len(x),
                           "batch": args.batch, "threads": args.threads, "images_per_s": round(ips, 1)}))
 
 

@@ -43,9 +43,14 @@ pub struct Setup {
     pub labels: Vec<usize>,
 }
 
+/// `--model` (default the demo model).
+pub fn model_path() -> String {
+    arg("--model", "models/fmnist_cnn.onnx")
+}
+
 pub fn setup(data: &str, n: usize) -> anyhow::Result<Setup> {
     use harden::spec::{DataMapping, InputSpec, SpecArgs};
-    let model_path = arg("--model", "models/fmnist_cnn.onnx");
+    let model_path = model_path();
     let opts = harden::classifier::RunOptions {
         runtime: runtime(),
         threads: arg("--threads", "2").parse()?,

@@ -12,6 +12,8 @@
 #            100 audited images, one pass for the peers (default: 1,024, 60,000, 1,000, best of 3)
 #   --tools  subset of harden-ort,harden-tract,tensorflow-handwritten,cleverhans,foolbox,art
 #   --work   subset of pgd10,train-pgd7,train-fast,standard,memory
+#   --train-images N, --audit-images N   override the training epoch's and the
+#            `standard` audit's sizes (images/s is what the table compares)
 # Work items (Linf, eps 0.1, batch 128, 2 threads, Fashion-MNIST):
 #   pgd10       PGD-10 (step 2.5 eps / 10, random start) on test images
 #   train-pgd7  one epoch of Madry PGD-7 adversarial training (Adam 1e-3) on training images
@@ -31,6 +33,8 @@ cd "$(dirname "$0")/.."
 
 NETS="demo wong"
 QUICK=0
+TRAIN_OVERRIDE=""
+AUDIT_OVERRIDE=""
 TOOLS="harden-ort,harden-tract,tensorflow-handwritten,cleverhans,foolbox,art"
 WORK="pgd10,train-pgd7,train-fast,standard,memory"
 while [ $# -gt 0 ]; do
@@ -40,6 +44,8 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; shift ;;
     --tools) TOOLS="${2:?--tools wants a list}"; shift 2 ;;
     --work) WORK="${2:?--work wants a list}"; shift 2 ;;
+    --train-images) TRAIN_OVERRIDE="${2:?--train-images wants a number}"; shift 2 ;;
+    --audit-images) AUDIT_OVERRIDE="${2:?--audit-images wants a number}"; shift 2 ;;
     -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -57,6 +63,8 @@ if [ "$QUICK" = 1 ]; then
 else
   PGD_N=1024; TRAIN_N=60000; AUDIT_N=1000; REPS=3
 fi
+TRAIN_N="${TRAIN_OVERRIDE:-$TRAIN_N}"
+AUDIT_N="${AUDIT_OVERRIDE:-$AUDIT_N}"
 [ -x /usr/bin/time ] || { echo "bench.sh: needs /usr/bin/time (apt-get install time)" >&2; exit 2; }
 TF_PYTHON="${TF_PYTHON:-/tmp/tfvenv/bin/python}"
 PEER_PYTHON="${PEER_PYTHON:-/tmp/peervenv/bin/python}"

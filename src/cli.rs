@@ -93,8 +93,9 @@ pub struct HardenArgs {
     /// Train on at most N examples of --data (validation ones included).
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Audit on at most N examples.
-    #[arg(long, default_value_t = 500)]
+    /// Audit on at most N examples (the `standard` attacks on a robust model cost about
+    /// 0.5 s per example on 2 cores).
+    #[arg(long, default_value_t = 300)]
     pub audit_limit: usize,
     /// Attacks of the before/after audits (as for `audit --attacks`).
     #[arg(long, default_value = "standard")]
@@ -103,14 +104,16 @@ pub struct HardenArgs {
     /// trades.
     #[arg(long, value_enum, default_value = "fast")]
     pub method: MethodArg,
-    #[arg(long, default_value_t = 2)]
+    /// Training epochs over --data.
+    #[arg(long, default_value_t = 3)]
     pub epochs: usize,
     /// Training examples per step.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     #[arg(long, value_enum, default_value = "adam")]
     pub optimizer: OptimizerArg,
-    /// Base learning rate.
+    /// Base learning rate (default: Adam 4e-3, SGD 0.01). Fine-tuning a pretrained model
+    /// into a robust one needs a larger step than training it cleanly did.
     #[arg(long, allow_hyphen_values = true)]
     pub lr: Option<f32>,
     /// SGD momentum.

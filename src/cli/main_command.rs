@@ -79,7 +79,7 @@ fn config_of(a: &HardenArgs, eps: f32) -> HardenConfig {
         optim: optim::OptimConfig {
             kind,
             lr: a.lr.unwrap_or(match kind {
-                optim::OptimizerKind::Adam => 1e-3,
+                optim::OptimizerKind::Adam => 4e-3,
                 optim::OptimizerKind::Sgd => 0.01,
             }),
             momentum: a.momentum,

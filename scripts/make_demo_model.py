@@ -20,7 +20,10 @@ import random
 import struct
 import sys
 
-import numpy as np
+try:
+    import numpy as np
+except ImportError:
+    sys.exit(f"{os.path.basename(sys.argv[0])}: numpy is missing; use the virtualenv of models/PROVENANCE.md")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,19 +59,28 @@ def build(tf):
     ])
 
 
-def main():
+def parse_args(default_epochs):
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=default_epochs)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(ROOT, "models"))
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def train_and_export(name, build_fn, args, extra_meta=None, record_max_diff=False):
+    """Trains `build_fn(tf)` on Fashion-MNIST (Adam 1e-3, batch 128, seeded), exports it with
+    tf2onnx (opset 13, input `input`, NHWC) to OUT/NAME.onnx, and writes OUT/NAME.weights.h5
+    and OUT/NAME.json. `extra_meta(onnx_proto)` gives keys placed after `epochs` in the JSON;
+    `record_max_diff` adds the largest TensorFlow/ONNX Runtime logit difference."""
     os.environ.setdefault("TF_DETERMINISTIC_OPS", "1")
-    import tensorflow as tf
-    import tf2onnx
-    import onnx
-    import onnxruntime as ort
+    try:
+        import tensorflow as tf
+        import tf2onnx
+        import onnx
+        import onnxruntime as ort
+    except ImportError as e:
+        sys.exit(f"{os.path.basename(sys.argv[0])}: {e.name} is missing; use the virtualenv of models/PROVENANCE.md")
 
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -78,7 +90,7 @@ def main():
 
     x_train, y_train = load(args.data, "train")
     x_test, y_test = load(args.data, "test")
-    model = build(tf)
+    model = build_fn(tf)
     model.compile(
         optimizer=tf.keras.optimizers.Adam(1e-3),
         loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -91,7 +103,7 @@ def main():
     print(f"tensorflow test accuracy: {tf_correct}/10000 = {tf_correct / 100:.2f}%")
 
     os.makedirs(args.out, exist_ok=True)
-    onnx_path = os.path.join(args.out, "fmnist_cnn.onnx")
+    onnx_path = os.path.join(args.out, f"{name}.onnx")
     spec = (tf.TensorSpec((None, 28, 28, 1), tf.float32, name="input"),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=13)
     proto.producer_name = "tf2onnx"
@@ -99,38 +111,51 @@ def main():
     tmp = onnx_path + ".tmp"
     onnx.save(proto, tmp)
     os.replace(tmp, onnx_path)
-    model.save_weights(os.path.join(args.out, "fmnist_cnn.weights.h5"))
+    model.save_weights(os.path.join(args.out, f"{name}.weights.h5"))
 
     sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    ort_logits = np.concatenate([sess.run(None, {name: x_test[i:i + 500]})[0] for i in range(0, 10000, 500)])
+    input_name = sess.get_inputs()[0].name
+    ort_logits = np.concatenate([sess.run(None, {input_name: x_test[i:i + 500]})[0] for i in range(0, 10000, 500)])
     ort_correct = int((ort_logits.argmax(1) == y_test).sum())
     print(f"onnxruntime test accuracy: {ort_correct}/10000 = {ort_correct / 100:.2f}%")
-    print(f"max |logit difference| tensorflow vs onnxruntime: {np.abs(ort_logits - logits).max():.2e}")
+    max_diff = float(np.abs(ort_logits - logits).max())
+    print(f"max |logit difference| tensorflow vs onnxruntime: {max_diff:.2e}")
 
     sha = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
     meta = {
-        "file": "fmnist_cnn.onnx",
+        "file": f"{name}.onnx",
         "sha256": sha,
         "framework": f"tensorflow {tf.__version__}",
         "exporter": f"tf2onnx {tf2onnx.__version__}",
         "opset": 13,
         "seed": args.seed,
         "epochs": args.epochs,
+    }
+    if extra_meta is not None:
+        meta.update(extra_meta(proto))
+    meta.update({
         "framework_test_correct": tf_correct,
         "onnxruntime_test_correct": ort_correct,
         "framework_test_total": 10000,
         "onnxruntime_test_total": 10000,
         "test_total": 10000,
-        "input_name": name,
+    })
+    if record_max_diff:
+        meta["max_logit_difference_onnxruntime"] = max_diff
+    meta.update({
+        "input_name": input_name,
         "input_layout": "nhwc",
         "input_range": [0, 1],
         "output": "logits",
-    }
-    with open(os.path.join(args.out, "fmnist_cnn.json"), "w") as f:
+    })
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(meta, f, indent=2)
         f.write("\n")
     print(json.dumps(meta, indent=2))
+
+
+def main():
+    train_and_export("fmnist_cnn", build, parse_args(default_epochs=8))
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ pub struct HardenArgs {
     #[arg(long)]
     pub limit: Option<usize>,
     /// Audit on at most N examples (the `standard` attacks on a robust model cost about
-    /// 0.5 s per example on 2 cores).
+    /// 0.7 s per example on 2 cores).
     #[arg(long, default_value_t = 300)]
     pub audit_limit: usize,
     /// Attacks of the before/after audits (as for `audit --attacks`).

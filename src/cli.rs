@@ -425,15 +425,22 @@ impl ReportArgs {
 /// folder in its place, no permission).
 fn check_writable(flag: &str, path: &Path) -> Result<()> {
     if path.is_dir() {
-        bail!("{flag} {}: is a folder, not a file", path.display());
+        bail!(
+            "{flag}: cannot write {}: it is a folder, not a file",
+            path.display()
+        );
     }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    tempfile::NamedTempFile::new_in(dir)
-        .map(drop)
-        .map_err(|e| anyhow!("{flag} {}: cannot write there: {e}", path.display()))
+    tempfile::NamedTempFile::new_in(dir).map(drop).map_err(|e| {
+        anyhow!(
+            "{flag}: cannot write {}: cannot create a file in {}: {e}",
+            path.display(),
+            dir.display()
+        )
+    })
 }
 
 /// The host's name, for the report's `meta`.

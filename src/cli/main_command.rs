@@ -8,8 +8,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::{
-    default_data, open_spec, print_stdout, progress_bar, write_atomic, Env, HardenArgs, MethodArg,
-    OptimizerArg, ScheduleArg,
+    check_writable, default_data, open_spec, print_stdout, progress_bar, write_atomic, Env,
+    HardenArgs, MethodArg, OptimizerArg, ScheduleArg,
 };
 use crate::attack::{Norm, Threat};
 use crate::audit::{self, AuditReport, RobustPlan};
@@ -23,26 +23,6 @@ use crate::rng::Rng;
 use crate::robust::AttackKnobs;
 use crate::spec::{DataMapping, InputSpec};
 use crate::train::{self, optim, EpochRow, Event, Examples, HardenConfig, Method, TrainNet};
-
-/// Fails now, not after training, when `path` cannot be written.
-fn check_writable(path: &Path) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if path.is_dir() {
-        bail!("cannot write {}: it is a folder", path.display());
-    }
-    tempfile::NamedTempFile::new_in(dir)
-        .map(drop)
-        .with_context(|| {
-            format!(
-                "cannot write {}: cannot create a file in {}",
-                path.display(),
-                dir.display()
-            )
-        })
-}
 
 /// Every example of `src`, as stored, with labels.
 fn read_all(src: &mut dyn DataSource) -> Result<(Vec<f32>, Vec<Option<usize>>)> {
@@ -238,7 +218,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
             .unwrap_or_else(|| "model".into());
         model_path.with_file_name(format!("{stem}.hardened.onnx"))
     });
-    check_writable(&out_path)?;
+    check_writable("-o", &out_path)?;
     a.report.validate(true)?;
     let ckpt_path: Option<PathBuf> = match &a.checkpoint_dir {
         Some(dir) => {
@@ -246,7 +226,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
                 format!("cannot create the checkpoint folder {}", dir.display())
             })?;
             let p = dir.join("harden.ckpt");
-            check_writable(&p)?;
+            check_writable("--checkpoint-dir", &p)?;
             if a.resume && !p.is_file() {
                 bail!("--resume: no checkpoint in {}", dir.display());
             }

@@ -1,7 +1,7 @@
 //! `harden MODEL.onnx --eps E`: audit the model, fine-tune it on adversarial batches,
 //! export the hardened ONNX (atomically) and audit it again.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -494,28 +494,30 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         .filter(|(n, _)| params.contains(n))
         .map(|(_, v)| v.len())
         .sum();
+    let facts = RunFacts {
+        input_model: model_path.display().to_string(),
+        output_model: out_path.display().to_string(),
+        output_sha256: out_sha,
+        config: cfg.clone(),
+        data: data_desc,
+        train_examples: train_set.len(),
+        val_examples: val_set.len(),
+        trained_tensors: params,
+        trained_values,
+        bn_statistics_updated: bn_updated,
+        runtime: runtime_name,
+        best_epoch: fit.best_epoch,
+        best_val_clean_accuracy: Some(fit.best_val_clean).filter(|v| *v >= 0.0),
+        best_val_robust_accuracy: Some(fit.best_val_robust).filter(|v| *v >= 0.0),
+    };
     let training = Training {
         method: cfg.method.name().to_string(),
         eps,
         epochs: fit.epochs_run,
-        rows: fit.history.clone(),
-        details: serde_json::json!({
-            "input_model": model_path.display().to_string(),
-            "output_model": out_path.display().to_string(),
-            "output_sha256": out_sha,
-            "config": cfg,
-            "data": data_desc,
-            "train_examples": train_set.len(),
-            "val_examples": val_set.len(),
-            "trained_tensors": params,
-            "trained_values": trained_values,
-            "bn_statistics_updated": bn_updated,
-            "runtime": runtime_name,
-            "best_epoch": fit.best_epoch,
-            "best_val_clean_accuracy": Some(fit.best_val_clean).filter(|v| *v >= 0.0),
-            "best_val_robust_accuracy": Some(fit.best_val_robust).filter(|v| *v >= 0.0),
-        }),
+        rows: fit.history,
+        details: serde_json::to_value(&facts)?,
     };
+    let text = headline(&facts, &training, &before, train_seconds);
     let mut report = Report::hardening(before, after, training);
     report.stamp(
         env!("CARGO_PKG_VERSION"),
@@ -524,8 +526,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         started.elapsed().as_secs_f64(),
     );
     let code = a.report.finish(&mut report)?;
-    let mut text = headline(&report, &cfg, &out_path, train_seconds, fit.best_epoch);
-    text += &crate::report::summary(&report);
+    let mut text = text + &crate::report::summary(&report);
     if let Some(d) = &a.report.report {
         text += &format!("report   {}\n", d.join("report.html").display());
     }
@@ -562,59 +563,67 @@ fn epoch_line(r: &EpochRow) -> String {
     }
 }
 
-/// The lines before the report's summary: what was hardened, and the training curve.
-fn headline(
-    r: &Report,
-    cfg: &HardenConfig,
-    out: &Path,
-    train_seconds: f64,
+/// The training's facts beyond the curve, kept in the report's `training.details`.
+#[derive(serde::Serialize)]
+struct RunFacts {
+    input_model: String,
+    output_model: String,
+    output_sha256: String,
+    config: HardenConfig,
+    data: String,
+    train_examples: usize,
+    val_examples: usize,
+    trained_tensors: Vec<String>,
+    trained_values: usize,
+    /// BatchNormalization mean/variance initializers recomputed (`--update-bn`).
+    bn_statistics_updated: Vec<String>,
+    runtime: String,
     best_epoch: usize,
-) -> String {
+    /// Validation accuracy of the kept epoch (none without validation examples).
+    best_val_clean_accuracy: Option<f64>,
+    best_val_robust_accuracy: Option<f64>,
+}
+
+/// The lines before the report's summary: what was hardened, and the training curve.
+fn headline(f: &RunFacts, t: &Training, before: &AuditReport, train_seconds: f64) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let (Some(t), Some(before)) = (&r.training, &r.before) else {
-        return s;
-    };
-    let d = &t.details;
     let _ = writeln!(
         s,
-        "hardened {} -> {} ({} {}, eps {}, {} epochs run, best epoch {best_epoch}, {train_seconds:.0} s on {})",
-        before.model.path,
-        out.display(),
+        "hardened {} -> {} ({} {}, eps {}, {} epochs run, best epoch {}, {train_seconds:.0} s on {})",
+        f.input_model,
+        f.output_model,
         t.method,
-        match cfg.norm {
+        match f.config.norm {
             Norm::Linf => "Linf",
             Norm::L2 => "L2",
         },
         t.eps,
         t.epochs,
-        d["runtime"].as_str().unwrap_or("?"),
+        f.best_epoch,
+        f.runtime,
     );
     let _ = writeln!(
         s,
         "training: {} examples ({} held out for validation) from {}",
-        d["train_examples"],
-        d["val_examples"],
-        d["data"].as_str().unwrap_or("?")
+        f.train_examples, f.val_examples, f.data
     );
     for row in &t.rows {
         let _ = writeln!(s, "  {}", epoch_line(row));
     }
+    let attacks = before.robust.as_ref().map(|x| {
+        x.attacks
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
     let _ = writeln!(
         s,
         "audit on {} examples of {} ({}):",
         before.data.examples,
         before.data.spec,
-        before
-            .robust
-            .as_ref()
-            .map(|x| x
-                .attacks
-                .iter()
-                .map(|a| a.name())
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default()
+        attacks.unwrap_or_default()
     );
     s
 }

@@ -14,8 +14,6 @@ use harden::oracle::ModelOracle;
 fn main() -> anyhow::Result<()> {
     let get = common::arg;
     let images: usize = get("--images", "1024").parse()?;
-    let batch: usize = get("--batch", "128").parse()?;
-    let threads: usize = get("--threads", "2").parse()?;
     let common::Setup {
         model,
         spec,
@@ -24,6 +22,8 @@ fn main() -> anyhow::Result<()> {
         x,
         labels,
     } = common::setup("fashion-mnist:test", images)?;
+    // `--batch` and `--threads` are read once, by common::setup.
+    let (batch, threads) = (opts.batch_size, opts.threads);
     let classifier = Classifier::open(&model, &spec, &mapping.example_shape, &opts)?;
     let mut oracle = ModelOracle::new(&model, &spec, classifier, &opts)?;
     let len = oracle.example_len();

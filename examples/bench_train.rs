@@ -16,8 +16,6 @@ use harden::train::{self, optim, Examples, HardenConfig, Method, TrainNet};
 fn main() -> anyhow::Result<()> {
     let get = common::arg;
     let images: usize = get("--images", "60000").parse()?;
-    let batch: usize = get("--batch", "128").parse()?;
-    let threads: usize = get("--threads", "2").parse()?;
     let steps: usize = get("--steps", "7").parse()?;
     let method = match get("--method", "pgd").as_str() {
         "fast" => Method::Fast,
@@ -33,6 +31,8 @@ fn main() -> anyhow::Result<()> {
         x,
         labels,
     } = common::setup("fashion-mnist:train", images)?;
+    // `--batch` and `--threads` are read once, by common::setup.
+    let (batch, threads) = (opts.batch_size, opts.threads);
     let train_set = Examples {
         x,
         y: labels,

@@ -238,8 +238,7 @@ pub fn sections(r: &Report) -> Vec<Section> {
                         .map(|l| format!("{l:.4}"))
                         .unwrap_or_else(|| "-".into()),
                     e.train_accuracy
-                        .map(|_| pct(e.train_accuracy))
-                        .unwrap_or_else(|| "-".into()),
+                        .map_or_else(|| "-".into(), |v| pct(Some(v))),
                     pct(e.val_clean),
                     pct(e.val_robust),
                 ]

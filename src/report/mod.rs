@@ -207,9 +207,9 @@ impl Report {
 /// each through a temporary file renamed into place.
 pub fn write_dir(dir: &Path, report: &Report) -> Result<()> {
     prepare_dir(dir)?;
-    crate::cli::write_atomic(&dir.join("report.json"), report.to_json()?.as_bytes())?;
-    crate::cli::write_atomic(&dir.join("report.md"), markdown::render(report).as_bytes())?;
-    crate::cli::write_atomic(&dir.join("report.html"), html::render(report).as_bytes())?;
+    crate::files::write_atomic(&dir.join("report.json"), report.to_json()?.as_bytes())?;
+    crate::files::write_atomic(&dir.join("report.md"), markdown::render(report).as_bytes())?;
+    crate::files::write_atomic(&dir.join("report.html"), html::render(report).as_bytes())?;
     Ok(())
 }
 

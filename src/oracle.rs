@@ -11,7 +11,7 @@ use crate::attack::{Head, LossGrad, Oracle};
 use crate::autodiff::{self, LossKind};
 use crate::classifier::{Classifier, RunOptions};
 use crate::model::{self, pb, OnnxModel};
-use crate::runtime::{self, Runtime};
+use crate::runtime::Split;
 use crate::spec::InputSpec;
 
 pub struct ModelOracle {
@@ -22,8 +22,9 @@ pub struct ModelOracle {
     example_shape: Vec<usize>,
     batch: usize,
     opts: RunOptions,
-    /// Gradient graphs by loss kind and batch (buckets of `batch` when it is dynamic).
-    graphs: HashMap<(LossKind, usize), Box<dyn Runtime>>,
+    /// Gradient graphs by loss kind and batch (buckets of `batch` when it is dynamic),
+    /// each split over the threads when the batch is free.
+    graphs: HashMap<(LossKind, usize), Split>,
     dynamic: bool,
 }
 
@@ -72,10 +73,19 @@ impl ModelOracle {
 
     fn prepare_at(&mut self, kind: LossKind, batch: usize) -> Result<()> {
         if !self.graphs.contains_key(&(kind, batch)) {
-            let g = self.graph_at(kind, batch)?;
-            let bytes = prost::Message::encode_to_vec(&g.proto);
-            let rt = runtime::open(self.opts.runtime, &bytes, self.opts.threads, &self.opts.ort)?;
-            self.graphs.insert((kind, batch), rt);
+            let split = Split::open(
+                self.opts.runtime,
+                batch,
+                self.opts.threads,
+                self.dynamic,
+                &self.opts.ort,
+                |part| {
+                    Ok(prost::Message::encode_to_vec(
+                        &self.graph_at(kind, part)?.proto,
+                    ))
+                },
+            )?;
+            self.graphs.insert((kind, batch), split);
         }
         Ok(())
     }
@@ -147,7 +157,7 @@ impl Oracle for ModelOracle {
             self.prepare_at(kind, b)?;
             let mut xshape = vec![b];
             xshape.extend(&self.example_shape);
-            let Some(rt) = self.graphs.get_mut(&(kind, b)) else {
+            let Some(split) = self.graphs.get_mut(&(kind, b)) else {
                 bail!("no gradient graph for {kind:?}");
             };
             let mut xb = x[done * len..(done + take) * len].to_vec();
@@ -163,16 +173,20 @@ impl Oracle for ModelOracle {
                 .collect::<std::result::Result<_, _>>()?;
             let mut views = vec![xa.view()];
             views.extend(heads.iter().map(|h| h.view()));
-            let out = rt.run(&views)?;
-            if out.len() != 3 {
-                bail!(
-                    "the gradient graph returned {} outputs, expected 3",
-                    out.len()
-                );
+            let mut left = take;
+            for out in split.run(&views, |_| true)? {
+                if out.len() != 3 {
+                    bail!(
+                        "the gradient graph returned {} outputs, expected 3",
+                        out.len()
+                    );
+                }
+                let t = left.min(out[1].len());
+                logits.extend(out[0].iter().take(t * k));
+                loss.extend(out[1].iter().take(t));
+                grad.extend(out[2].iter().take(t * len));
+                left -= t;
             }
-            logits.extend(out[0].iter().take(take * k));
-            loss.extend(out[1].iter().take(take));
-            grad.extend(out[2].iter().take(take * len));
             done += take;
         }
         Ok(LossGrad {

@@ -615,16 +615,60 @@ mod tests {
     use crate::runtime::{OrtLocator, RuntimeChoice};
 
     fn mlp_net() -> TrainNet {
+        mlp_net_on(1, 6)
+    }
+
+    fn mlp_net_on(threads: usize, batch: usize) -> TrainNet {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mlp.onnx");
         let m = crate::model::OnnxModel::load(&path).unwrap();
         let params = crate::autodiff::trainable_params(&m.proto);
         let opts = RunOptions {
             runtime: RuntimeChoice::Tract,
-            threads: 1,
-            batch_size: 6,
+            threads,
+            batch_size: batch,
             ort: OrtLocator::standard(None, None, None),
         };
-        TrainNet::new(m.proto, "x", &[784], 10, params, &opts, 6).unwrap()
+        TrainNet::new(m.proto, "x", &[784], 10, params, &opts, batch).unwrap()
+    }
+
+    /// A batch cut into parts over threads (runtime::Split) gives the whole batch's
+    /// outputs: per-example ones in order, weight gradients summed over the parts.
+    #[test]
+    fn split_batch_gives_the_whole_batch_outputs() {
+        let b = 37; // parts of 19 and 18 on two threads, 13/12/12 on three
+        let mut rng = Rng::new(5);
+        let x: Vec<f32> = (0..b * 784).map(|_| rng.range(0.0, 1.0)).collect();
+        let y: Vec<usize> = (0..b).map(|i| (i * 7) % 10).collect();
+        let heads = [onehot(&y, 10)];
+        let whole = mlp_net_on(1, b)
+            .run_graph(LossKind::CrossEntropy, true, b, &x, &heads)
+            .unwrap();
+        for threads in [2, 3] {
+            let parts = mlp_net_on(threads, b)
+                .run_graph(LossKind::CrossEntropy, true, b, &x, &heads)
+                .unwrap();
+            let close = |a: &[f32], c: &[f32], what: &str| {
+                assert_eq!(a.len(), c.len(), "{what}");
+                let scale = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                for (i, (u, v)) in a.iter().zip(c).enumerate() {
+                    assert!(
+                        (u - v).abs() <= 1e-4 * scale,
+                        "{what}[{i}]: {u} vs {v} ({threads} threads)"
+                    );
+                }
+            };
+            close(
+                whole.logits.as_slice().unwrap(),
+                parts.logits.as_slice().unwrap(),
+                "logits",
+            );
+            close(&whole.loss, &parts.loss, "loss");
+            close(&whole.grad, &parts.grad, "input gradient");
+            assert_eq!(whole.param_grads.len(), parts.param_grads.len());
+            for (w, p) in whole.param_grads.iter().zip(&parts.param_grads) {
+                close(w, p, "weight gradient");
+            }
+        }
     }
 
     fn trades_loss(net: &mut TrainNet, x0: &[f32], xa: &[f32], y: &[usize], beta: f32) -> f64 {

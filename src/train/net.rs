@@ -16,7 +16,7 @@ use crate::autodiff::{self, LossKind, Wrt};
 use crate::classifier::RunOptions;
 use crate::model::pb;
 use crate::oracle::head_inputs;
-use crate::runtime::{self, Runtime};
+use crate::runtime::{self, Runtime, Split};
 
 /// What a gradient-graph run gives back.
 pub struct GraphOut {
@@ -40,7 +40,7 @@ pub struct TrainNet {
     /// Examples per forward run (and per run of `Oracle::loss_grad`).
     eval_batch: usize,
     forward: Option<Box<dyn Runtime>>,
-    graphs: HashMap<(LossKind, bool, usize), Box<dyn Runtime>>,
+    graphs: HashMap<(LossKind, bool, usize), Split>,
 }
 
 impl TrainNet {
@@ -127,17 +127,26 @@ impl TrainNet {
         let key = (kind, param_grads, batch);
         if !self.graphs.contains_key(&key) {
             let wrt = if param_grads { Wrt::PARAMS } else { Wrt::INPUT };
-            let g = autodiff::training_graph_wrt(
-                &self.proto,
-                &self.input,
-                &self.example_shape,
+            let split = Split::open(
+                self.opts.runtime,
                 batch,
-                kind,
-                &self.params,
-                wrt,
+                self.opts.threads,
+                true,
+                &self.opts.ort,
+                |part| {
+                    let g = autodiff::training_graph_wrt(
+                        &self.proto,
+                        &self.input,
+                        &self.example_shape,
+                        part,
+                        kind,
+                        &self.params,
+                        wrt,
+                    )?;
+                    Ok(prost::Message::encode_to_vec(&g.grad.proto))
+                },
             )?;
-            let rt = self.open(&g.grad.proto)?;
-            self.graphs.insert(key, rt);
+            self.graphs.insert(key, split);
         }
         Ok(())
     }
@@ -168,29 +177,38 @@ impl TrainNet {
         let mut views: Vec<ArrayViewD<'_, f32>> = vec![xa.view()];
         views.extend(ha.iter().map(|h| h.view()));
         views.extend(self.values.iter().map(|v| v.view()));
-        let rt = self
+        let split = self
             .graphs
             .get_mut(&(kind, param_grads, batch))
             .ok_or_else(|| anyhow!("no graph for {kind:?}"))?;
-        let out = rt.run(&views)?;
+        // x and the heads are cut into the parts; the weights go whole to every part.
+        let batched = views.len() - self.values.len();
+        let parts = split.run(&views, |i| i < batched)?;
         let want = 3 + if param_grads { self.params.len() } else { 0 };
-        if out.len() != want {
-            bail!(
-                "the training graph returned {} outputs, expected {want}",
-                out.len()
-            );
-        }
-        let mut it = out.into_iter();
-        let mut next = || it.next().ok_or_else(|| anyhow!("missing graph output"));
-        let logits = next()?.into_shape_with_order((batch, k))?;
-        let loss = next()?.into_raw_vec_and_offset().0;
-        let grad = next()?.into_raw_vec_and_offset().0;
-        let mut param_grads_out = vec![];
-        if param_grads {
-            for _ in 0..self.params.len() {
-                param_grads_out.push(next()?.into_raw_vec_and_offset().0);
+        let (mut logits, mut loss, mut grad) = (vec![], vec![], vec![]);
+        let mut param_grads_out: Vec<Vec<f32>> = vec![];
+        for out in parts {
+            if out.len() != want {
+                bail!(
+                    "the training graph returned {} outputs, expected {want}",
+                    out.len()
+                );
+            }
+            let mut it = out.into_iter();
+            let mut next = || it.next().ok_or_else(|| anyhow!("missing graph output"));
+            logits.extend(next()?.iter());
+            loss.extend(next()?.iter());
+            grad.extend(next()?.iter());
+            // d sum(loss) / d param: the parts' sums add up.
+            for j in 0..if param_grads { self.params.len() } else { 0 } {
+                let g = next()?;
+                match param_grads_out.get_mut(j) {
+                    Some(acc) => acc.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += b),
+                    None => param_grads_out.push(g.into_raw_vec_and_offset().0),
+                }
             }
         }
+        let logits = Array2::from_shape_vec((batch, k), logits)?;
         Ok(GraphOut {
             logits,
             loss,

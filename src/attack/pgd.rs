@@ -19,6 +19,12 @@ pub struct PgdConfig {
     /// Use the C&W margin instead of cross-entropy (untargeted only).
     pub margin_loss: bool,
     pub seed: u64,
+    /// Keep attacking examples already broken, every step on the whole batch: the work of
+    /// a plain PGD loop (benchmarks compare it with other tools'). The outcome is the same
+    /// either way (an example's first adversarial iterate is the one kept), so reports
+    /// leave it out.
+    #[serde(skip)]
+    pub every_step: bool,
 }
 
 impl Default for PgdConfig {
@@ -30,6 +36,7 @@ impl Default for PgdConfig {
             restarts: 1,
             margin_loss: false,
             seed: 0,
+            every_step: false,
         }
     }
 }
@@ -70,37 +77,53 @@ pub fn pgd(
         evaluations: 0,
     };
     for restart in 0..cfg.restarts {
-        let idx: Vec<usize> = (0..n).filter(|i| !out.success[*i]).collect();
+        let mut idx: Vec<usize> = (0..n).filter(|i| !out.success[*i]).collect();
         if idx.is_empty() {
             break;
         }
-        let m = idx.len();
-        let c0 = gather(x0, &idx, len);
-        let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
-        let t: Option<Vec<usize>> = targets.map(|t| idx.iter().map(|i| t[*i]).collect());
-        let head = match (&t, cfg.margin_loss) {
-            (Some(t), _) => Head::TargetedCrossEntropy { targets: t },
-            (None, true) => Head::Margin { labels: &y },
-            (None, false) => Head::CrossEntropy { labels: &y },
-        };
+        let mut c0 = gather(x0, &idx, len);
         let mut x = if cfg.random_start {
             threat.random_start(&c0, len, &mut Rng::derive(cfg.seed, restart as u64))
         } else {
             c0.clone()
         };
-        let steps = vec![alpha; m];
         for step in 0..cfg.steps {
+            let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
+            let t: Option<Vec<usize>> = targets.map(|t| idx.iter().map(|i| t[*i]).collect());
+            let head = match (&t, cfg.margin_loss) {
+                (Some(t), _) => Head::TargetedCrossEntropy { targets: t },
+                (None, true) => Head::Margin { labels: &y },
+                (None, false) => Head::CrossEntropy { labels: &y },
+            };
             let lg = oracle.loss_grad(&x, head)?;
-            out.evaluations += m as u64;
+            out.evaluations += idx.len() as u64;
             // The logits belong to the current iterate: a random start, or the last step.
             if step > 0 || cfg.random_start {
                 record(&mut out, &lg.logits, &x, &idx, labels, targets, len);
             }
-            threat.ascend(&mut x, &lg.grad, &steps, len);
+            let mut grad = lg.grad;
+            // An example leaves the batch once broken: its first adversarial iterate is
+            // recorded and later steps could not change the outcome, only cost runs.
+            let keep: Vec<usize> = (0..idx.len())
+                .filter(|j| cfg.every_step || !out.success[idx[*j]])
+                .collect();
+            if keep.len() < idx.len() {
+                if keep.is_empty() {
+                    break;
+                }
+                x = gather(&x, &keep, len);
+                c0 = gather(&c0, &keep, len);
+                grad = gather(&grad, &keep, len);
+                idx = keep.iter().map(|j| idx[*j]).collect();
+            }
+            threat.ascend(&mut x, &grad, &vec![alpha; idx.len()], len);
             threat.project(&mut x, &c0, len);
         }
+        if !cfg.every_step && idx.iter().all(|i| out.success[*i]) {
+            continue;
+        }
         let logits = oracle.logits(&x)?;
-        out.evaluations += m as u64;
+        out.evaluations += idx.len() as u64;
         record(&mut out, &logits, &x, &idx, labels, targets, len);
         // Examples not broken keep the last iterate of the last restart.
         for (j, &i) in idx.iter().enumerate() {
@@ -138,6 +161,39 @@ mod tests {
         assert_eq!(f.x_adv, p.x_adv);
         assert_eq!(f.success, p.success);
         assert!(f.success.iter().any(|s| *s) && f.success.iter().any(|s| !*s));
+    }
+
+    /// Dropping broken examples from the batch changes the cost, not the outcome.
+    #[test]
+    fn stopping_at_broken_examples_keeps_the_outcome() {
+        let mut net = TinyNet::new(20, 16, 4, 9);
+        let (x, y) = dataset(&mut net, 96, 10);
+        let threat = Threat::new(Norm::Linf, 0.05, (0.0, 1.0)).unwrap();
+        for restarts in [1, 2] {
+            let base = PgdConfig {
+                steps: 8,
+                restarts,
+                ..Default::default()
+            };
+            let stop = pgd(&mut net, &x, &y, None, &threat, &base).unwrap();
+            let every = pgd(
+                &mut net,
+                &x,
+                &y,
+                None,
+                &threat,
+                &PgdConfig {
+                    every_step: true,
+                    ..base.clone()
+                },
+            )
+            .unwrap();
+            assert_eq!(stop.success, every.success);
+            assert_eq!(stop.x_adv, every.x_adv);
+            let broken = stop.success.iter().filter(|s| **s).count();
+            assert!(broken > 10 && broken < y.len() - 10, "{broken} broken");
+            assert!(stop.evaluations < every.evaluations);
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use ndarray::{Array2, ArrayViewD, IxDyn};
 
 use crate::model::OnnxModel;
-use crate::runtime::{self, OrtLocator, Runtime, RuntimeChoice};
+use crate::runtime::{OrtLocator, RuntimeChoice, Split};
 use crate::spec::InputSpec;
 
 /// How to open a classifier.
@@ -19,7 +19,8 @@ pub struct RunOptions {
 }
 
 pub struct Classifier {
-    runtime: Box<dyn Runtime>,
+    /// The model's sessions: one per thread when its batch is free (runs cut over them).
+    runtime: Split,
     /// Examples per runtime call (the model's fixed batch, or the chosen batch size).
     batch: usize,
     example_shape: Vec<usize>,
@@ -43,19 +44,22 @@ impl Classifier {
             bail!("--batch-size must be at least 1");
         }
         let wrapped = spec.wrap(model)?;
-        let open = |proto: &crate::model::pb::ModelProto| {
-            runtime::open(
+        let open = |proto: &crate::model::pb::ModelProto, free: bool| {
+            Split::open_free(
                 opts.runtime,
                 &prost::Message::encode_to_vec(proto),
                 opts.threads,
+                free,
                 &opts.ort,
             )
         };
         let batch = spec.fixed_batch().unwrap_or(opts.batch_size);
-        let mut c = Classifier::with_runtime(open(&wrapped)?, batch, example_shape)?;
+        let open_wrapped = |p: &crate::model::pb::ModelProto| open(p, spec.fixed_batch().is_none());
+        let mut c = Classifier::with_runtime(open_wrapped(&wrapped)?, batch, example_shape)?;
         c.dynamic = spec.fixed_batch().is_none();
         if c.batch < opts.batch_size {
-            if let Some(freed) = c.try_free_batch(&wrapped, spec, opts.batch_size, &open) {
+            let open_free = |p: &crate::model::pb::ModelProto| open(p, true);
+            if let Some(freed) = c.try_free_batch(&wrapped, spec, opts.batch_size, &open_free) {
                 c = freed;
             }
         }
@@ -70,11 +74,7 @@ impl Classifier {
 
     /// Wraps a runtime; the number of classes is read from one run on zeros (which also
     /// checks that the model runs at all).
-    fn with_runtime(
-        runtime: Box<dyn Runtime>,
-        batch: usize,
-        example_shape: &[usize],
-    ) -> Result<Classifier> {
+    fn with_runtime(runtime: Split, batch: usize, example_shape: &[usize]) -> Result<Classifier> {
         let example_len: usize = example_shape.iter().product();
         let mut c = Classifier {
             runtime,
@@ -96,7 +96,7 @@ impl Classifier {
         wrapped: &crate::model::pb::ModelProto,
         spec: &InputSpec,
         batch_size: usize,
-        open: &dyn Fn(&crate::model::pb::ModelProto) -> Result<Box<dyn Runtime>>,
+        open: &dyn Fn(&crate::model::pb::ModelProto) -> Result<Split>,
     ) -> Option<Classifier> {
         let free = crate::model::free_batch(wrapped, &spec.input_name)?;
         let mut candidate =
@@ -183,21 +183,41 @@ impl Classifier {
         let mut shape = vec![b];
         shape.extend(&self.example_shape);
         let view = ArrayViewD::from_shape(IxDyn(&shape), &self.buffer)?;
-        let outputs = self.runtime.run(&[view])?;
-        let Some(first) = outputs.into_iter().next() else {
-            bail!("the model produced no output");
+        let mut flat: Vec<f32> = vec![];
+        let (mut cols, mut left, mut total_rows) = (None, take, 0);
+        let bad = |shape: &[usize]| {
+            anyhow::anyhow!(
+                "the model's first output has shape {shape:?}, which does not have the batch ({b}) first"
+            )
         };
-        let total = first.len();
-        if first.ndim() == 0 || first.shape()[0] != b || total % b != 0 {
+        for outputs in self.runtime.run(&[view], |_| true)? {
+            let Some(first) = outputs.into_iter().next() else {
+                bail!("the model produced no output");
+            };
+            let rows = first.shape().first().copied().unwrap_or(0);
+            let c = if rows == 0 { 0 } else { first.len() / rows };
+            if first.ndim() == 0
+                || rows == 0
+                || first.len() % rows != 0
+                || cols.is_some_and(|k| k != c)
+            {
+                return Err(bad(first.shape()));
+            }
+            cols = Some(c);
+            total_rows += rows;
+            let t = left.min(rows);
+            flat.extend(first.iter().take(t * c));
+            left -= t;
+            if total_rows > b {
+                return Err(bad(first.shape()));
+            }
+        }
+        if total_rows != b {
             bail!(
-                "the model's first output has shape {:?}, which does not have the batch ({}) first",
-                first.shape(),
-                b
+                "the model's first output does not have the batch ({b}) first: {total_rows} rows"
             );
         }
-        let cols = total / b;
-        let flat: Vec<f32> = first.iter().copied().take(take * cols).collect();
-        Ok(Array2::from_shape_vec((take, cols), flat)?)
+        Ok(Array2::from_shape_vec((take, cols.unwrap_or(0)), flat)?)
     }
 }
 

@@ -97,10 +97,13 @@ pub fn split_plan(batch: usize, threads: usize) -> (Vec<usize>, usize) {
 }
 
 /// One graph for a batch, run as parts side by side (see [`split_plan`]): a session per
-/// part, each built for its part's size, each part on its own thread.
+/// part, each part on its own thread. Either built for one batch (each session for its
+/// part's size) or, for a graph whose batch is free, cut anew for every run.
 pub struct Split {
+    /// Part sizes of a graph built for one batch; empty when the batch is free.
     sizes: Vec<usize>,
     parts: Vec<Box<dyn Runtime>>,
+    threads: usize,
 }
 
 impl Split {
@@ -128,16 +131,41 @@ impl Split {
             let bytes = &built.as_ref().expect("built above").1;
             parts.push(open(choice, bytes, each, ort)?);
         }
-        Ok(Split { sizes, parts })
+        Ok(Split {
+            sizes,
+            parts,
+            threads,
+        })
+    }
+
+    /// Opens `model_bytes`, whose batch is free, for runs of any batch: one single-threaded
+    /// session per thread, each run cut by [`split_plan`]; unless `splittable`, one
+    /// session on `threads`.
+    pub fn open_free(
+        choice: RuntimeChoice,
+        model_bytes: &[u8],
+        threads: usize,
+        splittable: bool,
+        ort: &OrtLocator,
+    ) -> Result<Split> {
+        let threads = threads.max(1);
+        let (n, each) = if splittable && threads > 1 {
+            (threads, 1)
+        } else {
+            (1, threads)
+        };
+        let parts = (0..n)
+            .map(|_| open(choice, model_bytes, each, ort))
+            .collect::<Result<_>>()?;
+        Ok(Split {
+            sizes: vec![],
+            parts,
+            threads,
+        })
     }
 
     pub fn name(&self) -> &'static str {
         self.parts[0].name()
-    }
-
-    /// The examples each part takes, in order.
-    pub fn sizes(&self) -> &[usize] {
-        &self.sizes
     }
 
     /// Runs every part: inputs whose `batched` flag is set are cut along axis 0 into the
@@ -148,8 +176,21 @@ impl Split {
         inputs: &[ArrayViewD<'_, f32>],
         batched: impl Fn(usize) -> bool,
     ) -> Result<Vec<Vec<ArrayD<f32>>>> {
-        let total: usize = self.sizes.iter().sum();
-        let mut jobs: Vec<Vec<ArrayViewD<'_, f32>>> = vec![vec![]; self.sizes.len()];
+        let sizes = if !self.sizes.is_empty() {
+            self.sizes.clone()
+        } else {
+            let Some(x) = (0..inputs.len()).find(|i| batched(*i)).map(|i| &inputs[i]) else {
+                bail!("no batched input to cut");
+            };
+            let total = x.shape().first().copied().unwrap_or(0);
+            if self.parts.len() == 1 {
+                vec![total]
+            } else {
+                split_plan(total, self.threads).0
+            }
+        };
+        let total: usize = sizes.iter().sum();
+        let mut jobs: Vec<Vec<ArrayViewD<'_, f32>>> = vec![vec![]; sizes.len()];
         for (i, x) in inputs.iter().enumerate() {
             if !batched(i) {
                 jobs.iter_mut().for_each(|j| j.push(x.view()));
@@ -162,12 +203,12 @@ impl Split {
                 );
             }
             let mut start = 0;
-            for (job, &size) in jobs.iter_mut().zip(&self.sizes) {
+            for (job, &size) in jobs.iter_mut().zip(&sizes) {
                 job.push(x.slice_axis(ndarray::Axis(0), (start..start + size).into()));
                 start += size;
             }
         }
-        let (first, rest) = self.parts.split_at_mut(1);
+        let (first, rest) = self.parts[..jobs.len()].split_at_mut(1);
         if rest.is_empty() {
             return Ok(vec![first[0].run(&jobs[0])?]);
         }

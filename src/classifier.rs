@@ -195,7 +195,7 @@ impl Classifier {
                 bail!("the model produced no output");
             };
             let rows = first.shape().first().copied().unwrap_or(0);
-            let c = if rows == 0 { 0 } else { first.len() / rows };
+            let c = first.len().checked_div(rows).unwrap_or(0);
             if first.ndim() == 0
                 || rows == 0
                 || first.len() % rows != 0

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use ndarray::{Array2, ArrayViewD, IxDyn};
 
 use crate::model::OnnxModel;
-use crate::runtime::{OrtLocator, RuntimeChoice, Split};
+use crate::runtime::{flat, OrtLocator, RuntimeChoice, Split};
 use crate::spec::InputSpec;
 
 /// How to open a classifier.
@@ -183,7 +183,7 @@ impl Classifier {
         let mut shape = vec![b];
         shape.extend(&self.example_shape);
         let view = ArrayViewD::from_shape(IxDyn(&shape), &self.buffer)?;
-        let mut flat: Vec<f32> = vec![];
+        let mut values: Vec<f32> = vec![];
         let (mut cols, mut left, mut total_rows) = (None, take, 0);
         let bad = |shape: &[usize]| {
             anyhow::anyhow!(
@@ -206,7 +206,7 @@ impl Classifier {
             cols = Some(c);
             total_rows += rows;
             let t = left.min(rows);
-            flat.extend(first.iter().take(t * c));
+            values.extend_from_slice(&flat(&first)[..t * c]);
             left -= t;
             if total_rows > b {
                 return Err(bad(first.shape()));
@@ -217,7 +217,7 @@ impl Classifier {
                 "the model's first output does not have the batch ({b}) first: {total_rows} rows"
             );
         }
-        Ok(Array2::from_shape_vec((take, cols.unwrap_or(0)), flat)?)
+        Ok(Array2::from_shape_vec((take, cols.unwrap_or(0)), values)?)
     }
 }
 

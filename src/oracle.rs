@@ -11,7 +11,7 @@ use crate::attack::{Head, LossGrad, Oracle};
 use crate::autodiff::{self, LossKind};
 use crate::classifier::{Classifier, RunOptions};
 use crate::model::{self, pb, OnnxModel};
-use crate::runtime::Split;
+use crate::runtime::{flat, Split};
 use crate::spec::InputSpec;
 
 pub struct ModelOracle {
@@ -182,9 +182,9 @@ impl Oracle for ModelOracle {
                     );
                 }
                 let t = left.min(out[1].len());
-                logits.extend(out[0].iter().take(t * k));
-                loss.extend(out[1].iter().take(t));
-                grad.extend(out[2].iter().take(t * len));
+                logits.extend_from_slice(&flat(&out[0])[..t * k]);
+                loss.extend_from_slice(&flat(&out[1])[..t]);
+                grad.extend_from_slice(&flat(&out[2])[..t * len]);
                 left -= t;
             }
             done += take;

@@ -74,6 +74,15 @@ pub fn open(
     }
 }
 
+/// A runtime output's values in order: borrowed when the array is in standard layout (as
+/// both runtimes return them), copied otherwise.
+pub fn flat(a: &ArrayD<f32>) -> std::borrow::Cow<'_, [f32]> {
+    match a.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(a.iter().copied().collect()),
+    }
+}
+
 /// Fewest examples per part when a batch is split over threads (smaller parts lose more
 /// to per-run overhead than a second thread gains).
 pub const MIN_PART: usize = 8;

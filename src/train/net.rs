@@ -16,7 +16,7 @@ use crate::autodiff::{self, LossKind, Wrt};
 use crate::classifier::RunOptions;
 use crate::model::pb;
 use crate::oracle::head_inputs;
-use crate::runtime::{self, Runtime, Split};
+use crate::runtime::{self, flat, Runtime, Split};
 
 /// What a gradient-graph run gives back.
 pub struct GraphOut {
@@ -196,14 +196,17 @@ impl TrainNet {
             }
             let mut it = out.into_iter();
             let mut next = || it.next().ok_or_else(|| anyhow!("missing graph output"));
-            logits.extend(next()?.iter());
-            loss.extend(next()?.iter());
-            grad.extend(next()?.iter());
+            logits.extend_from_slice(&flat(&next()?));
+            loss.extend_from_slice(&flat(&next()?));
+            grad.extend_from_slice(&flat(&next()?));
             // d sum(loss) / d param: the parts' sums add up.
             for j in 0..if param_grads { self.params.len() } else { 0 } {
                 let g = next()?;
                 match param_grads_out.get_mut(j) {
-                    Some(acc) => acc.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += b),
+                    Some(acc) => acc
+                        .iter_mut()
+                        .zip(flat(&g).iter())
+                        .for_each(|(a, b)| *a += b),
                     None => param_grads_out.push(g.into_raw_vec_and_offset().0),
                 }
             }
@@ -252,7 +255,7 @@ impl Oracle for TrainNet {
                 .into_iter()
                 .next()
                 .ok_or_else(|| anyhow!("the model gave no output"))?;
-            rows.extend(first.iter().take(take * k));
+            rows.extend_from_slice(&flat(&first)[..take * k]);
             done += take;
         }
         Ok(Array2::from_shape_vec((n, k), rows)?)

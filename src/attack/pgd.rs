@@ -175,19 +175,12 @@ mod tests {
                 restarts,
                 ..Default::default()
             };
+            let plain = PgdConfig {
+                every_step: true,
+                ..base.clone()
+            };
             let stop = pgd(&mut net, &x, &y, None, &threat, &base).unwrap();
-            let every = pgd(
-                &mut net,
-                &x,
-                &y,
-                None,
-                &threat,
-                &PgdConfig {
-                    every_step: true,
-                    ..base.clone()
-                },
-            )
-            .unwrap();
+            let every = pgd(&mut net, &x, &y, None, &threat, &plain).unwrap();
             assert_eq!(stop.success, every.success);
             assert_eq!(stop.x_adv, every.x_adv);
             let broken = stop.success.iter().filter(|s| **s).count();

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use ndarray::{Array2, ArrayViewD, IxDyn};
 
 use crate::model::OnnxModel;
-use crate::runtime::{flat, OrtLocator, RuntimeChoice, Split};
+use crate::runtime::{first_rows, Join, OrtLocator, RuntimeChoice, Split};
 use crate::spec::InputSpec;
 
 /// How to open a classifier.
@@ -183,41 +183,23 @@ impl Classifier {
         let mut shape = vec![b];
         shape.extend(&self.example_shape);
         let view = ArrayViewD::from_shape(IxDyn(&shape), &self.buffer)?;
-        let mut values: Vec<f32> = vec![];
-        let (mut cols, mut left, mut total_rows) = (None, take, 0);
-        let bad = |shape: &[usize]| {
-            anyhow::anyhow!(
-                "the model's first output has shape {shape:?}, which does not have the batch ({b}) first"
-            )
+        let outputs = self.runtime.run(&[view], |_| true, |_| Join::Stack)?;
+        let Some(first) = outputs.into_iter().next() else {
+            bail!("the model produced no output");
         };
-        for outputs in self.runtime.run(&[view], |_| true)? {
-            let Some(first) = outputs.into_iter().next() else {
-                bail!("the model produced no output");
-            };
-            let rows = first.shape().first().copied().unwrap_or(0);
-            let c = first.len().checked_div(rows).unwrap_or(0);
-            if first.ndim() == 0
-                || rows == 0
-                || first.len() % rows != 0
-                || cols.is_some_and(|k| k != c)
-            {
-                return Err(bad(first.shape()));
-            }
-            cols = Some(c);
-            total_rows += rows;
-            let t = left.min(rows);
-            values.extend_from_slice(&flat(&first)[..t * c]);
-            left -= t;
-            if total_rows > b {
-                return Err(bad(first.shape()));
-            }
-        }
-        if total_rows != b {
+        let total = first.len();
+        if first.ndim() == 0 || first.shape()[0] != b || total % b != 0 {
             bail!(
-                "the model's first output does not have the batch ({b}) first: {total_rows} rows"
+                "the model's first output has shape {:?}, which does not have the batch ({}) first",
+                first.shape(),
+                b
             );
         }
-        Ok(Array2::from_shape_vec((take, cols.unwrap_or(0)), values)?)
+        let cols = total / b;
+        Ok(Array2::from_shape_vec(
+            (take, cols),
+            first_rows(&first, take)?.into_owned(),
+        )?)
     }
 }
 

@@ -11,7 +11,7 @@ use crate::attack::{Head, LossGrad, Oracle};
 use crate::autodiff::{self, LossKind};
 use crate::classifier::{Classifier, RunOptions};
 use crate::model::{self, pb, OnnxModel};
-use crate::runtime::{flat, Split};
+use crate::runtime::{first_rows, Join, Split};
 use crate::spec::InputSpec;
 
 pub struct ModelOracle {
@@ -173,20 +173,16 @@ impl Oracle for ModelOracle {
                 .collect::<std::result::Result<_, _>>()?;
             let mut views = vec![xa.view()];
             views.extend(heads.iter().map(|h| h.view()));
-            let mut left = take;
-            for out in split.run(&views, |_| true)? {
-                if out.len() != 3 {
-                    bail!(
-                        "the gradient graph returned {} outputs, expected 3",
-                        out.len()
-                    );
-                }
-                let t = left.min(out[1].len());
-                logits.extend_from_slice(&flat(&out[0])[..t * k]);
-                loss.extend_from_slice(&flat(&out[1])[..t]);
-                grad.extend_from_slice(&flat(&out[2])[..t * len]);
-                left -= t;
+            let out = split.run(&views, |_| true, |_| Join::Stack)?;
+            if out.len() != 3 {
+                bail!(
+                    "the gradient graph returned {} outputs, expected 3",
+                    out.len()
+                );
             }
+            logits.extend_from_slice(&first_rows(&out[0], take)?);
+            loss.extend_from_slice(&first_rows(&out[1], take)?);
+            grad.extend_from_slice(&first_rows(&out[2], take)?);
             done += take;
         }
         Ok(LossGrad {

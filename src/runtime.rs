@@ -74,13 +74,32 @@ pub fn open(
     }
 }
 
-/// A runtime output's values in order: borrowed when the array is in standard layout (as
-/// both runtimes return them), copied otherwise.
-pub fn flat(a: &ArrayD<f32>) -> std::borrow::Cow<'_, [f32]> {
-    match a.as_slice() {
-        Some(s) => std::borrow::Cow::Borrowed(s),
-        None => std::borrow::Cow::Owned(a.iter().copied().collect()),
+/// The values of the first `n` entries along axis 0 of a runtime output, in order:
+/// borrowed when the array is in standard layout (as runtimes and [`Split::run`] return
+/// them), copied otherwise. An output with fewer entries is an error.
+pub fn first_rows(a: &ArrayD<f32>, n: usize) -> Result<std::borrow::Cow<'_, [f32]>> {
+    use std::borrow::Cow;
+    let rows = a.shape().first().copied().unwrap_or(0);
+    if a.ndim() == 0 || rows < n {
+        bail!(
+            "a graph output has shape {:?}, not {n} or more entries along its batch axis",
+            a.shape()
+        );
     }
+    let end = n * (a.len() / rows.max(1));
+    Ok(match a.as_slice() {
+        Some(s) => Cow::Borrowed(&s[..end]),
+        None => Cow::Owned(a.iter().copied().take(end).collect()),
+    })
+}
+
+/// How the parts' values of one graph output make the whole batch's (see [`Split::run`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Join {
+    /// Per-example values: the parts' outputs stacked along axis 0, in part order.
+    Stack,
+    /// Sums over the batch (weight gradients): the parts' outputs added.
+    Sum,
 }
 
 /// Fewest examples per part when a batch is split over threads (smaller parts lose more
@@ -177,10 +196,22 @@ impl Split {
         self.parts[0].name()
     }
 
-    /// Runs every part: inputs whose `batched` flag is set are cut along axis 0 into the
-    /// parts' sizes, the others go whole to every part. Returns each part's outputs, in
-    /// part order.
+    /// Runs the graph on the whole batch: inputs whose `batched` flag is set are cut along
+    /// axis 0 into the parts' sizes, the others go whole to every part; each output of
+    /// the parts is put together as `join` says for its index, so the result is what one
+    /// session would have returned for the whole batch.
     pub fn run(
+        &mut self,
+        inputs: &[ArrayViewD<'_, f32>],
+        batched: impl Fn(usize) -> bool,
+        join: impl Fn(usize) -> Join,
+    ) -> Result<Vec<ArrayD<f32>>> {
+        let parts = self.run_parts(inputs, batched)?;
+        join_parts(parts, join)
+    }
+
+    /// Each part's outputs, in part order.
+    fn run_parts(
         &mut self,
         inputs: &[ArrayViewD<'_, f32>],
         batched: impl Fn(usize) -> bool,
@@ -237,6 +268,60 @@ impl Split {
             Ok(outs)
         })
     }
+}
+
+/// The parts' outputs put together, output by output, as `join` says.
+fn join_parts(
+    mut parts: Vec<Vec<ArrayD<f32>>>,
+    join: impl Fn(usize) -> Join,
+) -> Result<Vec<ArrayD<f32>>> {
+    if parts.len() == 1 {
+        return Ok(parts.pop().unwrap_or_default());
+    }
+    let n = parts[0].len();
+    if parts.iter().any(|p| p.len() != n) {
+        bail!("the parts of a split graph returned different numbers of outputs");
+    }
+    let mut columns: Vec<Vec<ArrayD<f32>>> = (0..n).map(|_| vec![]).collect();
+    for part in parts {
+        for (column, a) in columns.iter_mut().zip(part) {
+            column.push(a);
+        }
+    }
+    columns
+        .into_iter()
+        .enumerate()
+        .map(|(j, column)| {
+            let shapes = || {
+                column
+                    .iter()
+                    .map(|a| a.shape().to_vec())
+                    .collect::<Vec<_>>()
+            };
+            match join(j) {
+                Join::Stack => {
+                    let views: Vec<_> = column.iter().map(|a| a.view()).collect();
+                    ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| {
+                        anyhow!(
+                            "graph output {j}: the parts' shapes {:?} do not stack: {e}",
+                            shapes()
+                        )
+                    })
+                }
+                Join::Sum => {
+                    if column.iter().any(|a| a.shape() != column[0].shape()) {
+                        bail!("graph output {j}: the parts' shapes {:?} differ", shapes());
+                    }
+                    let mut it = column.into_iter();
+                    let mut sum = it.next().ok_or_else(|| anyhow!("no parts"))?;
+                    for a in it {
+                        sum += &a;
+                    }
+                    Ok(sum)
+                }
+            }
+        })
+        .collect()
 }
 
 /// The ONNX Runtime library in use, or why none could be loaded.

@@ -16,7 +16,7 @@ use crate::autodiff::{self, LossKind, Wrt};
 use crate::classifier::RunOptions;
 use crate::model::pb;
 use crate::oracle::head_inputs;
-use crate::runtime::{self, flat, Runtime, Split};
+use crate::runtime::{self, first_rows, Join, Runtime, Split};
 
 /// What a gradient-graph run gives back.
 pub struct GraphOut {
@@ -181,37 +181,39 @@ impl TrainNet {
             .graphs
             .get_mut(&(kind, param_grads, batch))
             .ok_or_else(|| anyhow!("no graph for {kind:?}"))?;
-        // x and the heads are cut into the parts; the weights go whole to every part.
+        // x and the heads are cut into the parts, the weights go whole to every part; the
+        // per-example outputs (logits, loss, input gradient) are stacked, the weight
+        // gradients (d sum(loss) / d param) of the parts added.
         let batched = views.len() - self.values.len();
-        let parts = split.run(&views, |i| i < batched)?;
-        let want = 3 + if param_grads { self.params.len() } else { 0 };
-        let (mut logits, mut loss, mut grad) = (vec![], vec![], vec![]);
-        let mut param_grads_out: Vec<Vec<f32>> = vec![];
-        for out in parts {
-            if out.len() != want {
-                bail!(
-                    "the training graph returned {} outputs, expected {want}",
-                    out.len()
-                );
-            }
-            let mut it = out.into_iter();
-            let mut next = || it.next().ok_or_else(|| anyhow!("missing graph output"));
-            logits.extend_from_slice(&flat(&next()?));
-            loss.extend_from_slice(&flat(&next()?));
-            grad.extend_from_slice(&flat(&next()?));
-            // d sum(loss) / d param: the parts' sums add up.
-            for j in 0..if param_grads { self.params.len() } else { 0 } {
-                let g = next()?;
-                match param_grads_out.get_mut(j) {
-                    Some(acc) => acc
-                        .iter_mut()
-                        .zip(flat(&g).iter())
-                        .for_each(|(a, b)| *a += b),
-                    None => param_grads_out.push(g.into_raw_vec_and_offset().0),
+        let out = split.run(
+            &views,
+            |i| i < batched,
+            |j| {
+                if j < 3 {
+                    Join::Stack
+                } else {
+                    Join::Sum
                 }
+            },
+        )?;
+        let want = 3 + if param_grads { self.params.len() } else { 0 };
+        if out.len() != want {
+            bail!(
+                "the training graph returned {} outputs, expected {want}",
+                out.len()
+            );
+        }
+        let mut it = out.into_iter();
+        let mut next = || it.next().ok_or_else(|| anyhow!("missing graph output"));
+        let logits = next()?.into_shape_with_order((batch, k))?;
+        let loss = next()?.into_raw_vec_and_offset().0;
+        let grad = next()?.into_raw_vec_and_offset().0;
+        let mut param_grads_out = vec![];
+        if param_grads {
+            for _ in 0..self.params.len() {
+                param_grads_out.push(next()?.into_raw_vec_and_offset().0);
             }
         }
-        let logits = Array2::from_shape_vec((batch, k), logits)?;
         Ok(GraphOut {
             logits,
             loss,
@@ -255,7 +257,7 @@ impl Oracle for TrainNet {
                 .into_iter()
                 .next()
                 .ok_or_else(|| anyhow!("the model gave no output"))?;
-            rows.extend_from_slice(&flat(&first)[..take * k]);
+            rows.extend_from_slice(&first_rows(&first, take)?);
             done += take;
         }
         Ok(Array2::from_shape_vec((n, k), rows)?)

@@ -265,9 +265,8 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
     }
     let mapping = DataMapping::new(&spec, source.example_shape(), source.kind())?;
     let threat = Threat::new(cfg.norm, eps, spec.range)?;
-    if let Some(e) = cfg.train_eps {
-        Threat::new(cfg.norm, e, spec.range).map_err(|err| anyhow!("--train-eps: {err}"))?;
-    }
+    // A bad --train-eps fails now, not after reading the data.
+    cfg.train_threat(&threat)?;
     let data_desc = source.describe();
     let (raw, labels) = read_all(source.as_mut())?;
     let stored_len: usize = source.example_shape().iter().product();

@@ -83,6 +83,15 @@ pub struct HardenConfig {
 }
 
 impl HardenConfig {
+    /// The training attack's threat: `threat` (the audited one) at `train_eps` when set.
+    pub fn train_threat(&self, threat: &Threat) -> Result<Threat> {
+        match self.train_eps {
+            Some(e) => Threat::new(threat.norm, e, threat.range)
+                .map_err(|err| anyhow::anyhow!("--train-eps: {err}")),
+            None => Ok(*threat),
+        }
+    }
+
     pub fn check(&self) -> Result<()> {
         self.optim.check()?;
         if self.batch_size == 0 {
@@ -465,11 +474,7 @@ pub fn fit(
     ocfg.warmup_steps = (cfg.warmup_epochs * per_epoch as f32).round() as u64;
     let mut opt = Optimizer::new(ocfg, &net.shapes());
     let fingerprint = ckpt.map(|c| c.fingerprint.clone()).unwrap_or_default();
-    let train_threat = match cfg.train_eps {
-        Some(e) => Threat::new(threat.norm, e, threat.range)
-            .map_err(|err| anyhow::anyhow!("--train-eps: {err}"))?,
-        None => *threat,
-    };
+    let train_threat = cfg.train_threat(threat)?;
 
     let mut state = match resume {
         Some(s) => {

@@ -54,12 +54,13 @@ impl Classifier {
             )
         };
         let batch = spec.fixed_batch().unwrap_or(opts.batch_size);
-        let open_wrapped = |p: &crate::model::pb::ModelProto| open(p, spec.fixed_batch().is_none());
-        let mut c = Classifier::with_runtime(open_wrapped(&wrapped)?, batch, example_shape)?;
-        c.dynamic = spec.fixed_batch().is_none();
+        let dynamic = spec.fixed_batch().is_none();
+        let mut c = Classifier::with_runtime(open(&wrapped, dynamic)?, batch, example_shape)?;
+        c.dynamic = dynamic;
         if c.batch < opts.batch_size {
-            let open_free = |p: &crate::model::pb::ModelProto| open(p, true);
-            if let Some(freed) = c.try_free_batch(&wrapped, spec, opts.batch_size, &open_free) {
+            if let Some(freed) =
+                c.try_free_batch(&wrapped, spec, opts.batch_size, &|p| open(p, true))
+            {
                 c = freed;
             }
         }

@@ -156,8 +156,9 @@ impl Split {
             if built.as_ref().map(|(s, _)| *s) != Some(size) {
                 built = Some((size, build(size)?));
             }
-            let bytes = &built.as_ref().expect("built above").1;
-            parts.push(open(choice, bytes, each, ort)?);
+            if let Some((_, bytes)) = &built {
+                parts.push(open(choice, bytes, each, ort)?);
+            }
         }
         Ok(Split {
             sizes,

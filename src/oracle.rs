@@ -26,6 +26,9 @@ pub struct ModelOracle {
     /// each split over the threads when the batch is free.
     graphs: HashMap<(LossKind, usize), Split>,
     dynamic: bool,
+    /// Most examples per graph run (see [`crate::runtime::chunk_for`]), found when the
+    /// first gradient graph opens.
+    chunk: Option<usize>,
 }
 
 impl ModelOracle {
@@ -50,6 +53,7 @@ impl ModelOracle {
             input: spec.input_name.clone(),
             opts: opts.clone(),
             graphs: HashMap::new(),
+            chunk: None,
         })
     }
 
@@ -73,10 +77,14 @@ impl ModelOracle {
 
     fn prepare_at(&mut self, kind: LossKind, batch: usize) -> Result<()> {
         if !self.graphs.contains_key(&(kind, batch)) {
+            let chunk = *self.chunk.get_or_insert_with(|| {
+                crate::runtime::chunk_for(&self.proto, &self.input, &self.example_shape)
+            });
             let split = Split::open(
                 self.opts.runtime,
                 batch,
                 self.opts.threads,
+                chunk,
                 self.dynamic,
                 &self.opts.ort,
                 |part| {

@@ -30,7 +30,7 @@ mod rules;
 mod shapes;
 
 pub use heads::LossKind;
-pub use shapes::Shapes;
+pub use shapes::{largest_activation, Shapes};
 
 use builder::Builder;
 

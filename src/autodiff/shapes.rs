@@ -76,3 +76,45 @@ pub fn infer(proto: &pb::ModelProto, input: &str, input_shape: &[usize]) -> Resu
     }
     Ok(shapes)
 }
+
+/// Values per example of the largest tensor of `proto` that grows with the batch (its
+/// largest activation), from the shapes at batch 1 and 2.
+pub fn largest_activation(
+    proto: &pb::ModelProto,
+    input: &str,
+    example_shape: &[usize],
+) -> Result<usize> {
+    let at = |b: usize| {
+        let mut s = vec![b];
+        s.extend(example_shape);
+        infer(proto, input, &s)
+    };
+    let (one, two) = (at(1)?, at(2)?);
+    let size = |d: &Vec<usize>| d.iter().product::<usize>();
+    Ok(one
+        .iter()
+        .filter_map(|(name, d)| {
+            let n = size(d);
+            (two.get(name).map(size) == Some(2 * n)).then_some(n)
+        })
+        .max()
+        .unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn largest_activation_is_the_biggest_per_example_tensor() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist_cnn.onnx");
+        let m = crate::model::OnnxModel::load(&path).unwrap();
+        // The demo CNN (NHWC 28x28x1 in): its first 3x3 conv gives 32 x 26 x 26 per
+        // example; its dense weights (1,600 x 128 values) do not grow with the batch and
+        // do not count.
+        assert_eq!(
+            largest_activation(&m.proto, "input", &[28, 28, 1]).unwrap(),
+            32 * 26 * 26
+        );
+    }
+}

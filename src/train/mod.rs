@@ -636,11 +636,15 @@ mod tests {
         TrainNet::new(m.proto, "x", &[784], 10, params, &opts, batch).unwrap()
     }
 
-    /// A batch cut into parts over threads (runtime::Split) gives the whole batch's
-    /// outputs: per-example ones in order, weight gradients summed over the parts.
+    /// A batch cut into parts over threads, and parts into runs (runtime::Split), gives
+    /// the whole batch's outputs: per-example ones in order, weight gradients summed over
+    /// the runs.
     #[test]
     fn split_batch_gives_the_whole_batch_outputs() {
-        let b = 37; // parts of 19 and 18 on two threads, 13/12/12 on three
+        // Parts of 19 and 18 on two threads, 13/12/12 on three; with runs of at most 8
+        // (MIN_PART) examples, 10+9 and 9+9 on two threads (two run sizes on the first),
+        // 10+9+9+9 on one.
+        let b = 37;
         let mut rng = Rng::new(5);
         let x: Vec<f32> = (0..b * 784).map(|_| rng.range(0.0, 1.0)).collect();
         let y: Vec<usize> = (0..b).map(|i| (i * 7) % 10).collect();
@@ -648,8 +652,10 @@ mod tests {
         let whole = mlp_net_on(1, b)
             .run_graph(LossKind::CrossEntropy, true, b, &x, &heads)
             .unwrap();
-        for threads in [2, 3] {
-            let parts = mlp_net_on(threads, b)
+        for (threads, chunk) in [(2, None), (3, None), (2, Some(8)), (1, Some(8))] {
+            let mut net = mlp_net_on(threads, b);
+            net.chunk = chunk;
+            let parts = net
                 .run_graph(LossKind::CrossEntropy, true, b, &x, &heads)
                 .unwrap();
             let close = |a: &[f32], c: &[f32], what: &str| {
@@ -658,7 +664,7 @@ mod tests {
                 for (i, (u, v)) in a.iter().zip(c).enumerate() {
                     assert!(
                         (u - v).abs() <= 1e-4 * scale,
-                        "{what}[{i}]: {u} vs {v} ({threads} threads)"
+                        "{what}[{i}]: {u} vs {v} ({threads} threads, runs of {chunk:?})"
                     );
                 }
             };

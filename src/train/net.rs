@@ -41,6 +41,9 @@ pub struct TrainNet {
     eval_batch: usize,
     forward: Option<Box<dyn Runtime>>,
     graphs: HashMap<(LossKind, bool, usize), Split>,
+    /// Most examples per graph run (see [`runtime::chunk_for`]), found when the first
+    /// gradient graph opens.
+    pub(crate) chunk: Option<usize>,
 }
 
 impl TrainNet {
@@ -85,6 +88,7 @@ impl TrainNet {
             eval_batch: eval_batch.max(1),
             forward: None,
             graphs: HashMap::new(),
+            chunk: None,
         })
     }
 
@@ -127,10 +131,14 @@ impl TrainNet {
         let key = (kind, param_grads, batch);
         if !self.graphs.contains_key(&key) {
             let wrt = if param_grads { Wrt::PARAMS } else { Wrt::INPUT };
+            let chunk = *self.chunk.get_or_insert_with(|| {
+                runtime::chunk_for(&self.proto, &self.input, &self.example_shape)
+            });
             let split = Split::open(
                 self.opts.runtime,
                 batch,
                 self.opts.threads,
+                chunk,
                 true,
                 &self.opts.ort,
                 |part| {

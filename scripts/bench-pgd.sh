@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# PGD-10 Linf (eps 0.1) throughput on the demo model: harden (ONNX Runtime) and the
+# PGD-10 Linf (eps 0.1) throughput on the demo model (or Wong's CNN): harden (ONNX Runtime) and the
 # hand-written TensorFlow loop back to back in one run, REPS times each (alternating, so
 # both see the same machine load). Prints each run, then the best img/s of each, the
 # harden : TensorFlow ratio and, for harden's best run, PGD-10 time over the time of
 # 10 runs of its own gradient graph on the same batches.
-# Usage: scripts/bench-pgd.sh [REPS] [IMAGES]     (defaults: 3, 1024)
+# Usage: scripts/bench-pgd.sh [REPS] [IMAGES] [NET]     (defaults: 3, 1024, demo|wong)
 # Needs the TensorFlow virtualenv (models/PROVENANCE.md); TF_PYTHON overrides its python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS="${1:-3}"
 N="${2:-1024}"
+NET="${3:-demo}"
+case "$NET" in
+  demo) MODEL=models/fmnist_cnn.onnx ;;
+  wong) MODEL=models/wong_cnn.onnx ;;
+  *) echo "bench-pgd.sh: NET must be demo or wong, got '$NET'" >&2; exit 2 ;;
+esac
 TF_PYTHON="${TF_PYTHON:-/tmp/tfvenv/bin/python}"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}"
 cargo build --quiet --example bench_pgd
@@ -17,9 +23,9 @@ BIN=target/debug/examples/bench_pgd
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg)"
 h_best=0; t_best=0; g_best=0; o_best=0
 for rep in $(seq "$REPS"); do
-  h=$("$BIN" --runtime ort --images "$N")
+  h=$("$BIN" --runtime ort --images "$N" --model "$MODEL")
   echo "harden: $h"
-  t=$(TF_CPP_MIN_LOG_LEVEL=3 "$TF_PYTHON" scripts/bench_tf.py --work pgd10 --images "$N" 2>/dev/null | tail -1)
+  t=$(TF_CPP_MIN_LOG_LEVEL=3 "$TF_PYTHON" scripts/bench_tf.py --net "$NET" --work pgd10 --images "$N" 2>/dev/null | tail -1)
   echo "tf:     $t"
   read -r hi gi oh < <(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print(r["images_per_s"], r["graph_only_images_per_s"], r["overhead_over_graph"])' "$h")
   ti=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["images_per_s"])' "$t")

@@ -107,10 +107,11 @@ pub enum Join {
 pub const MIN_PART: usize = 8;
 
 /// Activation bytes that one run's largest tensor may take for the run to stay in a
-/// core's cache. Measured on the demo CNN (2 cores, 1 MiB L2 each, ONNX Runtime, one
-/// thread): its attack gradient graph runs 15-25% more images per second at batch 16-24
-/// than at 64 or 128, the training graphs 20-30%; the small Wong CNN, whose activations
-/// are 7x smaller, runs as fast at every batch from 16 to 128.
+/// core's cache. Measured on the demo CNN (2 cores, 1 MiB L2 each, ONNX Runtime 1.31.1,
+/// one thread, median of 8): its attack gradient graph runs 2,857-3,052 images/s at batch
+/// 16-24 against 2,275-2,430 at 128-64, its training graphs 17-30% faster; the small
+/// Wong CNN, whose largest activation is 7x smaller, runs as fast at every batch from
+/// 16 to 128 (its weight-gradient graph fastest at 128).
 pub const CACHE_BYTES: usize = 2 << 20;
 
 /// The most examples one run should take for a graph whose largest activation holds
@@ -189,7 +190,6 @@ pub struct Split {
     /// free).
     sessions: Vec<Vec<(usize, Box<dyn Runtime>)>>,
     threads: usize,
-    chunk: usize,
 }
 
 impl Split {
@@ -234,7 +234,6 @@ impl Split {
             plan: Some(plan),
             sessions,
             threads,
-            chunk,
         })
     }
 
@@ -261,7 +260,6 @@ impl Split {
             plan: None,
             sessions,
             threads,
-            chunk: usize::MAX,
         })
     }
 
@@ -297,9 +295,9 @@ impl Split {
                 };
                 let total = x.shape().first().copied().unwrap_or(0);
                 if self.sessions.len() == 1 {
-                    split_plan(total, 1, self.chunk).parts
+                    vec![vec![total]]
                 } else {
-                    split_plan(total, self.threads, self.chunk).parts
+                    split_plan(total, self.threads, usize::MAX).parts
                 }
             }
         };

@@ -22,8 +22,9 @@ pub struct ModelOracle {
     example_shape: Vec<usize>,
     batch: usize,
     opts: RunOptions,
-    /// Gradient graphs by loss kind and batch (buckets of `batch` when it is dynamic),
-    /// each split over the threads when the batch is free.
+    /// Gradient graphs by loss kind and batch (buckets of `batch` when it is dynamic;
+    /// 0 for a graph in fixed-size runs, see `run_size`), each split over the threads
+    /// when the batch is free.
     graphs: HashMap<(LossKind, usize), Split>,
     dynamic: bool,
     /// Most examples per graph run (see [`crate::runtime::chunk_for`]), found when the
@@ -72,14 +73,31 @@ impl ModelOracle {
 
     /// Builds the gradient graph for `kind` now (errors name an unsupported node).
     pub fn prepare(&mut self, kind: LossKind) -> Result<()> {
-        self.prepare_at(kind, self.batch)
+        match self.run_size() {
+            Some(size) => self.prepare_runs(kind, size),
+            None => self.prepare_at(kind, self.batch),
+        }
     }
 
+    /// Most examples per graph run (see [`crate::runtime::chunk_for`]), found once.
+    fn chunk(&mut self) -> usize {
+        *self.chunk.get_or_insert_with(|| {
+            crate::runtime::chunk_for(&self.proto, &self.input, &self.example_shape)
+        })
+    }
+
+    /// When the batch is free and a run should hold fewer examples than the batch, the
+    /// size of the fixed-size runs every gradient graph runs as ([`Split::open_runs`]: a
+    /// shrinking attack batch then costs its own size, not the bucket that holds it).
+    fn run_size(&mut self) -> Option<usize> {
+        let chunk = self.chunk();
+        (self.dynamic && chunk < self.batch).then_some(chunk)
+    }
+
+    /// The graph for `kind` at a fixed `batch` (key `(kind, batch)`).
     fn prepare_at(&mut self, kind: LossKind, batch: usize) -> Result<()> {
         if !self.graphs.contains_key(&(kind, batch)) {
-            let chunk = *self.chunk.get_or_insert_with(|| {
-                crate::runtime::chunk_for(&self.proto, &self.input, &self.example_shape)
-            });
+            let chunk = self.chunk();
             let split = Split::open(
                 self.opts.runtime,
                 batch,
@@ -94,6 +112,25 @@ impl ModelOracle {
                 },
             )?;
             self.graphs.insert((kind, batch), split);
+        }
+        Ok(())
+    }
+
+    /// The graph for `kind` in runs of `size` (key `(kind, 0)`).
+    fn prepare_runs(&mut self, kind: LossKind, size: usize) -> Result<()> {
+        if !self.graphs.contains_key(&(kind, 0)) {
+            let split = Split::open_runs(
+                self.opts.runtime,
+                size,
+                self.opts.threads,
+                &self.opts.ort,
+                |s| {
+                    Ok(prost::Message::encode_to_vec(
+                        &self.graph_at(kind, s)?.proto,
+                    ))
+                },
+            )?;
+            self.graphs.insert((kind, 0), split);
         }
         Ok(())
     }
@@ -153,19 +190,30 @@ impl Oracle for ModelOracle {
         let mut logits = Vec::with_capacity(n * k);
         let mut loss = Vec::with_capacity(n);
         let mut grad = Vec::with_capacity(n * len);
+        let runs = self.run_size();
         let mut done = 0;
         while done < n {
             let take = (n - done).min(self.batch);
-            // A small remainder runs in a smaller graph when the batch is free.
-            let b = if self.dynamic {
-                crate::classifier::bucket(take, self.batch)
-            } else {
-                self.batch
+            // In fixed-size runs the split pads; else a small remainder runs in a smaller
+            // graph when the batch is free.
+            let (b, key) = match runs {
+                Some(size) => {
+                    self.prepare_runs(kind, size)?;
+                    (take, (kind, 0))
+                }
+                None => {
+                    let b = if self.dynamic {
+                        crate::classifier::bucket(take, self.batch)
+                    } else {
+                        self.batch
+                    };
+                    self.prepare_at(kind, b)?;
+                    (b, (kind, b))
+                }
             };
-            self.prepare_at(kind, b)?;
             let mut xshape = vec![b];
             xshape.extend(&self.example_shape);
-            let Some(split) = self.graphs.get_mut(&(kind, b)) else {
+            let Some(split) = self.graphs.get_mut(&key) else {
                 bail!("no gradient graph for {kind:?}");
             };
             let mut xb = x[done * len..(done + take) * len].to_vec();
@@ -198,5 +246,74 @@ impl Oracle for ModelOracle {
             loss,
             grad,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::{OrtLocator, RuntimeChoice};
+    use crate::spec::SpecArgs;
+
+    fn mlp_oracle(chunk: usize) -> ModelOracle {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mlp.onnx");
+        let m = OnnxModel::load(&path).unwrap();
+        let spec =
+            InputSpec::resolve(&m.classifier_input().unwrap(), &SpecArgs::default()).unwrap();
+        let opts = RunOptions {
+            runtime: RuntimeChoice::Tract,
+            threads: 2,
+            batch_size: 32,
+            ort: OrtLocator::standard(None, None, None),
+        };
+        let c = Classifier::open(&m, &spec, &[784], &opts).unwrap();
+        let mut o = ModelOracle::new(&m, &spec, c, &opts).unwrap();
+        o.chunk = Some(chunk);
+        o
+    }
+
+    /// Gradient graphs in fixed-size runs (the last one padded) give what graphs at the
+    /// batch (padded to buckets) give, for batches that are and are not a multiple of
+    /// the run size.
+    #[test]
+    fn fixed_size_runs_give_the_bucketed_outputs() {
+        let mut rng = crate::rng::Rng::new(11);
+        let mut whole = mlp_oracle(usize::MAX);
+        let mut runs = mlp_oracle(8);
+        for n in [37, 3, 16] {
+            let x: Vec<f32> = (0..n * 784).map(|_| rng.range(0.0, 1.0)).collect();
+            let y: Vec<usize> = (0..n).map(|i| (i * 3) % 10).collect();
+            let a = whole
+                .loss_grad(&x, Head::CrossEntropy { labels: &y })
+                .unwrap();
+            let b = runs
+                .loss_grad(&x, Head::CrossEntropy { labels: &y })
+                .unwrap();
+            let close = |u: &[f32], v: &[f32], what: &str| {
+                assert_eq!(u.len(), v.len(), "{what} ({n} examples)");
+                let scale = u.iter().fold(1e-3f32, |m, t| m.max(t.abs()));
+                for (i, (p, q)) in u.iter().zip(v).enumerate() {
+                    assert!(
+                        (p - q).abs() <= 1e-4 * scale,
+                        "{what}[{i}]: {p} vs {q} ({n})"
+                    );
+                }
+            };
+            close(
+                a.logits.as_slice().unwrap(),
+                b.logits.as_slice().unwrap(),
+                "logits",
+            );
+            close(&a.loss, &b.loss, "loss");
+            close(&a.grad, &b.grad, "gradient");
+        }
+        // The runs oracle used one graph in runs of 8, the other bucketed graphs.
+        let keys = |o: &ModelOracle| {
+            let mut k: Vec<usize> = o.graphs.keys().map(|(_, b)| *b).collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&runs), vec![0]);
+        assert_eq!(keys(&whole), vec![8, 32]);
     }
 }

@@ -184,12 +184,23 @@ fn even(total: usize, n: usize) -> Vec<usize> {
 /// its own thread. Either built for one batch (each session for its run's size) or, for
 /// a graph whose batch is free, cut anew for every run.
 pub struct Split {
-    /// The plan of a graph built for one batch; `None` when the batch is free.
-    plan: Option<Plan>,
+    cut: Cut,
     /// Per thread, its sessions by run size (one session of size 0 when the batch is
     /// free).
     sessions: Vec<Vec<(usize, Box<dyn Runtime>)>>,
     threads: usize,
+}
+
+/// How a [`Split`] cuts the batch of a run.
+enum Cut {
+    /// A graph built for one batch, always cut by this plan.
+    Fixed(Plan),
+    /// A graph whose batch is free: one run per thread.
+    Free,
+    /// A graph built for runs of this many examples, all of whose outputs are per
+    /// example: any batch runs as that many runs (the last padded with zeros), spread
+    /// over the threads.
+    Runs(usize),
 }
 
 impl Split {
@@ -231,7 +242,7 @@ impl Split {
             sessions.push(mine);
         }
         Ok(Split {
-            plan: Some(plan),
+            cut: Cut::Fixed(plan),
             sessions,
             threads,
         })
@@ -257,7 +268,32 @@ impl Split {
             .map(|_| Ok(vec![(0, open(choice, model_bytes, each, ort)?)]))
             .collect::<Result<_>>()?;
         Ok(Split {
-            plan: None,
+            cut: Cut::Free,
+            sessions,
+            threads,
+        })
+    }
+
+    /// Opens the graph `build(size)`, all of whose outputs are per example, once per
+    /// thread for runs of exactly `size` examples: a batch of any size then runs as
+    /// `size`-example runs spread over the threads, the last one padded with zeros (so a
+    /// batch that shrank, as attacks' batches do, costs its own size rounded up to
+    /// `size`, on sessions opened once).
+    pub fn open_runs(
+        choice: RuntimeChoice,
+        size: usize,
+        threads: usize,
+        ort: &OrtLocator,
+        build: impl Fn(usize) -> Result<Vec<u8>>,
+    ) -> Result<Split> {
+        let size = size.max(1);
+        let threads = threads.max(1);
+        let bytes = build(size)?;
+        let sessions = (0..threads)
+            .map(|_| Ok(vec![(size, open(choice, &bytes, 1, ort)?)]))
+            .collect::<Result<_>>()?;
+        Ok(Split {
+            cut: Cut::Runs(size),
             sessions,
             threads,
         })
@@ -277,8 +313,26 @@ impl Split {
         batched: impl Fn(usize) -> bool,
         join: impl Fn(usize) -> Join,
     ) -> Result<Vec<ArrayD<f32>>> {
-        let runs = self.run_parts(inputs, batched)?;
-        join_parts(runs, join)
+        let runs = self.run_parts(inputs, &batched)?;
+        let Cut::Runs(_) = self.cut else {
+            return join_parts(runs, join);
+        };
+        if (0..runs.first().map_or(0, Vec::len)).any(|j| join(j) != Join::Stack) {
+            bail!("a graph opened for runs of fixed size has per-example outputs only");
+        }
+        let total = batch_rows(inputs, &batched)?;
+        join_parts(runs, join)?
+            .into_iter()
+            .map(|a| {
+                if a.ndim() == 0 || a.shape()[0] < total {
+                    bail!(
+                        "a graph output has shape {:?}, not {total} examples",
+                        a.shape()
+                    );
+                }
+                Ok(a.slice_axis(ndarray::Axis(0), (0..total).into()).to_owned())
+            })
+            .collect()
     }
 
     /// Each run's outputs, in batch order.
@@ -287,21 +341,47 @@ impl Split {
         inputs: &[ArrayViewD<'_, f32>],
         batched: impl Fn(usize) -> bool,
     ) -> Result<Vec<Vec<ArrayD<f32>>>> {
-        let parts = match &self.plan {
-            Some(plan) => plan.parts.clone(),
-            None => {
-                let Some(x) = (0..inputs.len()).find(|i| batched(*i)).map(|i| &inputs[i]) else {
-                    bail!("no batched input to cut");
-                };
-                let total = x.shape().first().copied().unwrap_or(0);
-                if self.sessions.len() == 1 {
+        let (parts, total) = match &self.cut {
+            Cut::Fixed(plan) => (plan.parts.clone(), plan.parts.iter().flatten().sum()),
+            Cut::Free => {
+                let total = batch_rows(inputs, &batched)?;
+                let parts = if self.sessions.len() == 1 {
                     vec![vec![total]]
                 } else {
                     split_plan(total, self.threads, usize::MAX).parts
-                }
+                };
+                (parts, total)
+            }
+            Cut::Runs(size) => {
+                let total = batch_rows(inputs, &batched)?;
+                let runs = total.div_ceil(*size).max(1);
+                let parts = even(runs, self.threads.min(runs))
+                    .into_iter()
+                    .map(|n| vec![*size; n])
+                    .collect();
+                (parts, total)
             }
         };
-        let total: usize = parts.iter().flatten().sum();
+        // Batched inputs padded with zeros to the runs' rows (only a Runs cut pads).
+        let rows: usize = parts.iter().flatten().sum();
+        let padded: Vec<Option<ArrayD<f32>>> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                if !batched(i) || rows == total || x.ndim() == 0 {
+                    return None;
+                }
+                let mut shape = x.shape().to_vec();
+                shape[0] = rows - total;
+                ndarray::concatenate(ndarray::Axis(0), &[x.view(), ArrayD::zeros(shape).view()])
+                    .ok()
+            })
+            .collect();
+        let inputs: Vec<ArrayViewD<'_, f32>> = inputs
+            .iter()
+            .zip(&padded)
+            .map(|(x, p)| p.as_ref().map_or_else(|| x.view(), |p| p.view()))
+            .collect();
         // jobs[part][run] = that run's size and inputs
         let mut jobs: Vec<Vec<(usize, Vec<ArrayViewD<'_, f32>>)>> = parts
             .iter()
@@ -314,7 +394,7 @@ impl Split {
                     .for_each(|(_, run)| run.push(x.view()));
                 continue;
             }
-            if x.ndim() == 0 || x.shape()[0] != total {
+            if x.ndim() == 0 || x.shape()[0] != rows {
                 bail!(
                     "graph input {i} has shape {:?}, expected a batch of {total} first",
                     x.shape()
@@ -347,6 +427,14 @@ impl Split {
             Ok(outs)
         })
     }
+}
+
+/// The batch size of a run: the rows of its first batched input.
+fn batch_rows(inputs: &[ArrayViewD<'_, f32>], batched: impl Fn(usize) -> bool) -> Result<usize> {
+    let Some(x) = (0..inputs.len()).find(|i| batched(*i)).map(|i| &inputs[i]) else {
+        bail!("no batched input to cut");
+    };
+    Ok(x.shape().first().copied().unwrap_or(0))
 }
 
 /// One thread's runs, one after the other, each on its session for the run's size (the

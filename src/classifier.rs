@@ -167,16 +167,19 @@ impl Classifier {
         Ok(Array2::from_shape_vec((n, cols), rows)?)
     }
 
-    /// Runs `take <= batch` examples, padded with zeros to a full batch, or to the
-    /// smallest [`bucket`] that holds them when the batch is dynamic, so that calls have at
-    /// most a few shapes (few tract plans, reused ORT allocations) and small remainders
-    /// (the last examples an attack still works on) cost little.
+    /// Runs `take <= batch` examples, padded with zeros to a full batch; when the batch
+    /// is dynamic, as they are on ONNX Runtime (one session runs any batch: the last
+    /// examples an attack still works on, a few dozen of Square's queries, cost their own
+    /// size), or padded to the smallest [`bucket`] that holds them on tract, which builds
+    /// a plan per shape.
     fn run_padded(&mut self, x: &[f32], take: usize) -> Result<Array2<f32>> {
         let len = self.example_len();
-        let b = if self.dynamic {
-            bucket(take, self.batch)
-        } else {
+        let b = if !self.dynamic {
             self.batch
+        } else if self.runtime.name() == "onnxruntime" {
+            take
+        } else {
+            bucket(take, self.batch)
         };
         self.buffer.clear();
         self.buffer.extend_from_slice(x);

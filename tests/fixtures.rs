@@ -42,6 +42,37 @@ fn fixtures_match_reference_logits_on_both_runtimes() {
     }
 }
 
+/// A batch of any size gives each example's logits alone, on both runtimes (ONNX Runtime
+/// runs a free batch at its own size, tract pads it to a bucket).
+#[test]
+fn any_batch_size_gives_the_examples_own_logits() {
+    let mut runtimes = vec![RuntimeChoice::Tract];
+    if common::ort_available() {
+        runtimes.push(RuntimeChoice::Ort);
+    }
+    let x = common::lcg_vec(784 * 37, 9, 0.0, 1.0);
+    for rt in runtimes {
+        let (_, _, mut c) = common::classifier(&common::fixture("mlp.onnx"), rt);
+        assert_eq!(c.batch(), 32);
+        let all: Vec<f32> = c.logits(&x).unwrap().iter().copied().collect();
+        assert_eq!(all.len(), 37 * 10);
+        for (i, n) in [(0, 1), (5, 3), (8, 29)] {
+            let part: Vec<f32> = c
+                .logits(&x[i * 784..(i + n) * 784])
+                .unwrap()
+                .iter()
+                .copied()
+                .collect();
+            common::assert_close(
+                &part,
+                &all[i * 10..(i + n) * 10],
+                1e-5,
+                &format!("{n} from {i} on {rt:?}"),
+            );
+        }
+    }
+}
+
 #[test]
 fn fixed_batch_model_runs_in_large_batches() {
     let (_, _, c) = common::classifier(

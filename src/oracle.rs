@@ -87,8 +87,9 @@ impl ModelOracle {
     }
 
     /// When the batch is free and a run should hold fewer examples than the batch, the
-    /// size of the fixed-size runs every gradient graph runs as ([`Split::open_runs`]: a
-    /// shrinking attack batch then costs its own size, not the bucket that holds it).
+    /// size of the fixed-size runs gradient graphs run as ([`Split::open_runs`]: a
+    /// shrinking attack batch then costs its own size rounded up to a run, not the bucket
+    /// that holds it); fewer examples than one run take the bucket of the run size.
     fn run_size(&mut self) -> Option<usize> {
         let chunk = self.chunk();
         (self.dynamic && chunk < self.batch).then_some(chunk)
@@ -194,18 +195,21 @@ impl Oracle for ModelOracle {
         let mut done = 0;
         while done < n {
             let take = (n - done).min(self.batch);
-            // In fixed-size runs the split pads; else a small remainder runs in a smaller
-            // graph when the batch is free.
+            // In fixed-size runs the split pads the last run; else, and for fewer
+            // examples than one run, a small remainder runs in a smaller graph when the
+            // batch is free.
             let (b, key) = match runs {
-                Some(size) => {
+                Some(size) if take >= size => {
                     self.prepare_runs(kind, size)?;
                     (take, (kind, 0))
                 }
-                None => {
-                    let b = if self.dynamic {
-                        crate::classifier::bucket(take, self.batch)
-                    } else {
-                        self.batch
+                _ => {
+                    // Fewer examples than one run: the bucket of the run size (or of the
+                    // batch) that holds them.
+                    let b = match runs {
+                        Some(size) => crate::classifier::bucket(take, size),
+                        None if self.dynamic => crate::classifier::bucket(take, self.batch),
+                        None => self.batch,
                     };
                     self.prepare_at(kind, b)?;
                     (b, (kind, b))
@@ -280,7 +284,7 @@ mod tests {
         let mut rng = crate::rng::Rng::new(11);
         let mut whole = mlp_oracle(usize::MAX);
         let mut runs = mlp_oracle(8);
-        for n in [37, 3, 16] {
+        for n in [37, 3, 2, 16] {
             let x: Vec<f32> = (0..n * 784).map(|_| rng.range(0.0, 1.0)).collect();
             let y: Vec<usize> = (0..n).map(|i| (i * 3) % 10).collect();
             let a = whole
@@ -307,13 +311,14 @@ mod tests {
             close(&a.loss, &b.loss, "loss");
             close(&a.grad, &b.grad, "gradient");
         }
-        // The runs oracle used one graph in runs of 8, the other bucketed graphs.
+        // The runs oracle used one graph in runs of 8 and, for 3 and 2 examples, the
+        // buckets of 8 that hold them (8 and 2); the other, buckets of 32.
         let keys = |o: &ModelOracle| {
             let mut k: Vec<usize> = o.graphs.keys().map(|(_, b)| *b).collect();
             k.sort();
             k
         };
-        assert_eq!(keys(&runs), vec![0]);
-        assert_eq!(keys(&whole), vec![8, 32]);
+        assert_eq!(keys(&runs), vec![0, 2, 8]);
+        assert_eq!(keys(&whole), vec![2, 8, 32]);
     }
 }

@@ -21,4 +21,6 @@ pub mod rng;
 pub mod robust;
 pub mod runtime;
 pub mod spec;
+#[cfg(test)]
+mod testutil;
 pub mod train;

@@ -258,6 +258,7 @@ mod tests {
     use super::*;
     use crate::runtime::{OrtLocator, RuntimeChoice};
     use crate::spec::SpecArgs;
+    use crate::testutil::assert_close;
 
     fn mlp_oracle(chunk: usize) -> ModelOracle {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mlp.onnx");
@@ -294,14 +295,7 @@ mod tests {
                 .loss_grad(&x, Head::CrossEntropy { labels: &y })
                 .unwrap();
             let close = |u: &[f32], v: &[f32], what: &str| {
-                assert_eq!(u.len(), v.len(), "{what} ({n} examples)");
-                let scale = u.iter().fold(1e-3f32, |m, t| m.max(t.abs()));
-                for (i, (p, q)) in u.iter().zip(v).enumerate() {
-                    assert!(
-                        (p - q).abs() <= 1e-4 * scale,
-                        "{what}[{i}]: {p} vs {q} ({n})"
-                    );
-                }
+                assert_close(u, v, 1e-4, &format!("{what} ({n} examples)"))
             };
             close(
                 a.logits.as_slice().unwrap(),

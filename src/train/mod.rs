@@ -618,6 +618,7 @@ mod tests {
     use super::*;
     use crate::classifier::RunOptions;
     use crate::runtime::{OrtLocator, RuntimeChoice};
+    use crate::testutil::assert_close;
 
     fn mlp_net() -> TrainNet {
         mlp_net_on(1, 6)
@@ -659,14 +660,8 @@ mod tests {
                 .run_graph(LossKind::CrossEntropy, true, b, &x, &heads)
                 .unwrap();
             let close = |a: &[f32], c: &[f32], what: &str| {
-                assert_eq!(a.len(), c.len(), "{what}");
-                let scale = a.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-                for (i, (u, v)) in a.iter().zip(c).enumerate() {
-                    assert!(
-                        (u - v).abs() <= 1e-4 * scale,
-                        "{what}[{i}]: {u} vs {v} ({threads} threads, runs of {chunk:?})"
-                    );
-                }
+                let what = format!("{what} ({threads} threads, runs of {chunk:?})");
+                assert_close(a, c, 1e-4, &what)
             };
             close(
                 whole.logits.as_slice().unwrap(),

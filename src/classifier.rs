@@ -168,15 +168,15 @@ impl Classifier {
     }
 
     /// Runs `take <= batch` examples, padded with zeros to a full batch; when the batch
-    /// is dynamic, as they are on ONNX Runtime (one session runs any batch: the last
-    /// examples an attack still works on, a few dozen of Square's queries, cost their own
-    /// size), or padded to the smallest [`bucket`] that holds them on tract, which builds
-    /// a plan per shape.
+    /// is dynamic, as they are on a runtime that runs any batch as it is (ONNX Runtime:
+    /// the last examples an attack still works on, a few dozen of Square's queries, cost
+    /// their own size), or padded to the smallest [`bucket`] that holds them on one that
+    /// builds a plan per shape (tract; `Runtime::plans_per_shape`).
     fn run_padded(&mut self, x: &[f32], take: usize) -> Result<Array2<f32>> {
         let len = self.example_len();
         let b = if !self.dynamic {
             self.batch
-        } else if self.runtime.name() == "onnxruntime" {
+        } else if !self.runtime.plans_per_shape() {
             take
         } else {
             bucket(take, self.batch)

@@ -53,6 +53,11 @@ impl OrtLocator {
 pub trait Runtime: Send {
     /// `"onnxruntime"` or `"tract"`.
     fn name(&self) -> &'static str;
+    /// Whether each new input shape costs a plan of its own (tract), so that callers pad
+    /// batches to a few sizes; ONNX Runtime runs a free batch at any size as it is.
+    fn plans_per_shape(&self) -> bool {
+        false
+    }
     /// Runs the graph; inputs in graph input order, outputs in graph output order.
     fn run(&mut self, inputs: &[ArrayViewD<'_, f32>]) -> Result<Vec<ArrayD<f32>>>;
 }
@@ -185,8 +190,8 @@ fn even(total: usize, n: usize) -> Vec<usize> {
 /// a graph whose batch is free, cut anew for every run.
 pub struct Split {
     cut: Cut,
-    /// Per thread, its sessions by run size (one session of size 0 when the batch is
-    /// free).
+    /// Per thread, its sessions by run size (with a free batch, one session per thread
+    /// whose size, 0, is not looked at).
     sessions: Vec<Vec<(usize, Box<dyn Runtime>)>>,
     threads: usize,
 }
@@ -303,6 +308,11 @@ impl Split {
         self.sessions[0][0].1.name()
     }
 
+    /// See [`Runtime::plans_per_shape`].
+    pub fn plans_per_shape(&self) -> bool {
+        self.sessions[0][0].1.plans_per_shape()
+    }
+
     /// Runs the graph on the whole batch: inputs whose `batched` flag is set are cut along
     /// axis 0 into the runs' sizes, the others go whole to every run; each output of the
     /// runs is put together as `join` says for its index, so the result is what one
@@ -313,14 +323,13 @@ impl Split {
         batched: impl Fn(usize) -> bool,
         join: impl Fn(usize) -> Join,
     ) -> Result<Vec<ArrayD<f32>>> {
-        let runs = self.run_parts(inputs, &batched)?;
+        let (runs, total) = self.run_parts(inputs, batched)?;
         let Cut::Runs(_) = self.cut else {
             return join_parts(runs, join);
         };
         if (0..runs.first().map_or(0, Vec::len)).any(|j| join(j) != Join::Stack) {
             bail!("a graph opened for runs of fixed size has per-example outputs only");
         }
-        let total = batch_rows(inputs, &batched)?;
         join_parts(runs, join)?
             .into_iter()
             .map(|a| {
@@ -335,12 +344,12 @@ impl Split {
             .collect()
     }
 
-    /// Each run's outputs, in batch order.
+    /// Each run's outputs, in batch order, and the batch's size (without padding).
     fn run_parts(
         &mut self,
         inputs: &[ArrayViewD<'_, f32>],
         batched: impl Fn(usize) -> bool,
-    ) -> Result<Vec<Vec<ArrayD<f32>>>> {
+    ) -> Result<(Vec<Vec<ArrayD<f32>>>, usize)> {
         let (parts, total) = match &self.cut {
             Cut::Fixed(plan) => (plan.parts.clone(), plan.parts.iter().flatten().sum()),
             Cut::Free => {
@@ -369,14 +378,16 @@ impl Split {
             .enumerate()
             .map(|(i, x)| {
                 if !batched(i) || rows == total || x.ndim() == 0 {
-                    return None;
+                    return Ok(None);
                 }
                 let mut shape = x.shape().to_vec();
                 shape[0] = rows - total;
-                ndarray::concatenate(ndarray::Axis(0), &[x.view(), ArrayD::zeros(shape).view()])
-                    .ok()
+                let zeros = ArrayD::zeros(shape);
+                ndarray::concatenate(ndarray::Axis(0), &[x.view(), zeros.view()])
+                    .map(Some)
+                    .map_err(|e| anyhow!("graph input {i} of shape {:?}: {e}", x.shape()))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let inputs: Vec<ArrayViewD<'_, f32>> = inputs
             .iter()
             .zip(&padded)
@@ -407,24 +418,25 @@ impl Split {
                 start += size;
             }
         }
+        let free = matches!(self.cut, Cut::Free);
         let (first, rest) = self.sessions[..jobs.len()].split_at_mut(1);
         if rest.is_empty() {
-            return run_part(&mut first[0], &jobs[0]);
+            return Ok((run_part(&mut first[0], &jobs[0], free)?, total));
         }
         std::thread::scope(|s| {
             let handles: Vec<_> = rest
                 .iter_mut()
                 .zip(&jobs[1..])
-                .map(|(mine, runs)| s.spawn(move || run_part(mine, runs)))
+                .map(|(mine, runs)| s.spawn(move || run_part(mine, runs, free)))
                 .collect();
-            let mut outs = run_part(&mut first[0], &jobs[0])?;
+            let mut outs = run_part(&mut first[0], &jobs[0], free)?;
             for h in handles {
                 outs.extend(
                     h.join()
                         .map_err(|_| anyhow!("a runtime thread panicked"))??,
                 );
             }
-            Ok(outs)
+            Ok((outs, total))
         })
     }
 }
@@ -437,13 +449,13 @@ fn batch_rows(inputs: &[ArrayViewD<'_, f32>], batched: impl Fn(usize) -> bool) -
     Ok(x.shape().first().copied().unwrap_or(0))
 }
 
-/// One thread's runs, one after the other, each on its session for the run's size (the
-/// only session when the batch is free).
+/// One thread's runs, one after the other, each on its session for the run's size (on
+/// its only session when the batch is `free`).
 fn run_part(
     sessions: &mut [(usize, Box<dyn Runtime>)],
     runs: &[(usize, Vec<ArrayViewD<'_, f32>>)],
+    free: bool,
 ) -> Result<Vec<Vec<ArrayD<f32>>>> {
-    let free = sessions.len() == 1 && sessions[0].0 == 0;
     runs.iter()
         .map(|(size, inputs)| {
             let size = *size;
@@ -665,6 +677,10 @@ fn one_line(e: &anyhow::Error) -> String {
 impl Runtime for TractRuntime {
     fn name(&self) -> &'static str {
         "tract"
+    }
+
+    fn plans_per_shape(&self) -> bool {
+        true
     }
 
     fn run(&mut self, inputs: &[ArrayViewD<'_, f32>]) -> Result<Vec<ArrayD<f32>>> {

@@ -4,12 +4,16 @@
 //! Usage: cargo run --example bench_train -- [--runtime ort|tract] [--images 60000]
 //!        [--method pgd|fast|mixed|trades] [--steps 7] [--batch 128] [--threads 2]
 //!        [--model models/fmnist_cnn.onnx|models/wong_cnn.onnx]
+//! For pgd and fast it also times the epoch's gradient-graph runs alone (per batch, the
+//! attack's input-gradient runs and the one weight-gradient run, on the clean images, no
+//! projection and no optimiser step): the floor set by the runtime, like bench_pgd's.
 mod common;
 
 use std::time::Instant;
 
-use harden::attack::{Norm, Threat};
+use harden::attack::{Norm, Oracle, Threat};
 use harden::autodiff::trainable_params;
+use harden::autodiff::LossKind;
 
 use harden::train::{self, optim, Examples, HardenConfig, Method, TrainNet};
 
@@ -108,13 +112,47 @@ fn main() -> anyhow::Result<()> {
     )?;
     let secs = t0.elapsed().as_secs_f64();
     let trained = (train_set.len() / batch) * batch;
+    // The same graph runs without the loop around them.
+    let input_runs = match method {
+        Method::Pgd => Some(steps),
+        Method::Fast => Some(1),
+        _ => None,
+    };
+    let graph_secs = match input_runs {
+        Some(runs) => {
+            let len = train_set.len;
+            let t0 = Instant::now();
+            for (xb, yb) in train_set
+                .x
+                .chunks_exact(batch * len)
+                .zip(train_set.y.chunks_exact(batch))
+            {
+                let k = net.num_classes();
+                let mut head = vec![0.0f32; batch * k];
+                for (i, y) in yb.iter().enumerate() {
+                    head[i * k + y] = 1.0;
+                }
+                let heads = [head];
+                for _ in 0..runs {
+                    net.run_graph(LossKind::CrossEntropy, false, batch, xb, &heads)?;
+                }
+                net.run_graph(LossKind::CrossEntropy, true, batch, xb, &heads)?;
+            }
+            Some(t0.elapsed().as_secs_f64())
+        }
+        None => None,
+    };
+    let or_null =
+        |v: Option<f64>, digits: usize| v.map_or("null".to_string(), |v| format!("{v:.digits$}"));
     println!(
-        "{{\"tool\": \"harden-{}\", \"model\": {:?}, \"work\": \"train-{}{}\", \"images\": {trained}, \"batch\": {batch}, \"threads\": {threads}, \"images_per_s\": {:.1}, \"epochs\": {}}}",
+        "{{\"tool\": \"harden-{}\", \"model\": {:?}, \"work\": \"train-{}{}\", \"images\": {trained}, \"batch\": {batch}, \"threads\": {threads}, \"images_per_s\": {:.1}, \"graph_only_images_per_s\": {}, \"overhead_over_graph\": {}, \"epochs\": {}}}",
         net.runtime_name()?,
         common::model_path(),
         method.name(),
         if matches!(method, Method::Fast) { String::new() } else { steps.to_string() },
         trained as f64 / secs,
+        or_null(graph_secs.map(|g| trained as f64 / g), 1),
+        or_null(graph_secs.map(|g| secs / g), 3),
         r.epochs_run
     );
     Ok(())

@@ -3,7 +3,8 @@
 # hand-written TensorFlow loop back to back in one run, REPS times each (alternating, so
 # both see the same machine load). Prints each run, then the best img/s of each, the
 # harden : TensorFlow ratio and, for harden's best run, PGD-10 time over the time of
-# 10 runs of its own gradient graph on the same batches.
+# 10 runs of its own gradient graph on the same batches, and that graph-only rate over
+# TensorFlow's (the floor ratio: what a zero-cost loop around the graph would reach).
 # Usage: scripts/bench-pgd.sh [REPS] [IMAGES] [NET]     (defaults: 3, 1024, demo|wong)
 # Needs the TensorFlow virtualenv (models/PROVENANCE.md); TF_PYTHON overrides its python.
 set -euo pipefail
@@ -37,3 +38,4 @@ done
 echo "best of $REPS: harden-ort $h_best img/s, tensorflow-handwritten $t_best img/s"
 python3 -c "print('ratio harden/tf: %.2fx' % ($h_best / $t_best))"
 echo "harden's best run: graph alone (10 runs of the gradient graph) $g_best img/s; PGD-10 time / graph time: $o_best"
+python3 -c "print('floor ratio (graph alone / tf): %.2fx' % ($g_best / $t_best))"

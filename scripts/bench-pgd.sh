@@ -12,11 +12,8 @@ cd "$(dirname "$0")/.."
 REPS="${1:-3}"
 N="${2:-1024}"
 NET="${3:-demo}"
-case "$NET" in
-  demo) MODEL=models/fmnist_cnn.onnx ;;
-  wong) MODEL=models/wong_cnn.onnx ;;
-  *) echo "bench-pgd.sh: NET must be demo or wong, got '$NET'" >&2; exit 2 ;;
-esac
+. scripts/bench-net.sh
+MODEL=$(bench_model "$NET")
 TF_PYTHON="${TF_PYTHON:-/tmp/tfvenv/bin/python}"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}"
 cargo build --quiet --example bench_pgd

@@ -15,11 +15,8 @@ N="${1:-60000}"
 METHODS="${2:-pgd,fast}"
 NET="${3:-demo}"
 REPS="${4:-1}"
-case "$NET" in
-  demo) MODEL=models/fmnist_cnn.onnx ;;
-  wong) MODEL=models/wong_cnn.onnx ;;
-  *) echo "bench-train.sh: NET must be demo or wong, got '$NET'" >&2; exit 2 ;;
-esac
+. scripts/bench-net.sh
+MODEL=$(bench_model "$NET")
 TF_PYTHON="${TF_PYTHON:-/tmp/tfvenv/bin/python}"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}"
 cargo build --quiet --example bench_train

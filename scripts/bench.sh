@@ -33,6 +33,7 @@
 # cores, extrapolated from --quick runs; PGD-7 training on tract and with ART dominates.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-net.sh
 
 NETS="demo wong"
 QUICK=0
@@ -145,10 +146,7 @@ measure() {
 skip() { record "$1" "$2" "$3" json "$4"; }
 
 for net in $NETS; do
-  case "$net" in
-    demo) MODEL=models/fmnist_cnn.onnx ;;
-    wong) MODEL=models/wong_cnn.onnx ;;
-  esac
+  MODEL=$(bench_model "$net")
   for work in pgd10 pgd10-stop train-pgd7 train-fast standard; do
     has "$WORK" "$work" || continue
     for rt in ort tract; do

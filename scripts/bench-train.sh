@@ -26,7 +26,7 @@ for m in ${METHODS//,/ }; do
   work=$([ "$m" = fast ] && echo train-fast || echo train-pgd7)
   h_best=0; g_best=0; t_best=0
   for rep in $(seq "$REPS"); do
-    h=$("$BIN" --runtime ort --images "$N" --method "$m" --model "$MODEL")
+    h=$("$BIN" --runtime ort --images "$N" --method "$m" --model "$MODEL" --floor)
     echo "harden: $h"
     t=$(TF_CPP_MIN_LOG_LEVEL=3 "$TF_PYTHON" scripts/bench_tf.py --net "$NET" --work "$work" --train-images "$N" 2>/dev/null | tail -1)
     echo "tf:     $t"

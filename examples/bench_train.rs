@@ -16,6 +16,7 @@ use std::time::Instant;
 use harden::attack::{Norm, Oracle, Threat};
 use harden::autodiff::trainable_params;
 use harden::autodiff::LossKind;
+use harden::oracle::onehot;
 
 use harden::train::{self, optim, Examples, HardenConfig, Method, TrainNet};
 
@@ -123,19 +124,14 @@ fn main() -> anyhow::Result<()> {
     };
     let graph_secs = match input_runs {
         Some(runs) => {
-            let len = train_set.len;
+            let (len, k) = (train_set.len, net.num_classes());
             let t0 = Instant::now();
             for (xb, yb) in train_set
                 .x
                 .chunks_exact(batch * len)
                 .zip(train_set.y.chunks_exact(batch))
             {
-                let k = net.num_classes();
-                let mut head = vec![0.0f32; batch * k];
-                for (i, y) in yb.iter().enumerate() {
-                    head[i * k + y] = 1.0;
-                }
-                let heads = [head];
+                let heads = [onehot(yb, k)];
                 for _ in 0..runs {
                     net.run_graph(LossKind::CrossEntropy, false, batch, xb, &heads)?;
                 }

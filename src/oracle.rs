@@ -157,7 +157,7 @@ pub(crate) fn head_inputs(head: Head<'_>, k: usize) -> (LossKind, Vec<Vec<f32>>)
 }
 
 /// One-hot rows for class indices (an index >= k gives a zero row).
-pub(crate) fn onehot(idx: &[usize], k: usize) -> Vec<f32> {
+pub fn onehot(idx: &[usize], k: usize) -> Vec<f32> {
     let mut v = vec![0.0; idx.len() * k];
     for (i, &c) in idx.iter().enumerate() {
         if c < k {

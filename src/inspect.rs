@@ -104,15 +104,34 @@ pub fn render_text(i: &Inspection) -> String {
     if i.unsupported.is_empty() {
         let _ = writeln!(s, "unsupported none");
     } else {
-        let names: std::collections::BTreeSet<&str> =
-            i.unsupported.iter().map(|u| u.op.as_str()).collect();
-        let names: Vec<&str> = names.into_iter().collect();
+        // Every missing op, the nodes that use it, and where such an op usually comes from.
+        let mut by_op: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for u in &i.unsupported {
+            by_op.entry(&u.op).or_default().push(&u.node);
+        }
+        let names: Vec<&str> = by_op.keys().copied().collect();
         let _ = writeln!(
             s,
-            "unsupported {} (first node: {})",
+            "unsupported {} ({} node(s); harden cannot differentiate these)",
             names.join(", "),
-            i.unsupported[0].node
+            i.unsupported.len()
         );
+        for (op, nodes) in &by_op {
+            const SHOWN: usize = 5;
+            let mut list = nodes
+                .iter()
+                .take(SHOWN)
+                .map(|n| format!("'{n}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if nodes.len() > SHOWN {
+                list.push_str(&format!(" and {} more", nodes.len() - SHOWN));
+            }
+            let usual = crate::ops::usual_architectures(op.split(':').next_back().unwrap_or(op))
+                .map(|a| format!("; usual in {a}"))
+                .unwrap_or_default();
+            let _ = writeln!(s, "  missing   {op} x{}: {list}{usual}", nodes.len());
+        }
     }
     s
 }

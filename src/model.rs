@@ -268,10 +268,17 @@ impl OnnxModel {
 
     /// Errors naming the first unsupported node, if any.
     pub fn require_supported(&self) -> Result<()> {
-        if let Some((node, op)) = self.unsupported_nodes().into_iter().next() {
+        let missing = self.unsupported_nodes();
+        if let Some((node, op)) = missing.first() {
+            let ops: std::collections::BTreeSet<&str> =
+                missing.iter().map(|(_, op)| op.as_str()).collect();
+            let usual = ops::usual_architectures(op)
+                .map(|a| format!(" (usual in {a})"))
+                .unwrap_or_default();
             bail!(
-                "{}: node '{node}' uses op {op}, which harden does not support (`harden inspect` lists the model's unsupported ops)",
-                self.path.display()
+                "{}: node '{node}' uses op {op}{usual}, which harden does not support; missing ops: {} (`harden inspect` lists every node)",
+                self.path.display(),
+                ops.into_iter().collect::<Vec<_>>().join(", ")
             );
         }
         Ok(())

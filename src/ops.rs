@@ -2,7 +2,7 @@
 //!
 //! Every op a classifier may use is listed here with how harden treats it. `harden
 //! inspect` names a model's ops that are missing from this list, and commands refuse
-//! models that use them. Gradient rules (a later stage) are registered against this list.
+//! models that use them. The list is the registry of backward rules (`autodiff::rules`).
 
 /// How an op takes part in the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,66 +13,51 @@ pub enum OpClass {
     ShapeOnly,
 }
 
-/// Every supported `ai.onnx` op and its class.
-pub const SUPPORTED_OPS: &[(&str, OpClass)] = {
-    use OpClass::*;
-    &[
-        ("Add", Differentiable),
-        ("AveragePool", Differentiable),
-        ("BatchNormalization", Differentiable),
-        ("Cast", ShapeOnly),
-        ("Ceil", Differentiable),
-        ("Clip", Differentiable),
-        ("Concat", Differentiable),
-        ("Constant", ShapeOnly),
-        ("ConstantOfShape", ShapeOnly),
-        ("Conv", Differentiable),
-        ("Div", Differentiable),
-        ("Dropout", Differentiable),
-        ("Flatten", Differentiable),
-        ("Floor", Differentiable),
-        ("Gather", ShapeOnly),
-        ("Gemm", Differentiable),
-        ("GlobalAveragePool", Differentiable),
-        ("Identity", Differentiable),
-        ("LeakyRelu", Differentiable),
-        ("LogSoftmax", Differentiable),
-        ("MatMul", Differentiable),
-        ("MaxPool", Differentiable),
-        ("Mul", Differentiable),
-        ("Pad", Differentiable),
-        ("PRelu", Differentiable),
-        ("RandomNormalLike", ShapeOnly),
-        ("RandomUniformLike", ShapeOnly),
-        ("ReduceMean", Differentiable),
-        ("Relu", Differentiable),
-        ("Reshape", Differentiable),
-        ("Round", Differentiable),
-        ("Shape", ShapeOnly),
-        ("Sigmoid", Differentiable),
-        ("Slice", Differentiable),
-        ("Softmax", Differentiable),
-        ("Squeeze", Differentiable),
-        ("Sub", Differentiable),
-        ("Tanh", Differentiable),
-        ("Transpose", Differentiable),
-        ("Unsqueeze", Differentiable),
-    ]
-};
+/// Every supported `ai.onnx` op and its class, sorted by name: the registry of backward
+/// rules (`autodiff::rules`, one table per op family) is the one list.
+pub fn supported_ops() -> Vec<(&'static str, OpClass)> {
+    let mut v: Vec<(&'static str, OpClass)> = crate::autodiff::registered_ops().collect();
+    v.sort_by_key(|(op, _)| *op);
+    v
+}
 
 /// The class of `op` in `domain`, or `None` when harden does not handle it.
 pub fn class_of(domain: &str, op: &str) -> Option<OpClass> {
     if !(domain.is_empty() || domain == "ai.onnx") {
         return None;
     }
-    SUPPORTED_OPS
-        .iter()
+    crate::autodiff::registered_ops()
         .find(|(name, _)| *name == op)
-        .map(|(_, c)| *c)
+        .map(|(_, c)| c)
 }
 
 pub fn is_supported(domain: &str, op: &str) -> bool {
     class_of(domain, op).is_some()
+}
+
+/// The architectures in which an op is usually met, for messages about ops harden lacks.
+pub fn usual_architectures(op: &str) -> Option<&'static str> {
+    Some(match op {
+        "HardSwish" | "HardSigmoid" => "MobileNetV3 (hard-swish activations, SE blocks)",
+        "Erf" | "Gelu" => "ConvNeXt, ViT, DeiT, Swin (GELU activations)",
+        "LayerNormalization" => "ConvNeXt, ViT, DeiT, Swin",
+        "Einsum" | "Sqrt" | "Pow" | "ReduceMax" | "ReduceSum" => {
+            "transformers (attention, hand-written normalisation)"
+        }
+        "Softplus" | "Mish" => "YOLO-style and Mish-activated CNNs",
+        "Elu" | "Selu" | "Celu" => "self-normalising and ELU networks",
+        "Resize" | "Upsample" | "DepthToSpace" | "SpaceToDepth" => {
+            "segmentation-style heads and space-to-depth stems"
+        }
+        "InstanceNormalization" | "GroupNormalization" => "GroupNorm/InstanceNorm CNNs",
+        "Split" | "Expand" | "Tile" | "Where" | "Range" | "ScatterND" | "CumSum" => {
+            "exporter shape code (Swin window shifts, ViT class tokens)"
+        }
+        "Hardmax" | "ArgMax" | "TopK" => "models that end in a decision rather than scores",
+        "QuantizeLinear" | "DequantizeLinear" | "QLinearConv" | "QLinearMatMul" | "ConvInteger"
+        | "MatMulInteger" => "INT8 quantized models",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -80,8 +65,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn list_is_sorted_and_unique() {
-        for w in SUPPORTED_OPS.windows(2) {
+    fn registry_names_are_unique() {
+        for w in supported_ops().windows(2) {
             assert!(
                 w[0].0.to_lowercase() < w[1].0.to_lowercase(),
                 "{} / {}",

@@ -1606,3 +1606,132 @@ fn maxpool_shares_the_gradient_among_tied_maxima() {
         }
     }
 }
+
+/// One finite-difference case of a backward rule: a model `x -> nodes -> y` (then
+/// Flatten to the logits) checked against finite differences on every runtime.
+struct Case {
+    /// The op the case checks (the registry's name).
+    op: &'static str,
+    example: &'static [usize],
+    opset: i64,
+    build: fn(&mut Rng) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>),
+}
+
+/// A single node `op(x, extra inputs...) -> y` with attributes, and its initializers.
+fn one(
+    op: &str,
+    inputs: &[&str],
+    attrs: Vec<pb::AttributeProto>,
+    inits: Vec<pb::TensorProto>,
+) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
+    (vec![node(op, inputs, "y", attrs)], inits)
+}
+
+/// One line per registered op of the elementwise and activation family (`rules/elementwise.rs`).
+#[rustfmt::skip]
+const ELEMENTWISE_CASES: &[Case] = &[
+    Case { op: "Add", example: &[3, 6], opset: 13, build: |r| one("Add", &["x", "b"], vec![], vec![rand_tensor("b", &[6], r, 0.5)]) },
+    Case { op: "Ceil", example: &[7], opset: 13, build: |_| (vec![node("Ceil", &["x"], "r", vec![]), node("Add", &["r", "x"], "y", vec![])], vec![]) },
+    Case { op: "Clip", example: &[9], opset: 13, build: |_| one("Clip", &["x", "lo", "hi"], vec![], vec![model::float_tensor("lo", &[], &[-0.3]), model::float_tensor("hi", &[], &[0.4])]) },
+    Case { op: "Div", example: &[3, 6], opset: 13, build: |_| one("Div", &["x", "b"], vec![], vec![model::float_tensor("b", &[6], &[1.5, -2.0, 0.7, 3.0, -1.2, 2.2])]) },
+    Case { op: "Dropout", example: &[5], opset: 13, build: |_| one("Dropout", &["x"], vec![], vec![]) },
+    Case { op: "Floor", example: &[7], opset: 13, build: |_| (vec![node("Floor", &["x"], "r", vec![]), node("Add", &["r", "x"], "y", vec![])], vec![]) },
+    Case { op: "Identity", example: &[5], opset: 13, build: |_| one("Identity", &["x"], vec![], vec![]) },
+    Case { op: "LeakyRelu", example: &[7], opset: 13, build: |_| one("LeakyRelu", &["x"], vec![attr_f("alpha", 0.2)], vec![]) },
+    Case { op: "LogSoftmax", example: &[7], opset: 13, build: |_| one("LogSoftmax", &["x"], vec![], vec![]) },
+    Case { op: "Mul", example: &[3, 6], opset: 13, build: |r| one("Mul", &["x", "b"], vec![], vec![rand_tensor("b", &[6], r, 1.0)]) },
+    Case { op: "PRelu", example: &[2, 4], opset: 13, build: |r| one("PRelu", &["x", "s"], vec![], vec![rand_tensor("s", &[4], r, 0.3)]) },
+    Case { op: "Relu", example: &[7], opset: 13, build: |_| one("Relu", &["x"], vec![], vec![]) },
+    Case { op: "Round", example: &[7], opset: 13, build: |_| (vec![node("Round", &["x"], "r", vec![]), node("Add", &["r", "x"], "y", vec![])], vec![]) },
+    Case { op: "Sigmoid", example: &[7], opset: 13, build: |_| one("Sigmoid", &["x"], vec![], vec![]) },
+    Case { op: "Softmax", example: &[7], opset: 13, build: |_| one("Softmax", &["x"], vec![], vec![]) },
+    Case { op: "Sub", example: &[3, 6], opset: 13, build: |r| one("Sub", &["b", "x"], vec![], vec![rand_tensor("b", &[6], r, 0.5)]) },
+    Case { op: "Tanh", example: &[7], opset: 13, build: |_| one("Tanh", &["x"], vec![], vec![]) },
+];
+
+/// One line per registered op of the linear and convolution family (`rules/linear.rs`).
+#[rustfmt::skip]
+const LINEAR_CASES: &[Case] = &[
+    Case { op: "Conv", example: &[2, 5, 5], opset: 13, build: |r| one("Conv", &["x", "w", "b"], vec![attr_ints("pads", &[1, 1, 1, 1])], vec![rand_tensor("w", &[3, 2, 3, 3], r, 0.4), rand_tensor("b", &[3], r, 0.2)]) },
+    Case { op: "Gemm", example: &[5], opset: 13, build: |r| one("Gemm", &["x", "w", "b"], vec![], vec![rand_tensor("w", &[5, 4], r, 0.5), rand_tensor("b", &[4], r, 0.2)]) },
+    Case { op: "MatMul", example: &[3, 5], opset: 13, build: |r| one("MatMul", &["x", "w"], vec![], vec![rand_tensor("w", &[5, 4], r, 0.5)]) },
+];
+
+/// One line per registered op of the pooling family (`rules/pooling.rs`).
+#[rustfmt::skip]
+const POOLING_CASES: &[Case] = &[
+    Case { op: "AveragePool", example: &[2, 5, 5], opset: 13, build: |_| one("AveragePool", &["x"], vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("strides", &[2, 2]), attr_ints("pads", &[1, 1, 1, 1])], vec![]) },
+    Case { op: "GlobalAveragePool", example: &[2, 4, 4], opset: 13, build: |_| one("GlobalAveragePool", &["x"], vec![], vec![]) },
+    Case { op: "MaxPool", example: &[2, 5, 5], opset: 13, build: |_| one("MaxPool", &["x"], vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("strides", &[2, 2])], vec![]) },
+];
+
+/// One line per registered op of the normalisation family (`rules/norm.rs`).
+#[rustfmt::skip]
+const NORM_CASES: &[Case] = &[
+    Case { op: "BatchNormalization", example: &[3, 4, 4], opset: 13, build: |r| {
+        let var: Vec<f32> = (0..3).map(|_| 0.5 + r.uniform()).collect();
+        one("BatchNormalization", &["x", "s", "b", "m", "v"], vec![], vec![rand_tensor("s", &[3], r, 1.0), rand_tensor("b", &[3], r, 0.3), rand_tensor("m", &[3], r, 0.3), model::float_tensor("v", &[3], &var)])
+    } },
+];
+
+/// One line per registered op of the shape and indexing family (`rules/shape.rs`).
+#[rustfmt::skip]
+const SHAPE_CASES: &[Case] = &[
+    Case { op: "Concat", example: &[2, 3], opset: 13, build: |_| (vec![node("Relu", &["x"], "r", vec![]), node("Concat", &["x", "r", "x"], "y", vec![attr_int("axis", 2)])], vec![]) },
+    Case { op: "Flatten", example: &[2, 3], opset: 13, build: |_| one("Flatten", &["x"], vec![attr_int("axis", 1)], vec![]) },
+    Case { op: "Pad", example: &[2, 3], opset: 13, build: |_| one("Pad", &["x", "p"], vec![], vec![i64_tensor("p", &[0, 1, 0, 0, 0, 2])]) },
+    Case { op: "Reshape", example: &[2, 6], opset: 13, build: |_| one("Reshape", &["x", "s"], vec![], vec![i64_tensor("s", &[0, 3, 4])]) },
+    Case { op: "Slice", example: &[4, 6], opset: 13, build: |_| one("Slice", &["x", "st", "en", "ax"], vec![], vec![i64_tensor("st", &[1, 0]), i64_tensor("en", &[4, 5]), i64_tensor("ax", &[1, 2])]) },
+    Case { op: "Squeeze", example: &[1, 5], opset: 13, build: |_| one("Squeeze", &["x", "a"], vec![], vec![i64_tensor("a", &[1])]) },
+    Case { op: "Transpose", example: &[2, 3, 4], opset: 13, build: |_| one("Transpose", &["x"], vec![attr_ints("perm", &[0, 3, 1, 2])], vec![]) },
+    Case { op: "Unsqueeze", example: &[5], opset: 13, build: |_| one("Unsqueeze", &["x", "a"], vec![], vec![i64_tensor("a", &[1])]) },
+];
+
+/// One line per registered op of the reduction family (`rules/reduce.rs`).
+#[rustfmt::skip]
+const REDUCE_CASES: &[Case] = &[
+    Case { op: "ReduceMean", example: &[3, 4], opset: 13, build: |_| one("ReduceMean", &["x"], vec![attr_ints("axes", &[2]), attr_int("keepdims", 1)], vec![]) },
+];
+
+/// Every family's table.
+const FAMILY_CASES: &[&[Case]] = &[
+    ELEMENTWISE_CASES,
+    LINEAR_CASES,
+    POOLING_CASES,
+    NORM_CASES,
+    SHAPE_CASES,
+    REDUCE_CASES,
+];
+
+#[test]
+fn every_rule_against_finite_differences() {
+    let mut r = Rng::new(77);
+    for case in FAMILY_CASES.iter().flat_map(|f| f.iter()) {
+        let (nodes, inits) = (case.build)(&mut r);
+        assert!(
+            nodes.iter().any(|n| n.op_type == case.op),
+            "the case for {} has no {} node",
+            case.op,
+            case.op
+        );
+        check(case.op, case.example, nodes, inits, case.opset);
+    }
+}
+
+#[test]
+fn every_differentiable_op_has_a_case() {
+    use harden::ops::{supported_ops, OpClass};
+    let cased: std::collections::HashSet<&str> = FAMILY_CASES
+        .iter()
+        .flat_map(|f| f.iter().map(|c| c.op))
+        .collect();
+    let missing: Vec<&str> = supported_ops()
+        .into_iter()
+        .filter(|(op, class)| *class == OpClass::Differentiable && !cased.contains(op))
+        .map(|(op, _)| op)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "registered ops without a finite-difference case: {missing:?}"
+    );
+}

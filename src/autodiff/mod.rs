@@ -32,6 +32,11 @@ mod shapes;
 pub use heads::LossKind;
 pub use shapes::{largest_activation, Shapes};
 
+/// The ops with a registered backward rule, with their class (`crate::ops` reads this).
+pub fn registered_ops() -> impl Iterator<Item = (&'static str, crate::ops::OpClass)> {
+    rules::registry().map(|d| (d.op, d.class))
+}
+
 use builder::Builder;
 
 /// Names of the gradient graph's tensors.

@@ -1,0 +1,327 @@
+//! Linear maps and convolutions: Gemm, MatMul, Conv.
+
+use anyhow::{bail, Result};
+
+use super::{attr, float_attr, int_attr, ints_attr, shape, Grads, Node, OpDef};
+use crate::autodiff::builder::{attr_int, attr_ints, Builder};
+use crate::autodiff::{Consts, Shapes};
+use crate::model::pb;
+
+pub(super) const OPS: &[OpDef] = &[
+    OpDef::diff("Conv", 2, conv_rule),
+    OpDef::diff("Gemm", 2, gemm_rule),
+    OpDef::diff("MatMul", 2, matmul_rule),
+];
+
+fn gemm_rule(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    gemm(b, c.n, c.dy, g, c.need(0), c.need(1), c.need(2), c.shapes)
+}
+
+fn matmul_rule(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    matmul(b, c.n, c.dy, g, c.need(0), c.need(1), c.shapes)
+}
+
+fn conv_rule(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let needs = [c.need(0), c.need(1), c.need(2)];
+    conv(b, c.n, c.dy, g, needs, c.shapes, c.consts)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    b: &mut Builder,
+    n: &pb::NodeProto,
+    dy: &str,
+    g: &mut Grads,
+    need_a: bool,
+    need_b: bool,
+    need_c: bool,
+    shapes: &Shapes,
+) -> Result<()> {
+    let (a, w) = (n.input[0].as_str(), n.input[1].as_str());
+    let alpha = float_attr(n, "alpha", 1.0);
+    let beta = float_attr(n, "beta", 1.0);
+    let ta = int_attr(n, "transA", 0) != 0;
+    let tb = int_attr(n, "transB", 0) != 0;
+    let scale = |b: &mut Builder, t: String, s: f32| {
+        if s == 1.0 {
+            t
+        } else {
+            let c = b.scalar(s);
+            b.mul(&t, &c)
+        }
+    };
+    if need_a {
+        // A' = op(A); dA' = dY op(B)^T.
+        let bt = if tb {
+            w.to_string()
+        } else {
+            b.transpose(w, &[1, 0])
+        };
+        let da = b.op("MatMul", &[dy, &bt], vec![]);
+        let da = if ta { b.transpose(&da, &[1, 0]) } else { da };
+        g[0] = Some(scale(b, da, alpha));
+    }
+    if need_b {
+        let at = if ta {
+            a.to_string()
+        } else {
+            b.transpose(a, &[1, 0])
+        };
+        let db = b.op("MatMul", &[&at, dy], vec![]);
+        let db = if tb { b.transpose(&db, &[1, 0]) } else { db };
+        g[1] = Some(scale(b, db, alpha));
+    }
+    if need_c && n.input.len() > 2 {
+        let ys = shape(shapes, &n.output[0])?.clone();
+        let d = scale(b, dy.to_string(), beta);
+        g[2] = Some(b.unbroadcast(&d, &ys, shape(shapes, &n.input[2])?));
+    }
+    Ok(())
+}
+
+fn swap_last2(b: &mut Builder, x: &str, rank: usize) -> String {
+    let mut perm: Vec<usize> = (0..rank).collect();
+    perm.swap(rank - 2, rank - 1);
+    b.transpose(x, &perm)
+}
+
+fn matmul(
+    b: &mut Builder,
+    n: &pb::NodeProto,
+    dy: &str,
+    g: &mut Grads,
+    need_a: bool,
+    need_b: bool,
+    shapes: &Shapes,
+) -> Result<()> {
+    let (a, w) = (n.input[0].as_str(), n.input[1].as_str());
+    let (sa, sb) = (shape(shapes, a)?.clone(), shape(shapes, w)?.clone());
+    let sy = shape(shapes, &n.output[0])?.clone();
+    if sa.len() < 2 || sb.len() < 2 {
+        bail!("MatMul with 1-D operands is not supported");
+    }
+    if need_a {
+        let bt = swap_last2(b, w, sb.len());
+        let da = b.op("MatMul", &[dy, &bt], vec![]);
+        let mut full = sy.clone();
+        let r = full.len();
+        full[r - 1] = sa[sa.len() - 1];
+        g[0] = Some(b.unbroadcast(&da, &full, &sa));
+    }
+    if need_b {
+        let at = swap_last2(b, a, sa.len());
+        let db = b.op("MatMul", &[&at, dy], vec![]);
+        let mut full = sy.clone();
+        let r = full.len();
+        full[r - 2] = sb[sb.len() - 2];
+        g[1] = Some(b.unbroadcast(&db, &full, &sb));
+    }
+    Ok(())
+}
+
+/// Explicit begin/end pads of a conv-like node for input spatial dims `xs`.
+pub(super) fn conv_pads(
+    n: &pb::NodeProto,
+    xs: &[usize],
+    ys: &[usize],
+    k: &[usize],
+    s: &[usize],
+    d: &[usize],
+) -> Result<Vec<i64>> {
+    let r = k.len();
+    let auto = attr(n, "auto_pad")
+        .map(|a| String::from_utf8_lossy(&a.s).to_string())
+        .unwrap_or_default();
+    match auto.as_str() {
+        "" | "NOTSET" => Ok(ints_attr(n, "pads").unwrap_or_else(|| vec![0; 2 * r])),
+        "VALID" => Ok(vec![0; 2 * r]),
+        "SAME_UPPER" | "SAME_LOWER" => {
+            let mut p = vec![0i64; 2 * r];
+            for i in 0..r {
+                let total = ((ys[i] as i64 - 1) * s[i] as i64
+                    + ((k[i] as i64 - 1) * d[i] as i64 + 1)
+                    - xs[i] as i64)
+                    .max(0);
+                let small = total / 2;
+                let (pb_, pe) = if auto == "SAME_UPPER" {
+                    (small, total - small)
+                } else {
+                    (total - small, small)
+                };
+                p[i] = pb_;
+                p[r + i] = pe;
+            }
+            Ok(p)
+        }
+        other => bail!("auto_pad {other} is not supported"),
+    }
+}
+
+/// output_padding so that a ConvTranspose of `ys` gives exactly `xs`.
+pub(super) fn output_padding(
+    xs: &[usize],
+    ys: &[usize],
+    k: &[usize],
+    s: &[usize],
+    d: &[usize],
+    pads: &[i64],
+) -> Result<Vec<i64>> {
+    let r = k.len();
+    (0..r)
+        .map(|i| {
+            let full = s[i] as i64 * (ys[i] as i64 - 1) + (k[i] as i64 - 1) * d[i] as i64 + 1
+                - pads[i]
+                - pads[r + i];
+            let op = xs[i] as i64 - full;
+            if op < 0 || (op >= s[i] as i64 && op >= d[i] as i64) {
+                bail!("cannot invert the convolution's output size (output padding {op})");
+            }
+            Ok(op)
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv(
+    b: &mut Builder,
+    n: &pb::NodeProto,
+    dy: &str,
+    g: &mut Grads,
+    [need_x, need_w, need_b]: [bool; 3],
+    shapes: &Shapes,
+    consts: &Consts,
+) -> Result<()> {
+    let xs = shape(shapes, &n.input[0])?.clone();
+    let ws = shape(shapes, &n.input[1])?.clone();
+    let ys = shape(shapes, &n.output[0])?.clone();
+    let r = xs.len() - 2;
+    let k: Vec<usize> = ws[2..].to_vec();
+    let s: Vec<usize> = ints_attr(n, "strides")
+        .map(|v| v.iter().map(|x| *x as usize).collect())
+        .unwrap_or(vec![1; r]);
+    let d: Vec<usize> = ints_attr(n, "dilations")
+        .map(|v| v.iter().map(|x| *x as usize).collect())
+        .unwrap_or(vec![1; r]);
+    let group = int_attr(n, "group", 1);
+    let pads = conv_pads(n, &xs[2..], &ys[2..], &k, &s, &d)?;
+    let unit = s.iter().all(|v| *v == 1) && d.iter().all(|v| *v == 1) && group == 1;
+    let fits = (0..r).all(|i| pads[i] < k[i] as i64 && pads[r + i] < k[i] as i64);
+    let weights = consts
+        .f32s(&n.input[1])
+        .filter(|w| w.len() == ws.iter().product::<usize>());
+    // ONNX Runtime computes Conv in blocks of 8 output channels: with fewer than 16
+    // (dX of a first layer on grey or RGB images), ConvTranspose is 2-3x faster; with
+    // more, Conv is as fast or faster.
+    let wide = ws[1] >= 16;
+    if let (true, true, true, true, Some(w)) = (need_x, unit, fits, wide, weights) {
+        // Stride 1: dX is a plain Conv of dy with the kernel flipped and its channel axes
+        // swapped, padded to a "full" correlation.
+        let (m, c) = (ws[0], ws[1]);
+        let ksz: usize = k.iter().product();
+        let mut wt = vec![0.0f32; w.len()];
+        for mo in 0..m {
+            for ci in 0..c {
+                for q in 0..ksz {
+                    wt[(ci * m + mo) * ksz + (ksz - 1 - q)] = w[(mo * c + ci) * ksz + q];
+                }
+            }
+        }
+        let mut wdims = vec![c, m];
+        wdims.extend(&k);
+        let wc = b.const_f32(&wdims, wt);
+        let full: Vec<i64> = (0..2 * r).map(|i| k[i % r] as i64 - 1 - pads[i]).collect();
+        g[0] = Some(b.op("Conv", &[dy, &wc], vec![attr_ints("pads", &full)]));
+    } else if need_x {
+        let op = output_padding(&xs[2..], &ys[2..], &k, &s, &d, &pads)?;
+        let to_i = |v: &[usize]| v.iter().map(|x| *x as i64).collect::<Vec<_>>();
+        let mut attrs = vec![
+            attr_ints("strides", &to_i(&s)),
+            attr_ints("dilations", &to_i(&d)),
+            attr_ints("pads", &pads),
+            attr_int("group", group),
+            attr_ints("kernel_shape", &to_i(&k)),
+        ];
+        if op.iter().any(|v| *v != 0) {
+            attrs.push(attr_ints("output_padding", &op));
+        }
+        g[0] = Some(b.op("ConvTranspose", &[dy, &n.input[1]], attrs));
+    }
+    if need_w {
+        g[1] = Some(conv_weight_grad(
+            b, n, dy, &xs, &ws, &ys, &s, &d, group, &pads,
+        )?);
+    }
+    if need_b && n.input.len() > 2 {
+        let axes: Vec<i64> = std::iter::once(0).chain(2..(r as i64 + 2)).collect();
+        g[2] = Some(b.reduce_sum(dy, &axes, false));
+    }
+    Ok(())
+}
+
+/// dW of a Conv: a correlation of X with dY, batch and channel axes swapped so that the
+/// batch is summed over (X^T [C, N, ..] with dY^T [M, N, ..] as kernel; the conv's
+/// strides become the kernel's dilations and its dilations the strides), cropped to
+/// the kernel size. Depthwise convs (C_in per group 1) run it as a grouped conv over
+/// [1, C*N, ..]; other grouped convs are refused.
+#[allow(clippy::too_many_arguments)]
+fn conv_weight_grad(
+    b: &mut Builder,
+    n: &pb::NodeProto,
+    dy: &str,
+    xs: &[usize],
+    ws: &[usize],
+    ys: &[usize],
+    s: &[usize],
+    d: &[usize],
+    group: i64,
+    pads: &[i64],
+) -> Result<String> {
+    let r = xs.len() - 2;
+    let (nb, c, m) = (xs[0], xs[1], ws[0]);
+    let to_i = |v: &[usize]| v.iter().map(|x| *x as i64).collect::<Vec<_>>();
+    let attrs = |g: i64| {
+        vec![
+            attr_ints("strides", &to_i(d)),
+            attr_ints("dilations", &to_i(s)),
+            attr_ints("pads", pads),
+            attr_int("group", g),
+        ]
+    };
+    let mut perm: Vec<usize> = vec![1, 0];
+    perm.extend(2..r + 2);
+    let dyt = b.transpose(dy, &perm);
+    let full = if group == 1 {
+        let xt = b.transpose(&n.input[0], &perm);
+        b.op("Conv", &[&xt, &dyt], attrs(1))
+    } else if group as usize == c && ws[1] == 1 {
+        let xt = b.transpose(&n.input[0], &perm);
+        let mut flat = vec![1, c * nb];
+        flat.extend(&xs[2..]);
+        let xt = b.reshape(&xt, &flat);
+        b.op("Conv", &[&xt, &dyt], attrs(group))
+    } else {
+        bail!(
+            "gradients with respect to weights of grouped Conv (group {group}, {} input channels per group) are only supported for group 1 and depthwise",
+            ws[1]
+        );
+    };
+    // Output spatial sizes of the correlation; crop to the kernel.
+    let mut fshape = vec![if group == 1 { c } else { 1 }, m];
+    for i in 0..r {
+        let span =
+            xs[2 + i] as i64 + pads[i] + pads[r + i] - ((ys[2 + i] as i64 - 1) * s[i] as i64 + 1);
+        fshape.push((span / d[i] as i64 + 1) as usize);
+    }
+    let k = &ws[2..];
+    let cropped = if (0..r).any(|i| fshape[2 + i] != k[i]) {
+        let axes: Vec<i64> = (2..r as i64 + 2).collect();
+        b.slice(&full, &vec![0; r], &to_i(k), &axes)
+    } else {
+        full
+    };
+    Ok(if group == 1 {
+        b.transpose(&cropped, &perm)
+    } else {
+        b.reshape(&cropped, ws)
+    })
+}

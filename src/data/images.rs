@@ -417,9 +417,9 @@ pub fn resize_and_crop(img: image::DynamicImage, opts: &ImageOptions) -> image::
     }
     if let Some(c) = opts.crop {
         let (w, h) = (img.width(), img.height());
-        // torchvision: top = round((h - c) / 2).
-        let left = ((w.saturating_sub(c)) as f64 / 2.0).round() as u32;
-        let top = ((h.saturating_sub(c)) as f64 / 2.0).round() as u32;
+        // torchvision: top = int(round((h - c) / 2.0)), Python rounding halves to even.
+        let left = ((w.saturating_sub(c)) as f64 / 2.0).round_ties_even() as u32;
+        let top = ((h.saturating_sub(c)) as f64 / 2.0).round_ties_even() as u32;
         img = img.crop_imm(left, top, c.min(w), c.min(h));
     }
     img
@@ -719,5 +719,34 @@ mod tests {
         std::fs::write(d.path().join("a/empty.png"), b"").unwrap();
         let e = ImageFolderSource::open(d.path()).err().unwrap().to_string();
         assert!(e.contains("empty.png") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn resize_and_crop_match_torchvision() {
+        // fixtures/data/resize_ref: a 120x90 photo-like image and torchvision's
+        // Resize(16) + CenterCrop(12) of it (scripts/make_resize_reference.py). The crop's
+        // left edge, (21 - 12) / 2 = 4.5, rounds to even as Python does.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/data");
+        let opts = ImageOptions {
+            resize: Some(16),
+            crop: Some(12),
+        };
+        let mut s = ImageFolderSource::open_with(&root.join("resize_ref"), opts).unwrap();
+        assert_eq!(s.example_shape(), &[12, 12, 3]);
+        let (hwc, _) = drain(&mut s);
+        let mut r = crate::data::npy::NpySource::open_npy(&root.join("resize_ref.npy")).unwrap();
+        let (chw, _) = drain(&mut r);
+        assert_eq!(chw.len(), 3 * 12 * 12);
+        let mut worst = 0f32;
+        let mut sum = 0f32;
+        for c in 0..3 {
+            for p in 0..144 {
+                let d = (hwc[p * 3 + c] - chw[c * 144 + p] * 255.0).abs();
+                worst = worst.max(d);
+                sum += d;
+            }
+        }
+        assert!(worst <= 1.01, "largest difference {worst} (8-bit steps)");
+        assert!(sum / 432.0 < 0.5, "mean difference {}", sum / 432.0);
     }
 }

@@ -602,4 +602,54 @@ mod tests {
             _ => panic!("expected image folder"),
         }
     }
+
+    #[test]
+    fn dispatch_cifar_folders_files_and_class_names() {
+        use cifar::tests::write_bin;
+        use cifar::Variant;
+        let d = tempfile::tempdir().unwrap();
+        write_bin(&d.path().join("test_batch.bin"), Variant::Cifar10, &[1, 2]);
+        for i in 1..=5 {
+            write_bin(
+                &d.path().join(format!("data_batch_{i}.bin")),
+                Variant::Cifar10,
+                &[3],
+            );
+        }
+        let ds = d.path().display().to_string();
+        assert_eq!(open(&ds, None, None).unwrap().len(), Some(2));
+        assert_eq!(
+            open(&format!("{ds}:train"), None, None).unwrap().len(),
+            Some(5)
+        );
+        // A renamed file: told apart by its size (3 x 3074 bytes is CIFAR-100's).
+        let odd = d.path().join("mine.bin");
+        write_bin(&odd, Variant::Cifar100, &[7, 8, 9]);
+        let s = open(&odd.display().to_string(), None, None).unwrap();
+        assert_eq!(s.label_names().unwrap().len(), 100);
+        // --class-names replaces the names; image folders not named in it must match in
+        // number.
+        let names = ClassNames::builtin("test", &["a", "b", "c"]);
+        let opts = OpenOptions {
+            class_names: Some(names),
+            ..Default::default()
+        };
+        let s = open_with(&ds, None, None, &opts).unwrap();
+        assert_eq!(s.label_names().unwrap(), vec!["a", "b", "c"]);
+        let im = tempfile::tempdir().unwrap();
+        for c in ["x", "y"] {
+            std::fs::create_dir(im.path().join(c)).unwrap();
+            image::GrayImage::from_pixel(2, 2, image::Luma([1]))
+                .save(im.path().join(c).join("0.png"))
+                .unwrap();
+        }
+        let e = open_with(&im.path().display().to_string(), None, None, &opts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("2 class folders are not all named in test"),
+            "{e}"
+        );
+    }
 }

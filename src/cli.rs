@@ -554,6 +554,16 @@ impl InputArgs {
         })
     }
 
+    /// Says where a refused mean/std came from when a preset gave it.
+    fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        match self.preset {
+            Some(PresetArg::Imagenet) if self.mean.is_none() || self.std.is_none() => {
+                anyhow!("{e} (--preset imagenet sets --mean and --std for 3 RGB channels)")
+            }
+            _ => e,
+        }
+    }
+
     /// How to open data: resize/crop (flags, else the preset's) and class names.
     pub fn open_options(&self) -> Result<data::OpenOptions> {
         let (resize, crop) = match self.preset {
@@ -742,7 +752,7 @@ fn open_session(
     }
     let info = model.classifier_input()?;
     let spec_args = input.to_spec_args()?;
-    let mut spec = InputSpec::resolve(&info, &spec_args)?;
+    let mut spec = InputSpec::resolve(&info, &spec_args).map_err(|e| input.explain(e))?;
     let model_example_len: Option<usize> = spec.model_shape[1..]
         .iter()
         .map(|d| d.fixed())
@@ -1072,7 +1082,8 @@ fn grad_command(a: GradArgs) -> Result<i32> {
     }
     let model = OnnxModel::load(&a.model)?;
     let info = model.classifier_input()?;
-    let spec = InputSpec::resolve(&info, &a.input.to_spec_args()?)?;
+    let spec =
+        InputSpec::resolve(&info, &a.input.to_spec_args()?).map_err(|e| a.input.explain(e))?;
     let example_shape: Vec<usize> = info.shape[1..]
         .iter()
         .map(|d| d.fixed())

@@ -170,6 +170,18 @@ fn preset_imagenet_resizes_crops_and_normalises_in_the_graph() {
         "--resize N and --crop N",
     );
     fails_with(&["audit", &ms, "--data", &ds, "--resize", "0"], "--resize");
+    // A one-channel model cannot take the preset's RGB mean and std.
+    fails_with(
+        &[
+            "audit",
+            &f("cnn_bn.onnx"),
+            "--data",
+            &f("data/tiny.npz"),
+            "--preset",
+            "imagenet",
+        ],
+        "--preset imagenet sets --mean and --std for 3 RGB channels",
+    );
 }
 
 #[test]

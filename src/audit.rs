@@ -78,6 +78,9 @@ pub struct AuditReport {
     pub batch_freed: bool,
     pub data: DataFacts,
     pub classes: usize,
+    /// Class names by label (from the data or `--class-names`); empty when unknown.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
     /// Examples whose outputs all lie in [0,1] and sum to 1 (a sign of a softmax output).
     pub rows_like_probabilities: u64,
     pub clean: CleanMetrics,
@@ -186,6 +189,19 @@ pub fn run_audit_with(
     progress: &mut dyn FnMut(u64),
 ) -> Result<AuditReport> {
     let k = crate::attack::Oracle::num_classes(oracle);
+    let class_names = match data.label_names() {
+        Some(n) if n.len() != k => {
+            let shown: Vec<&str> = n.iter().take(5).map(String::as_str).collect();
+            bail!(
+                "the data names {} classes ({}{}) but the model has {k} classes; an image folder needs one class folder per model class (or folders named by class index: 0, 1, ...), --class-names one name per class",
+                n.len(),
+                shown.join(", "),
+                if n.len() > 5 { ", ..." } else { "" }
+            );
+        }
+        Some(n) => n,
+        None => vec![],
+    };
     let mut probe = crate::report::sanity::Probe::new(opts.sanity);
     let mut confusion = Confusion::new(k);
     let mut predictions = vec![];
@@ -208,6 +224,7 @@ pub fn run_audit_with(
         }
         mapping.map_batch(&raw, &mut mapped, seen)?;
         let logits = oracle.classifier().logits(&mapped)?;
+        crate::classifier::check_finite(&logits, seen)?;
         let mut batch_preds = Vec::with_capacity(n);
         for (i, row) in logits.rows().into_iter().enumerate() {
             let row: Vec<f32> = row.iter().copied().collect();
@@ -275,6 +292,8 @@ pub fn run_audit_with(
         classes: k,
         range: spec.range,
         geometry: geo,
+        labelled: clean.labelled,
+        correct: clean.correct,
     };
     let sanity = if opts.sanity {
         probe.finish(oracle, &facts, plan, robust.as_ref())?
@@ -295,6 +314,7 @@ pub fn run_audit_with(
             stored_example_shape: data.example_shape().to_vec(),
         },
         classes: k,
+        class_names,
         rows_like_probabilities: like_probs,
         clean,
         robust,
@@ -370,30 +390,75 @@ pub fn render_text(r: &AuditReport) -> String {
         r.clean.labelled
     );
     if r.clean.labelled > 0 {
-        let _ = writeln!(s, "\nclass  support  precision   recall       F1");
-        for c in &r.clean.per_class {
+        let names = &r.class_names;
+        let name = |c: usize| names.get(c).map(|n| format!("  {n}")).unwrap_or_default();
+        let many = r.classes > crate::metrics::MANY_CLASSES;
+        let rows: Vec<&crate::metrics::ClassMetrics> = if many {
+            r.clean.worst_classes(SUMMARY_ROWS)
+        } else {
+            r.clean.per_class.iter().collect()
+        };
+        if many {
             let _ = writeln!(
                 s,
-                "{:>5} {:>8}    {}  {}  {}",
+                "\n{} classes, {} with examples; the {} with the lowest recall:",
+                r.classes,
+                r.clean.per_class.iter().filter(|c| c.support > 0).count(),
+                rows.len()
+            );
+        }
+        let _ = writeln!(s, "\nclass  support  precision   recall       F1");
+        for c in rows {
+            let _ = writeln!(
+                s,
+                "{:>5} {:>8}    {}  {}  {}{}",
                 c.class,
                 c.support,
                 pct(c.precision),
                 pct(c.recall),
-                pct(c.f1)
+                pct(c.f1),
+                name(c.class)
             );
         }
-        let _ = writeln!(s, "\nconfusion (rows: true class, columns: predicted)");
-        let _ = write!(s, "     ");
-        for p in 0..r.classes {
-            let _ = write!(s, "{p:>6}");
-        }
-        let _ = writeln!(s);
-        for (t, row) in r.clean.confusion.iter().enumerate() {
-            let _ = write!(s, "{t:>5}");
-            for v in row {
-                let _ = write!(s, "{v:>6}");
+        if many {
+            let top = r.clean.top_confusions(SUMMARY_ROWS);
+            if top.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "\nno confusions: every labelled example was classified correctly"
+                );
+            } else {
+                let _ = writeln!(
+                    s,
+                    "\nmost frequent confusions (true -> predicted: examples)"
+                );
+                for (t, p, n) in top {
+                    let named = if names.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "   {} -> {}",
+                            crate::data::classes::label(t, names),
+                            crate::data::classes::label(p, names)
+                        )
+                    };
+                    let _ = writeln!(s, "{t:>5} -> {p:<5} {n:>6}{named}");
+                }
+            }
+        } else {
+            let _ = writeln!(s, "\nconfusion (rows: true class, columns: predicted)");
+            let _ = write!(s, "     ");
+            for p in 0..r.classes {
+                let _ = write!(s, "{p:>6}");
             }
             let _ = writeln!(s);
+            for (t, row) in r.clean.confusion.iter().enumerate() {
+                let _ = write!(s, "{t:>5}");
+                for v in row {
+                    let _ = write!(s, "{v:>6}");
+                }
+                let _ = writeln!(s);
+            }
         }
     }
     if let Some(rb) = &r.robust {
@@ -436,4 +501,20 @@ pub fn render_text(r: &AuditReport) -> String {
         }
     }
     s
+}
+
+/// Rows of the per-class summaries (worst classes, top confusions) when there are more
+/// than [`crate::metrics::MANY_CLASSES`] classes.
+pub const SUMMARY_ROWS: usize = 10;
+
+/// When attacks were asked for but no example was attacked (none classified correctly):
+/// a sentence saying so; the robust accuracy is then vacuous.
+pub fn nothing_attacked(r: &AuditReport) -> Option<String> {
+    let rb = r.robust.as_ref()?;
+    (rb.examples > 0 && r.clean.correct == 0).then(|| {
+        format!(
+            "NO EXAMPLE WAS ATTACKED: none of the {} labelled examples is classified correctly, so the robust accuracy (0%) is vacuous and says nothing about robustness; check the labels and class order, the input range and normalisation (--input-range, --mean/--std, --preset) and the image size (--resize, --crop)",
+            rb.examples
+        )
+    })
 }

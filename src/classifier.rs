@@ -207,6 +207,40 @@ impl Classifier {
     }
 }
 
+/// Fails when a logit is NaN or infinite: a model with a broken weight (or one that
+/// overflows) gives no meaningful accuracy. Names the examples (numbered from
+/// `first_index`) and the outputs.
+pub fn check_finite(logits: &Array2<f32>, first_index: usize) -> Result<()> {
+    let mut first: Option<(usize, usize, f32)> = None;
+    let mut examples = vec![];
+    let mut values = 0usize;
+    for (i, row) in logits.rows().into_iter().enumerate() {
+        let bad = row.iter().filter(|v| !v.is_finite()).count();
+        if bad == 0 {
+            continue;
+        }
+        values += bad;
+        examples.push(first_index + i);
+        if first.is_none() {
+            if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+                first = Some((first_index + i, j, row[j]));
+            }
+        }
+    }
+    let Some((ex, j, v)) = first else {
+        return Ok(());
+    };
+    let shown: Vec<String> = examples.iter().take(8).map(|e| e.to_string()).collect();
+    bail!(
+        "the model's output is not finite: example {ex} gives {v} at output {j} (of {}); {values} non-finite value(s) in {} of {} examples of this batch (examples {}{}); a NaN or infinite weight, or an overflow inside the model: no accuracy can be measured",
+        logits.ncols(),
+        examples.len(),
+        logits.nrows(),
+        shown.join(", "),
+        if examples.len() > 8 { ", ..." } else { "" }
+    )
+}
+
 /// The examples per run for `n <= batch` examples: the smallest of batch, batch/4,
 /// batch/16, ... (at least 1) that holds them.
 pub fn bucket(n: usize, batch: usize) -> usize {
@@ -219,6 +253,24 @@ pub fn bucket(n: usize, batch: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn non_finite_logits_are_named() {
+        use ndarray::array;
+        super::check_finite(&array![[1.0f32, 2.0], [0.0, -3.0]], 0).unwrap();
+        let e = super::check_finite(
+            &array![[1.0f32, 2.0], [0.0, f32::NAN], [f32::INFINITY, f32::NAN]],
+            10,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("example 11 gives NaN at output 1 (of 2)")
+                && e.contains("3 non-finite value(s) in 2 of 3 examples")
+                && e.contains("examples 11, 12"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn buckets() {
         use super::bucket;

@@ -474,7 +474,33 @@ pub struct InputArgs {
     /// Per-channel standard deviation divided inside the graph (comma-separated).
     #[arg(long, value_name = "S[,S...]")]
     pub std: Option<String>,
+    /// A data convention. imagenet: --resize 256 --crop 224, RGB, --mean 0.485,0.456,0.406
+    /// --std 0.229,0.224,0.225 (applied in the graph, attacks stay in [0,1] pixels).
+    /// Explicit flags override its parts.
+    #[arg(long, value_enum)]
+    pub preset: Option<PresetArg>,
+    /// Image folders: resize each image so that its shorter side is N pixels (bilinear,
+    /// antialiased), keeping its aspect ratio.
+    #[arg(long, value_name = "N")]
+    pub resize: Option<u32>,
+    /// Image folders: cut out the centred N x N square (after --resize).
+    #[arg(long, value_name = "N")]
+    pub crop: Option<u32>,
+    /// Class names in the model's class order: one per line, a JSON list, or a JSON object
+    /// from index to name(s) (imagenet_class_index.json). Image class folders named in it
+    /// are labelled by it.
+    #[arg(long, value_name = "FILE")]
+    pub class_names: Option<PathBuf>,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PresetArg {
+    Imagenet,
+}
+
+/// ImageNet's per-channel mean and std (torchvision's pretrained models).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// How to run the model.
 #[derive(Args, Debug, Clone)]
@@ -509,6 +535,7 @@ impl InputArgs {
                 _ => bail!("--input-range '{s}' needs two numbers, LO,HI"),
             },
         };
+        let preset = |v: &[f32; 3]| self.preset.map(|PresetArg::Imagenet| v.to_vec());
         Ok(SpecArgs {
             layout: self.layout,
             range,
@@ -516,11 +543,47 @@ impl InputArgs {
                 .mean
                 .as_deref()
                 .map(|s| parse_floats("--mean", s))
-                .transpose()?,
+                .transpose()?
+                .or_else(|| preset(&IMAGENET_MEAN)),
             std: self
                 .std
                 .as_deref()
                 .map(|s| parse_floats("--std", s))
+                .transpose()?
+                .or_else(|| preset(&IMAGENET_STD)),
+        })
+    }
+
+    /// Says where a refused mean/std came from when a preset gave it.
+    fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        match self.preset {
+            Some(PresetArg::Imagenet) if self.mean.is_none() || self.std.is_none() => {
+                anyhow!("{e} (--preset imagenet sets --mean and --std for 3 RGB channels)")
+            }
+            _ => e,
+        }
+    }
+
+    /// How to open data: resize/crop (flags, else the preset's) and class names.
+    pub fn open_options(&self) -> Result<data::OpenOptions> {
+        let (resize, crop) = match self.preset {
+            Some(PresetArg::Imagenet) => (Some(256), Some(224)),
+            None => (None, None),
+        };
+        for (flag, v) in [("--resize", self.resize), ("--crop", self.crop)] {
+            if v == Some(0) {
+                bail!("{flag} must be at least 1 pixel");
+            }
+        }
+        Ok(data::OpenOptions {
+            image: data::ImageOptions {
+                resize: self.resize.or(resize),
+                crop: self.crop.or(crop),
+            },
+            class_names: self
+                .class_names
+                .as_deref()
+                .map(data::ClassNames::read)
                 .transpose()?,
         })
     }
@@ -531,6 +594,8 @@ pub struct Env {
     pub home: Option<PathBuf>,
     pub harden_data: Option<PathBuf>,
     pub ort: OrtLocator,
+    /// How the command's `--data` is opened (`--resize`, `--crop`, `--class-names`).
+    pub data: data::OpenOptions,
 }
 
 impl Env {
@@ -545,6 +610,7 @@ impl Env {
             ort: OrtLocator::standard(ort_path, home.as_deref(), exe_dir),
             harden_data: std::env::var_os("HARDEN_DATA").map(PathBuf::from),
             home,
+            data: data::OpenOptions::default(),
         }
     }
 }
@@ -572,7 +638,16 @@ impl RunArgs {
 
 /// Runs the parsed command; returns the exit code.
 pub fn run(cli: Cli) -> Result<i32> {
-    let env = Env::from_process();
+    let mut env = Env::from_process();
+    let input = match &cli.command {
+        None => Some(&cli.harden.input),
+        Some(Command::Audit(a)) => Some(&a.input),
+        Some(Command::Attack(a)) => Some(&a.input),
+        Some(_) => None,
+    };
+    if let Some(i) = input {
+        env.data = i.open_options()?;
+    }
     let Some(command) = cli.command else {
         return main_command::run(cli.harden, &env);
     };
@@ -613,7 +688,12 @@ fn open_data(
 }
 
 fn open_spec(spec: &str, env: &Env) -> Result<Box<dyn DataSource>> {
-    data::open(spec, env.home.as_deref(), env.harden_data.as_deref())
+    data::open_with(
+        spec,
+        env.home.as_deref(),
+        env.harden_data.as_deref(),
+        &env.data,
+    )
 }
 
 /// The demo data's `split` ("train" or "test"): Fashion-MNIST when installed, else the
@@ -631,7 +711,16 @@ fn default_data(
         Ok(d) => Ok((named, d)),
         Err(_) => {
             let s = format!("{}:{split}", bundled_slice().display());
-            Ok((s.clone(), open_spec(&s, env)?))
+            let src = open_spec(&s, env)?;
+            // The slice is Fashion-MNIST: its classes have names (unless given).
+            let src = match src.label_names() {
+                Some(_) => src,
+                None => data::with_names(
+                    src,
+                    data::ClassNames::builtin("Fashion-MNIST", &data::classes::FASHION_MNIST),
+                ),
+            };
+            Ok((s.clone(), src))
         }
     }
 }
@@ -663,12 +752,16 @@ fn open_session(
     }
     let info = model.classifier_input()?;
     let spec_args = input.to_spec_args()?;
-    let mut spec = InputSpec::resolve(&info, &spec_args)?;
+    let mut spec = InputSpec::resolve(&info, &spec_args).map_err(|e| input.explain(e))?;
     let model_example_len: Option<usize> = spec.model_shape[1..]
         .iter()
         .map(|d| d.fixed())
         .product::<Option<usize>>();
-    let (data_spec, source) = open_data(data, model_example_len, env)?;
+    let (data_spec, mut source) = open_data(data, model_example_len, env)?;
+    if matches!(spec.layout, Layout::Nchw | Layout::Nhwc) {
+        // Image folders decode as the model's channels (grey or RGB).
+        source.set_channels(spec.channels);
+    }
     let source = match limit {
         Some(0) => bail!("--limit must be at least 1"),
         Some(n) => data::limit(source, n),
@@ -679,9 +772,18 @@ fn open_session(
             spec.range_from_data(bounds)?;
         }
     }
-    let mapping = DataMapping::new(&spec, source.example_shape(), source.kind())?;
+    let mapping = DataMapping::new(&spec, source.example_shape(), source.kind()).map_err(|e| {
+        if source.describe().starts_with("image folder") {
+            anyhow!("{e}; for image folders pass --resize N and --crop N (or --preset imagenet) to bring the images to the model's size")
+        } else {
+            e
+        }
+    })?;
     let opts = run.options(env)?;
     let classifier = Classifier::open(&model, &spec, &mapping.example_shape, &opts)?;
+    if let Some(names) = &env.data.class_names {
+        names.check_count(classifier.num_classes())?;
+    }
     let oracle = ModelOracle::new(&model, &spec, classifier, &opts)?;
     Ok(Session {
         model,
@@ -844,7 +946,9 @@ fn attack_command(a: AttackArgs, env: &Env) -> Result<i32> {
                 ),
             })
             .collect::<Result<_>>()?;
-        let clean = crate::robust::predictions(&s.oracle.classifier().logits(&mapped)?);
+        let clean_logits = s.oracle.classifier().logits(&mapped)?;
+        crate::classifier::check_finite(&clean_logits, seen)?;
+        let clean = crate::robust::predictions(&clean_logits);
         let out =
             crate::robust::run_attack(&spec_attack, &mut s.oracle, &mapped, &y, &threat, geo)?;
         // Re-check with a plain forward pass of the original model.
@@ -978,7 +1082,8 @@ fn grad_command(a: GradArgs) -> Result<i32> {
     }
     let model = OnnxModel::load(&a.model)?;
     let info = model.classifier_input()?;
-    let spec = InputSpec::resolve(&info, &a.input.to_spec_args()?)?;
+    let spec =
+        InputSpec::resolve(&info, &a.input.to_spec_args()?).map_err(|e| a.input.explain(e))?;
     let example_shape: Vec<usize> = info.shape[1..]
         .iter()
         .map(|d| d.fixed())

@@ -40,15 +40,28 @@ pub trait DataSource: Send {
     fn value_bounds(&self) -> Option<(f32, f32)> {
         None
     }
+    /// Class names by label, where the source knows them (image folder names, the named
+    /// data sets, `--class-names`).
+    fn label_names(&self) -> Option<Vec<String>> {
+        None
+    }
+    /// Decodes examples with `channels` colour channels (1 grey, 3 RGB) where the source
+    /// can convert (image folders); returns whether it did. Called before any batch.
+    fn set_channels(&mut self, _channels: usize) -> bool {
+        false
+    }
 }
 
+pub mod cifar;
+pub mod classes;
 pub mod idx;
 pub mod images;
 pub mod named;
 pub mod npy;
 pub mod vnnlib;
 
-pub use images::ImageFolderSource;
+pub use classes::ClassNames;
+pub use images::{ImageFolderSource, ImageOptions};
 pub use named::resolve_named;
 pub use vnnlib::{LinearConstraint, Property, VnnlibSource};
 
@@ -74,10 +87,21 @@ impl Opened {
     }
 }
 
-/// Opens a `--data SPEC`: a named data set (`mnist`, `fashion-mnist[:train|:test]`),
-/// a `.npz` / `.npy` / `.vnnlib` file, an images IDX file (labels found next to it), or
-/// a folder (of `.vnnlib` files, of IDX files, optionally `DIR:train`, or of class
-/// sub-folders with images). `home` / `harden_data` are `$HOME` / `$HARDEN_DATA`.
+/// How to open data besides the spec: image resizing and class names.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Resize/crop for image folders.
+    pub image: ImageOptions,
+    /// `--class-names FILE`: names by label (image folders whose class folders are all
+    /// named in it are labelled by it).
+    pub class_names: Option<ClassNames>,
+}
+
+/// Opens a `--data SPEC`: a named data set (`mnist`, `fashion-mnist`, `cifar10`,
+/// `cifar100`, each optionally `:train` / `:test`), a `.npz` / `.npy` / `.vnnlib` file,
+/// an images IDX file (labels found next to it), a CIFAR `.bin` file, or a folder (of
+/// `.vnnlib` files, of IDX files or CIFAR binary files, optionally `DIR:train`, or of
+/// class sub-folders with images). `home` / `harden_data` are `$HOME` / `$HARDEN_DATA`.
 pub fn open(
     spec: &str,
     home: Option<&Path>,
@@ -86,11 +110,60 @@ pub fn open(
     Ok(open_detailed(spec, home, harden_data)?.into_source())
 }
 
+/// [`open`] with options: image folders resized and cropped, class names attached.
+pub fn open_with(
+    spec: &str,
+    home: Option<&Path>,
+    harden_data: Option<&Path>,
+    opts: &OpenOptions,
+) -> Result<Box<dyn DataSource>> {
+    let opened = open_detailed_with(spec, home, harden_data, opts.image)?;
+    let src = match (opened, &opts.class_names) {
+        (Opened::Images(mut i), Some(names)) => {
+            if !i.relabel_by_names(&names.aliases) {
+                if let Some(folders) = i.named_classes() {
+                    if folders.len() != names.len() {
+                        let missing: Vec<&str> = folders
+                            .iter()
+                            .filter(|f| !names.aliases.iter().any(|a| a.contains(f)))
+                            .take(3)
+                            .map(String::as_str)
+                            .collect();
+                        bail!(
+                            "data: the image folder's {} class folders are not all named in {} ({} names; not found: {}), and their number differs, so labels cannot be matched",
+                            folders.len(),
+                            names.origin,
+                            names.len(),
+                            missing.join(", ")
+                        );
+                    }
+                }
+            }
+            Box::new(i) as Box<dyn DataSource>
+        }
+        (o, _) => o.into_source(),
+    };
+    Ok(match &opts.class_names {
+        Some(names) => with_names(src, names.clone()),
+        None => src,
+    })
+}
+
 /// Like [`open`], but keeps the concrete source type for vnnlib and image folders.
 pub fn open_detailed(
     spec: &str,
     home: Option<&Path>,
     harden_data: Option<&Path>,
+) -> Result<Opened> {
+    open_detailed_with(spec, home, harden_data, ImageOptions::default())
+}
+
+/// [`open_detailed`] with image folders resized and cropped as `image` says.
+pub fn open_detailed_with(
+    spec: &str,
+    home: Option<&Path>,
+    harden_data: Option<&Path>,
+    image: ImageOptions,
 ) -> Result<Opened> {
     if let Some(src) = named::resolve_named(spec, home, harden_data)? {
         return Ok(Opened::Other(src));
@@ -106,10 +179,10 @@ pub fn open_detailed(
         }
     }
     if !path.exists() {
-        bail!("data: '{spec}' is neither a known data set name (mnist, fashion-mnist) nor an existing file or folder");
+        bail!("data: '{spec}' is neither a known data set name (mnist, fashion-mnist, cifar10, cifar100) nor an existing file or folder");
     }
     if path.is_dir() {
-        return open_dir(&path, split);
+        return open_dir(&path, split, image);
     }
     if split.is_some() {
         bail!(
@@ -129,6 +202,18 @@ pub fn open_detailed(
     }
     if vnnlib::is_vnnlib_name(&path) {
         return Ok(Opened::Vnnlib(VnnlibSource::open(&path)?));
+    }
+    if let Some(v) = cifar::sniff(&path) {
+        return Ok(Opened::Other(Box::new(cifar::CifarSource::open(
+            v,
+            std::slice::from_ref(&path),
+        )?)));
+    }
+    if images::image_format(&path).is_some() {
+        bail!(
+            "data: {} is one image; pass a folder with one sub-folder of images per class",
+            path.display()
+        );
     }
     if idx::sniff_idx(&path) {
         let h = idx::read_idx_header(&path)?;
@@ -183,9 +268,17 @@ fn idx_pairs(dir: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
     Ok(v)
 }
 
-fn open_dir(dir: &Path, split: Option<named::Split>) -> Result<Opened> {
+fn open_dir(dir: &Path, split: Option<named::Split>, image: ImageOptions) -> Result<Opened> {
     if split.is_none() && !vnnlib::vnnlib_files(dir)?.is_empty() {
         return Ok(Opened::Vnnlib(VnnlibSource::open(dir)?));
+    }
+    for v in [cifar::Variant::Cifar10, cifar::Variant::Cifar100] {
+        let want = split.unwrap_or(named::Split::Test);
+        if let Some(files) = cifar::files_in(dir, v, want) {
+            return Ok(Opened::Other(Box::new(cifar::CifarSource::open(
+                v, &files,
+            )?)));
+        }
     }
     let pairs = idx_pairs(dir)?;
     if !pairs.is_empty() {
@@ -232,10 +325,10 @@ fn open_dir(dir: &Path, split: Option<named::Split>) -> Result<Opened> {
         );
     }
     if images::looks_like_image_folder(dir) {
-        return Ok(Opened::Images(ImageFolderSource::open(dir)?));
+        return Ok(Opened::Images(ImageFolderSource::open_with(dir, image)?));
     }
     bail!(
-        "data: folder {} holds no .vnnlib files, no IDX image/label pairs and no class sub-folders with PNG/JPEG images",
+        "data: folder {} holds no .vnnlib files, no IDX image/label pairs, no CIFAR binary files and no class sub-folders with PNG/JPEG images",
         dir.display()
     )
 }
@@ -278,6 +371,12 @@ impl DataSource for Limit {
     fn value_bounds(&self) -> Option<(f32, f32)> {
         self.inner.value_bounds()
     }
+    fn label_names(&self) -> Option<Vec<String>> {
+        self.inner.label_names()
+    }
+    fn set_channels(&mut self, channels: usize) -> bool {
+        self.inner.set_channels(channels)
+    }
     fn next_batch(
         &mut self,
         n: usize,
@@ -291,6 +390,52 @@ impl DataSource for Limit {
         let got = self.inner.next_batch(want, xs, ys)?;
         self.taken += got;
         Ok(got)
+    }
+}
+
+/// A source with class names attached (they replace any the source has).
+pub struct WithNames {
+    inner: Box<dyn DataSource>,
+    names: Vec<String>,
+}
+
+/// Wraps `src` so that its classes are called `names`.
+pub fn with_names(src: Box<dyn DataSource>, names: ClassNames) -> Box<dyn DataSource> {
+    Box::new(WithNames {
+        inner: src,
+        names: names.names(),
+    })
+}
+
+impl DataSource for WithNames {
+    fn example_shape(&self) -> &[usize] {
+        self.inner.example_shape()
+    }
+    fn kind(&self) -> ValueKind {
+        self.inner.kind()
+    }
+    fn len(&self) -> Option<usize> {
+        self.inner.len()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn value_bounds(&self) -> Option<(f32, f32)> {
+        self.inner.value_bounds()
+    }
+    fn label_names(&self) -> Option<Vec<String>> {
+        Some(self.names.clone())
+    }
+    fn set_channels(&mut self, channels: usize) -> bool {
+        self.inner.set_channels(channels)
+    }
+    fn next_batch(
+        &mut self,
+        n: usize,
+        xs: &mut Vec<f32>,
+        ys: &mut Vec<Option<usize>>,
+    ) -> Result<usize> {
+        self.inner.next_batch(n, xs, ys)
     }
 }
 
@@ -456,5 +601,55 @@ mod tests {
             Opened::Images(s) => assert_eq!(s.class_names(), &["x".to_string(), "y".to_string()]),
             _ => panic!("expected image folder"),
         }
+    }
+
+    #[test]
+    fn dispatch_cifar_folders_files_and_class_names() {
+        use cifar::tests::write_bin;
+        use cifar::Variant;
+        let d = tempfile::tempdir().unwrap();
+        write_bin(&d.path().join("test_batch.bin"), Variant::Cifar10, &[1, 2]);
+        for i in 1..=5 {
+            write_bin(
+                &d.path().join(format!("data_batch_{i}.bin")),
+                Variant::Cifar10,
+                &[3],
+            );
+        }
+        let ds = d.path().display().to_string();
+        assert_eq!(open(&ds, None, None).unwrap().len(), Some(2));
+        assert_eq!(
+            open(&format!("{ds}:train"), None, None).unwrap().len(),
+            Some(5)
+        );
+        // A renamed file: told apart by its size (3 x 3074 bytes is CIFAR-100's).
+        let odd = d.path().join("mine.bin");
+        write_bin(&odd, Variant::Cifar100, &[7, 8, 9]);
+        let s = open(&odd.display().to_string(), None, None).unwrap();
+        assert_eq!(s.label_names().unwrap().len(), 100);
+        // --class-names replaces the names; image folders not named in it must match in
+        // number.
+        let names = ClassNames::builtin("test", &["a", "b", "c"]);
+        let opts = OpenOptions {
+            class_names: Some(names),
+            ..Default::default()
+        };
+        let s = open_with(&ds, None, None, &opts).unwrap();
+        assert_eq!(s.label_names().unwrap(), vec!["a", "b", "c"]);
+        let im = tempfile::tempdir().unwrap();
+        for c in ["x", "y"] {
+            std::fs::create_dir(im.path().join(c)).unwrap();
+            image::GrayImage::from_pixel(2, 2, image::Luma([1]))
+                .save(im.path().join(c).join("0.png"))
+                .unwrap();
+        }
+        let e = open_with(&im.path().display().to_string(), None, None, &opts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("2 class folders are not all named in test"),
+            "{e}"
+        );
     }
 }

@@ -1,6 +1,9 @@
-//! Named data sets (`mnist`, `fashion-mnist`, optionally `:train` / `:test`), found on
-//! disk in the usual places. Nothing is downloaded.
+//! Named data sets (`mnist`, `fashion-mnist`, `cifar10`, `cifar100`, optionally `:train` /
+//! `:test`), found on disk in the usual places. Nothing is downloaded. Fashion-MNIST and
+//! the CIFARs come with their class names.
 
+use super::cifar::{self, CifarSource, Variant};
+use super::classes::{self, ClassNames};
 use super::idx::IdxSource;
 use super::npy::NpySource;
 use super::DataSource;
@@ -70,6 +73,62 @@ pub fn idx_pair_in(dir: &Path, split: Split) -> Option<(PathBuf, PathBuf)> {
     Some((images, labels))
 }
 
+/// Finds CIFAR-10 or CIFAR-100 (binary version) in the usual places.
+fn resolve_cifar(
+    v: Variant,
+    split: Split,
+    home: Option<&Path>,
+    harden_data: Option<&Path>,
+) -> Result<Box<dyn DataSource>> {
+    let (canon, folder, py) = match v {
+        Variant::Cifar10 => ("cifar10", "cifar-10-batches-bin", "cifar-10-batches-py"),
+        Variant::Cifar100 => ("cifar100", "cifar-100-binary", "cifar-100-python"),
+    };
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Some(h) = harden_data {
+        roots.push(h.join(canon));
+        roots.push(h.to_path_buf());
+    }
+    roots.push(PathBuf::from("/usr/share/datasets").join(canon));
+    if let Some(h) = home {
+        roots.push(h.join(".cache/harden").join(canon));
+        roots.push(h.join("data").join(canon));
+        roots.push(h.join("data"));
+        roots.push(h.join(".cache"));
+    }
+    let mut looked = Vec::new();
+    let mut python = None;
+    for r in &roots {
+        for d in [r.clone(), r.join(folder)] {
+            if let Some(files) = cifar::files_in(&d, v, split) {
+                return Ok(Box::new(CifarSource::open(v, &files)?));
+            }
+            if python.is_none() && r.join(py).is_dir() {
+                python = Some(r.join(py));
+            }
+            looked.push(format!("{}/", d.display()));
+        }
+    }
+    let names = v.file_names(split);
+    bail!(
+        "data: data set '{canon}' ({} split) not found: looked for {} in {}{}; harden cannot download it: get the binary version ({}-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html), unpack it and set HARDEN_DATA to the folder holding {folder}, or pass --data {folder}",
+        split.word(),
+        if names.len() > 1 {
+            format!("{} .. {}", names[0], names[names.len() - 1])
+        } else {
+            names[0].clone()
+        },
+        looked.join(", "),
+        python
+            .map(|p| format!(" (found {}, the Python version, which harden does not read)", p.display()))
+            .unwrap_or_default(),
+        match v {
+            Variant::Cifar10 => "cifar-10",
+            Variant::Cifar100 => "cifar-100",
+        }
+    )
+}
+
 /// Resolves a named data set. `Ok(None)` if `name` is not a known data set name;
 /// an error if it is known but not found (or is malformed). `home` and `harden_data`
 /// are the values of `$HOME` and `$HARDEN_DATA` (this function reads no environment).
@@ -82,12 +141,34 @@ pub fn resolve_named(
         Some((b, s)) => (b, Some(s)),
         None => (name, None),
     };
+    let cifar = match base.to_ascii_lowercase().as_str() {
+        "cifar10" | "cifar-10" | "cifar_10" => Some(Variant::Cifar10),
+        "cifar100" | "cifar-100" | "cifar_100" => Some(Variant::Cifar100),
+        _ => None,
+    };
+    if let Some(v) = cifar {
+        let split = match split_s {
+            Some(s) => parse_split(s, name)?,
+            None => Split::Test,
+        };
+        return resolve_cifar(v, split, home, harden_data).map(Some);
+    }
     let Some((canon, torch)) = canonical(base) else {
         return Ok(None);
     };
     let split = match split_s {
         Some(s) => parse_split(s, name)?,
         None => Split::Test,
+    };
+    let named = |src: Box<dyn DataSource>| -> Box<dyn DataSource> {
+        if canon == "fashion-mnist" {
+            super::with_names(
+                src,
+                ClassNames::builtin("Fashion-MNIST", &classes::FASHION_MNIST),
+            )
+        } else {
+            src
+        }
     };
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Some(h) = harden_data {
@@ -105,7 +186,10 @@ pub fn resolve_named(
     let mut looked: Vec<String> = Vec::new();
     for d in &dirs {
         if let Some((images, labels)) = idx_pair_in(d, split) {
-            return Ok(Some(Box::new(IdxSource::open(&images, Some(&labels))?)));
+            return Ok(Some(named(Box::new(IdxSource::open(
+                &images,
+                Some(&labels),
+            )?))));
         }
         looked.push(format!("{}/", d.display()));
     }
@@ -234,6 +318,72 @@ mod tests {
             e.contains("mnist.npz") && e.contains("t10k-images-idx3-ubyte"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn cifar_found_in_harden_data_and_home() {
+        use crate::data::cifar::tests::write_bin;
+        let hd = tempfile::tempdir().unwrap();
+        let d10 = hd.path().join("cifar-10-batches-bin");
+        write_bin(&d10.join("test_batch.bin"), Variant::Cifar10, &[1, 2, 3]);
+        for i in 1..=5 {
+            write_bin(
+                &d10.join(format!("data_batch_{i}.bin")),
+                Variant::Cifar10,
+                &[4],
+            );
+        }
+        let s = resolve_named("cifar10", None, Some(hd.path()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.len(), Some(3));
+        assert_eq!(s.label_names().unwrap()[0], "airplane");
+        let s = resolve_named("CIFAR-10:train", None, Some(hd.path()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.len(), Some(5));
+        let home = tempfile::tempdir().unwrap();
+        let d100 = home.path().join("data/cifar-100-binary");
+        write_bin(&d100.join("train.bin"), Variant::Cifar100, &[5, 6]);
+        let s = resolve_named("cifar100:train", Some(home.path()), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.len(), Some(2));
+        let e = resolve_named("cifar100:test", Some(home.path()), Some(hd.path()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!e.contains('\n'), "{e}");
+        assert!(
+            e.contains("test.bin") && e.contains("cifar-100-binary") && e.contains("HARDEN_DATA"),
+            "{e}"
+        );
+        assert!(e.contains(&d100.display().to_string()), "{e}");
+        std::fs::create_dir_all(home.path().join("data/cifar-10-batches-py")).unwrap();
+        let e = resolve_named("cifar10", Some(home.path()), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("the Python version"), "{e}");
+        let e = resolve_named("cifar10:val", None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("unknown split 'val'"), "{e}");
+    }
+
+    #[test]
+    fn fashion_mnist_has_names() {
+        let d = tempfile::tempdir().unwrap();
+        write_pair(d.path(), "t10k", 2, false);
+        let s = resolve_named("fashion-mnist", None, Some(d.path()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.label_names().unwrap()[9], "Ankle boot");
+        let s = resolve_named("mnist", None, Some(d.path()))
+            .unwrap()
+            .unwrap();
+        assert!(s.label_names().is_none());
     }
 
     #[test]

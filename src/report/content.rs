@@ -5,7 +5,12 @@
 use super::sanity::Status;
 use super::{Report, ReportKind};
 use crate::audit::AuditReport;
+use crate::data::classes::label;
+use crate::metrics::MANY_CLASSES;
 use crate::model::{shape_string, OutputKind};
+
+/// Rows of the per-class summaries when there are more than [`MANY_CLASSES`] classes.
+pub const REPORT_ROWS: usize = 20;
 
 pub enum Block {
     Para(String),
@@ -109,6 +114,18 @@ pub fn sections(r: &Report) -> Vec<Section> {
         head: facts_head(""),
         rows,
     }];
+    for (role, a) in &audits {
+        if let Some(w) = crate::audit::nothing_attacked(a) {
+            blocks.push(Block::List(vec![format!(
+                "FLAGGED{}: {w}.",
+                if two {
+                    format!(" ({role})")
+                } else {
+                    String::new()
+                }
+            )]));
+        }
+    }
     if !r.gates.is_empty() {
         blocks.push(Block::Para(format!(
             "Gates: {}.",
@@ -281,8 +298,28 @@ pub fn sections(r: &Report) -> Vec<Section> {
         }
     ))];
     let k = audits.iter().map(|(_, a)| a.classes).max().unwrap_or(0);
-    let per = |a: &AuditReport, c: usize| a.clean.per_class.get(c).cloned();
-    let rows: Vec<Vec<String>> = (0..k)
+    let many = k > MANY_CLASSES;
+    let names: &[String] = audits
+        .iter()
+        .map(|(_, a)| a.class_names.as_slice())
+        .find(|n| !n.is_empty())
+        .unwrap_or(&[]);
+    let name = |c: usize| label(c, names);
+    let per = |a: &AuditReport, c: usize| a.clean.class(c).cloned();
+    // Many classes: the primary audit's worst classes by recall, else every class.
+    let listed: Vec<usize> = if many {
+        r.primary()
+            .clean
+            .worst_classes(REPORT_ROWS)
+            .iter()
+            .map(|m| m.class)
+            .collect()
+    } else {
+        (0..k).collect()
+    };
+    let rows: Vec<Vec<String>> = listed
+        .iter()
+        .copied()
         .filter(|c| {
             audits
                 .iter()
@@ -290,7 +327,7 @@ pub fn sections(r: &Report) -> Vec<Section> {
         })
         .map(|c| {
             vec![
-                c.to_string(),
+                name(c),
                 cells(&each(&|a| {
                     per(a, c).map(|m| m.support.to_string()).unwrap_or_default()
                 })),
@@ -301,6 +338,19 @@ pub fn sections(r: &Report) -> Vec<Section> {
         })
         .collect();
     if !rows.is_empty() {
+        if many {
+            blocks.push(Block::Para(format!(
+                "{k} classes, {} with examples; the {} with the lowest recall{}:",
+                r.primary()
+                    .clean
+                    .per_class
+                    .iter()
+                    .filter(|c| c.support > 0)
+                    .count(),
+                rows.len(),
+                if two { " after hardening" } else { "" }
+            )));
+        }
         blocks.push(Block::Table {
             head: vec![
                 "class".into(),
@@ -312,24 +362,47 @@ pub fn sections(r: &Report) -> Vec<Section> {
             rows,
         });
         let a = r.primary();
-        let mut head = vec!["true \\ predicted".to_string()];
-        head.extend((0..a.classes).map(|c| c.to_string()));
-        let rows = a
-            .clean
-            .confusion
-            .iter()
-            .enumerate()
-            .map(|(t, row)| {
-                let mut v = vec![t.to_string()];
-                v.extend(row.iter().map(|c| c.to_string()));
-                v
-            })
-            .collect();
-        blocks.push(Block::Para(format!(
-            "Confusion matrix{} (rows: true class, columns: predicted class):",
-            if two { " of the hardened model" } else { "" }
-        )));
-        blocks.push(Block::Table { head, rows });
+        if many {
+            let top = a.clean.top_confusions(REPORT_ROWS);
+            if top.is_empty() {
+                blocks.push(Block::Para(format!(
+                    "No confusions{}: every labelled example was classified correctly.",
+                    if two { " of the hardened model" } else { "" }
+                )));
+            } else {
+                blocks.push(Block::Para(format!(
+                    "The {} most frequent confusions{} (the full matrix is in report.json as its nonzero entries, `confusion_nonzero`):",
+                    top.len(),
+                    if two { " of the hardened model" } else { "" }
+                )));
+                blocks.push(Block::Table {
+                    head: vec!["true class".into(), "predicted".into(), "examples".into()],
+                    rows: top
+                        .iter()
+                        .map(|(t, p, n)| vec![name(*t), name(*p), n.to_string()])
+                        .collect(),
+                });
+            }
+        } else {
+            let mut head = vec!["true \\ predicted".to_string()];
+            head.extend((0..a.classes).map(|c| c.to_string()));
+            let rows = a
+                .clean
+                .confusion
+                .iter()
+                .enumerate()
+                .map(|(t, row)| {
+                    let mut v = vec![name(t)];
+                    v.extend(row.iter().map(|c| c.to_string()));
+                    v
+                })
+                .collect();
+            blocks.push(Block::Para(format!(
+                "Confusion matrix{} (rows: true class, columns: predicted class):",
+                if two { " of the hardened model" } else { "" }
+            )));
+            blocks.push(Block::Table { head, rows });
+        }
     }
     out.push(Section {
         title: "Clean accuracy".into(),
@@ -403,9 +476,31 @@ pub fn sections(r: &Report) -> Vec<Section> {
         blocks.push(Block::Plot);
         let mut head = vec!["class".to_string()];
         head.extend(eps_all.iter().map(|e| format!("eps {e}")));
-        let rows = (0..k)
+        // Many classes: the classes with the lowest robust accuracy at the largest eps.
+        let robust_rows: Vec<usize> = if many {
+            let a = r.primary();
+            let last = eps_all.last().copied().unwrap_or(0.0);
+            let acc = |c: usize| {
+                eps_result(a, last)
+                    .and_then(|e| e.per_class_robust_accuracy.get(c).copied().flatten())
+            };
+            let mut v: Vec<usize> = (0..k).filter(|c| acc(*c).is_some()).collect();
+            v.sort_by(|x, y| {
+                acc(*x)
+                    .unwrap_or(0.0)
+                    .total_cmp(&acc(*y).unwrap_or(0.0))
+                    .then(x.cmp(y))
+            });
+            v.truncate(REPORT_ROWS);
+            v
+        } else {
+            (0..k).collect()
+        };
+        let rows = robust_rows
+            .iter()
+            .copied()
             .map(|c| {
-                let mut row = vec![c.to_string()];
+                let mut row = vec![name(c)];
                 for &eps in &eps_all {
                     row.push(cells(&each(&|a| {
                         pct(eps_result(a, eps)
@@ -415,9 +510,15 @@ pub fn sections(r: &Report) -> Vec<Section> {
                 row
             })
             .collect();
-        blocks.push(Block::Para(
-            "Robust accuracy per class (worst case):".into(),
-        ));
+        blocks.push(Block::Para(if many {
+            format!(
+                "Robust accuracy per class (worst case), the {} classes with the lowest at eps {}:",
+                robust_rows.len(),
+                eps_all.last().copied().unwrap_or(0.0)
+            )
+        } else {
+            "Robust accuracy per class (worst case):".into()
+        }));
         blocks.push(Block::Table { head, rows });
         out.push(Section {
             title: "Robust accuracy".into(),

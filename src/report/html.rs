@@ -120,8 +120,11 @@ fn grid(s: &mut String, a: &AuditReport) {
                 p.example,
                 p.example,
                 p.example,
-                p.label,
-                p.adversarial_prediction,
+                esc(&crate::data::classes::label(p.label, &a.class_names)),
+                esc(&crate::data::classes::label(
+                    p.adversarial_prediction,
+                    &a.class_names
+                )),
                 esc(&p.attack),
                 super::sanity::fmt_g(p.distance)
             );

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use super::content::{self, Block};
 use super::Report;
+use crate::data::classes::label;
 
 /// Marks the start of the volatile last lines (tests and diffs drop what follows).
 pub const META_MARKER: &str = "<!-- meta: volatile -->";
@@ -56,8 +57,8 @@ pub fn render(r: &Report) -> String {
                                 vec![
                                     e.eps.to_string(),
                                     p.example.to_string(),
-                                    p.label.to_string(),
-                                    p.adversarial_prediction.to_string(),
+                                    label(p.label, &a.class_names),
+                                    label(p.adversarial_prediction, &a.class_names),
                                     p.attack.clone(),
                                     super::sanity::fmt_g(p.distance),
                                 ]

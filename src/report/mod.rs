@@ -255,6 +255,9 @@ pub fn summary(r: &Report) -> String {
             }
         }
         let _ = writeln!(s);
+        if let Some(w) = audit::nothing_attacked(a) {
+            let _ = writeln!(s, "{who}WARNING: {w}");
+        }
         let flagged: Vec<&str> = a
             .sanity
             .iter()

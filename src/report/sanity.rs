@@ -137,11 +137,24 @@ randomised defence on purpose, average gradients over many samples (EOT) and rep
 accuracy of repeated predictions.",
 };
 
+pub const ATTACKED: Def = Def {
+    id: "examples-attacked",
+    title: "Some examples were attacked",
+    meaning: "No labelled example is classified correctly, so no example was attacked: the \
+robust accuracy is 0% by construction and says nothing about robustness. Usually the data \
+does not match the model: labels or class order, value range, normalisation, channel order \
+or image size differ from what the model was trained on.",
+    action: "Fix clean accuracy first: compare the labels and their order with the model's \
+classes (--class-names shows names), the input range and normalisation (--input-range, \
+--mean/--std, --preset imagenet) and the image size (--resize, --crop).",
+};
+
 /// Every check, in report order.
-pub const ALL: [&Def; 7] = [
+pub const ALL: [&Def; 8] = [
     &LOGITS,
     &GRADIENTS,
     &RANDOMNESS,
+    &ATTACKED,
     &SINGLE_STEP,
     &BUDGET,
     &LARGE_EPS,
@@ -190,6 +203,9 @@ pub struct Facts {
     pub classes: usize,
     pub range: (f32, f32),
     pub geometry: Geometry,
+    /// Labelled examples, and those classified correctly (the ones attacks run on).
+    pub labelled: u64,
+    pub correct: u64,
 }
 
 /// The probes, filled during the audit's pass over the data.
@@ -275,6 +291,7 @@ impl Probe {
             Ok(()) => self.gradient_check(oracle)?,
         });
         out.push(self.randomness_check(oracle)?);
+        out.push(attacked_check(facts, plan.is_some()));
         let Some(plan) = plan else {
             for d in [&SINGLE_STEP, &BUDGET, &LARGE_EPS, &BLACK_BOX] {
                 out.push(d.not_run("needs attacks (--eps)"));
@@ -490,6 +507,22 @@ fn logits_check(f: &Facts) -> Check {
     )
 }
 
+fn attacked_check(f: &Facts, attacks: bool) -> Check {
+    if !attacks {
+        return ATTACKED.not_run("needs attacks (--eps)");
+    }
+    if f.labelled == 0 {
+        return ATTACKED.not_run("the data has no labels");
+    }
+    ATTACKED.check(
+        f.correct == 0,
+        format!(
+            "{} of {} labelled examples are classified correctly and were attacked",
+            f.correct, f.labelled
+        ),
+    )
+}
+
 fn black_box_check(plan: &RobustPlan, robust: Option<&RobustReport>) -> Check {
     let has = |k: AttackKind| plan.attacks.iter().any(|a| a.kind() == k);
     if !has(AttackKind::BlackBox) {
@@ -575,6 +608,25 @@ mod tests {
     fn large_eps_reaches_the_middle() {
         assert_eq!(large_eps(Norm::Linf, (0.0, 1.0), 784), 0.5);
         assert_eq!(large_eps(Norm::L2, (0.0, 1.0), 16), 2.0);
+    }
+
+    #[test]
+    fn nothing_attacked_is_flagged() {
+        let facts = |labelled, correct| Facts {
+            output_kind: OutputKind::Logits,
+            rows_like_probabilities: 0,
+            examples: 8,
+            classes: 10,
+            range: (0.0, 1.0),
+            geometry: Geometry::Flat { len: 4 },
+            labelled,
+            correct,
+        };
+        assert_eq!(attacked_check(&facts(8, 0), true).status, Status::Flagged);
+        assert_eq!(attacked_check(&facts(8, 1), true).status, Status::Passed);
+        assert_eq!(attacked_check(&facts(0, 0), true).status, Status::NotRun);
+        assert_eq!(attacked_check(&facts(8, 0), false).status, Status::NotRun);
+        assert!(attacked_check(&facts(8, 0), true).meaning.is_some());
     }
 
     #[test]

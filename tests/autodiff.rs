@@ -467,6 +467,105 @@ fn elementwise_and_activation_rules() {
         vec![],
         8,
     );
+    let s = |n: &str, v: &str| pb::AttributeProto {
+        name: n.into(),
+        r#type: 3,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let (n, i) = scaled("Gelu", 3.0, vec![s("approximate", "tanh")]);
+    check("Gelu tanh", &[9], n, i, 20);
+    let (n, i) = scaled("Gelu", 3.0, vec![s("approximate", "none")]);
+    check("Gelu none", &[9], n, i, 20);
+    let (n, i) = scaled("HardSigmoid", 4.0, vec![]);
+    check("HardSigmoid defaults", &[9], n, i, 13);
+    let (n, i) = scaled(
+        "Selu",
+        2.0,
+        vec![attr_f("alpha", 1.2), attr_f("gamma", 0.9)],
+    );
+    check("Selu attributes", &[9], n, i, 13);
+    let (n, i) = scaled("Celu", 2.0, vec![]);
+    check("Celu default alpha", &[9], n, i, 12);
+    // Pow: the square of hand-written normalisations, a constant integer exponent, a
+    // constant base (exponent gradient), and base and exponent both from x.
+    for (name, opset, e) in [
+        ("Pow square", 13, model::float_tensor("e", &[], &[2.0])),
+        (
+            "Pow square opset 11",
+            11,
+            model::float_tensor("e", &[1], &[2.0]),
+        ),
+        (
+            "Pow per-column exponents",
+            13,
+            model::float_tensor("e", &[3], &[0.5, 3.0, -1.0]),
+        ),
+        ("Pow integer exponent", 13, i64_tensor("e", &[3])),
+    ] {
+        let (mut n, mut i) = positive("Pow", vec![]);
+        n[1].input.push("e".into());
+        i.push(e);
+        check(name, &[2, 3], n, i, opset);
+    }
+    check(
+        "Pow constant base",
+        &[2, 3],
+        vec![node("Pow", &["base", "x"], "y", vec![])],
+        vec![model::float_tensor("base", &[3], &[0.5, 1.5, 3.0])],
+        13,
+    );
+    let (mut n, i) = positive("Pow", vec![]);
+    n[1].input.push("x".into());
+    check("Pow base and exponent from x", &[2, 3], n, i, 13);
+    // Min and Max: ties go to the first input only, so Max(x, x) = x has gradient dy.
+    for op in ["Max", "Min"] {
+        check(
+            &format!("{op} tied inputs"),
+            &[5],
+            vec![node(op, &["x", "x"], "y", vec![])],
+            vec![],
+            13,
+        );
+        check(
+            &format!("{op} of x and -x"),
+            &[5],
+            vec![
+                node("Neg", &["x"], "n", vec![]),
+                node(op, &["n", "x"], "y", vec![]),
+            ],
+            vec![],
+            13,
+        );
+        check(
+            &format!("{op} one input"),
+            &[5],
+            vec![node(op, &["x"], "y", vec![])],
+            vec![],
+            13,
+        );
+        check(
+            &format!("{op} opset 8 broadcast"),
+            &[3, 4],
+            vec![node(op, &["c", "x", "x"], "y", vec![])],
+            vec![rand_tensor("c", &[3, 1], &mut r, 0.5)],
+            8,
+        );
+    }
+    check(
+        "Mean with x twice",
+        &[3, 4],
+        vec![node("Mean", &["x", "c", "x"], "y", vec![])],
+        vec![rand_tensor("c", &[4], &mut r, 0.5)],
+        13,
+    );
+    check(
+        "Sum one input",
+        &[5],
+        vec![node("Sum", &["x"], "y", vec![])],
+        vec![],
+        13,
+    );
 }
 
 #[test]
@@ -1627,25 +1726,77 @@ fn one(
     (vec![node(op, inputs, "y", attrs)], inits)
 }
 
+/// `op(k * x) -> y`: a unary op on a wider range than the cases' [-1, 1].
+fn scaled(
+    op: &str,
+    k: f32,
+    attrs: Vec<pb::AttributeProto>,
+) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
+    (
+        vec![
+            node("Mul", &["x", "k"], "h", vec![]),
+            node(op, &["h"], "y", attrs),
+        ],
+        vec![model::float_tensor("k", &[], &[k])],
+    )
+}
+
+/// `op(x + 1.5) -> y`: a unary op defined for positive inputs.
+fn positive(
+    op: &str,
+    attrs: Vec<pb::AttributeProto>,
+) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
+    (
+        vec![
+            node("Add", &["x", "k"], "h", vec![]),
+            node(op, &["h"], "y", attrs),
+        ],
+        vec![model::float_tensor("k", &[], &[1.5])],
+    )
+}
+
 /// One line per registered op of the elementwise and activation family (`rules/elementwise.rs`).
 #[rustfmt::skip]
 const ELEMENTWISE_CASES: &[Case] = &[
+    Case { op: "Abs", example: &[7], opset: 13, build: |_| one("Abs", &["x"], vec![], vec![]) },
     Case { op: "Add", example: &[3, 6], opset: 13, build: |r| one("Add", &["x", "b"], vec![], vec![rand_tensor("b", &[6], r, 0.5)]) },
     Case { op: "Ceil", example: &[7], opset: 13, build: |_| (vec![node("Ceil", &["x"], "r", vec![]), node("Add", &["r", "x"], "y", vec![])], vec![]) },
+    Case { op: "Celu", example: &[7], opset: 12, build: |_| one("Celu", &["x"], vec![attr_f("alpha", 0.7)], vec![]) },
     Case { op: "Clip", example: &[9], opset: 13, build: |_| one("Clip", &["x", "lo", "hi"], vec![], vec![model::float_tensor("lo", &[], &[-0.3]), model::float_tensor("hi", &[], &[0.4])]) },
+    Case { op: "Cos", example: &[7], opset: 13, build: |_| scaled("Cos", 3.0, vec![]) },
     Case { op: "Div", example: &[3, 6], opset: 13, build: |_| one("Div", &["x", "b"], vec![], vec![model::float_tensor("b", &[6], &[1.5, -2.0, 0.7, 3.0, -1.2, 2.2])]) },
     Case { op: "Dropout", example: &[5], opset: 13, build: |_| one("Dropout", &["x"], vec![], vec![]) },
+    Case { op: "Elu", example: &[7], opset: 13, build: |_| scaled("Elu", 2.0, vec![attr_f("alpha", 0.8)]) },
+    Case { op: "Erf", example: &[7], opset: 13, build: |_| scaled("Erf", 2.0, vec![]) },
+    Case { op: "Exp", example: &[7], opset: 13, build: |_| one("Exp", &["x"], vec![], vec![]) },
     Case { op: "Floor", example: &[7], opset: 13, build: |_| (vec![node("Floor", &["x"], "r", vec![]), node("Add", &["r", "x"], "y", vec![])], vec![]) },
+    Case { op: "Gelu", example: &[7], opset: 20, build: |_| scaled("Gelu", 3.0, vec![]) },
+    Case { op: "HardSigmoid", example: &[7], opset: 13, build: |_| one("HardSigmoid", &["x"], vec![attr_f("alpha", 0.6), attr_f("beta", 0.3)], vec![]) },
+    Case { op: "HardSwish", example: &[9], opset: 14, build: |_| scaled("HardSwish", 5.0, vec![]) },
     Case { op: "Identity", example: &[5], opset: 13, build: |_| one("Identity", &["x"], vec![], vec![]) },
     Case { op: "LeakyRelu", example: &[7], opset: 13, build: |_| one("LeakyRelu", &["x"], vec![attr_f("alpha", 0.2)], vec![]) },
+    Case { op: "Log", example: &[7], opset: 13, build: |_| positive("Log", vec![]) },
     Case { op: "LogSoftmax", example: &[7], opset: 13, build: |_| one("LogSoftmax", &["x"], vec![], vec![]) },
+    Case { op: "Max", example: &[3, 6], opset: 13, build: |r| one("Max", &["x", "b", "c"], vec![], vec![rand_tensor("b", &[6], r, 0.5), rand_tensor("c", &[3, 1], r, 0.5)]) },
+    Case { op: "Mean", example: &[3, 6], opset: 13, build: |r| one("Mean", &["x", "b", "c"], vec![], vec![rand_tensor("b", &[6], r, 0.5), rand_tensor("c", &[3, 1], r, 0.5)]) },
+    Case { op: "Min", example: &[3, 6], opset: 13, build: |r| one("Min", &["b", "x", "c"], vec![], vec![rand_tensor("b", &[6], r, 0.5), rand_tensor("c", &[3, 1], r, 0.5)]) },
+    Case { op: "Mish", example: &[7], opset: 18, build: |_| scaled("Mish", 3.0, vec![]) },
     Case { op: "Mul", example: &[3, 6], opset: 13, build: |r| one("Mul", &["x", "b"], vec![], vec![rand_tensor("b", &[6], r, 1.0)]) },
+    Case { op: "Neg", example: &[7], opset: 13, build: |_| one("Neg", &["x"], vec![], vec![]) },
+    Case { op: "Pow", example: &[7], opset: 13, build: |_| { let (mut n, mut i) = positive("Pow", vec![]); n[1].input.push("e".into()); i.push(model::float_tensor("e", &[], &[1.7])); (n, i) } },
     Case { op: "PRelu", example: &[2, 4], opset: 13, build: |r| one("PRelu", &["x", "s"], vec![], vec![rand_tensor("s", &[4], r, 0.3)]) },
+    Case { op: "Reciprocal", example: &[7], opset: 13, build: |_| positive("Reciprocal", vec![]) },
     Case { op: "Relu", example: &[7], opset: 13, build: |_| one("Relu", &["x"], vec![], vec![]) },
     Case { op: "Round", example: &[7], opset: 13, build: |_| (vec![node("Round", &["x"], "r", vec![]), node("Add", &["r", "x"], "y", vec![])], vec![]) },
+    Case { op: "Selu", example: &[7], opset: 13, build: |_| scaled("Selu", 2.0, vec![]) },
     Case { op: "Sigmoid", example: &[7], opset: 13, build: |_| one("Sigmoid", &["x"], vec![], vec![]) },
+    Case { op: "Sin", example: &[7], opset: 13, build: |_| scaled("Sin", 3.0, vec![]) },
     Case { op: "Softmax", example: &[7], opset: 13, build: |_| one("Softmax", &["x"], vec![], vec![]) },
+    Case { op: "Softplus", example: &[7], opset: 13, build: |_| scaled("Softplus", 3.0, vec![]) },
+    Case { op: "Softsign", example: &[7], opset: 13, build: |_| scaled("Softsign", 3.0, vec![]) },
+    Case { op: "Sqrt", example: &[7], opset: 13, build: |_| positive("Sqrt", vec![]) },
     Case { op: "Sub", example: &[3, 6], opset: 13, build: |r| one("Sub", &["b", "x"], vec![], vec![rand_tensor("b", &[6], r, 0.5)]) },
+    Case { op: "Sum", example: &[3, 6], opset: 13, build: |r| one("Sum", &["x", "b", "c"], vec![], vec![rand_tensor("b", &[6], r, 0.5), rand_tensor("c", &[3, 1], r, 0.5)]) },
     Case { op: "Tanh", example: &[7], opset: 13, build: |_| one("Tanh", &["x"], vec![], vec![]) },
 ];
 

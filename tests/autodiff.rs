@@ -1706,6 +1706,155 @@ fn maxpool_shares_the_gradient_among_tied_maxima() {
     }
 }
 
+/// Variants of the normalisation rules: axes, missing bias, both GroupNormalization
+/// forms, the decomposed LayerNorm of the legacy exporter, and parameter gradients.
+#[test]
+fn normalisation_rules() {
+    let mut r = Rng::new(8);
+    let t = |r: &mut Rng, n: &str, dims: &[usize], k: f32| rand_tensor(n, dims, r, k);
+    check(
+        "LayerNormalization axis 1 of 3-D",
+        &[3, 4],
+        vec![node(
+            "LayerNormalization",
+            &["x", "s", "b"],
+            "y",
+            vec![attr_int("axis", 1), attr_f("epsilon", 1e-3)],
+        )],
+        vec![t(&mut r, "s", &[3, 4], 1.0), t(&mut r, "b", &[3, 4], 0.3)],
+        17,
+    );
+    check(
+        "LayerNormalization no bias, opset 18",
+        &[2, 6],
+        vec![node("LayerNormalization", &["x", "s"], "y", vec![])],
+        vec![t(&mut r, "s", &[6], 1.0)],
+        18,
+    );
+    check(
+        "InstanceNormalization 1-D",
+        &[3, 6],
+        vec![node("InstanceNormalization", &["x", "s", "b"], "y", vec![])],
+        vec![t(&mut r, "s", &[3], 1.0), t(&mut r, "b", &[3], 0.3)],
+        13,
+    );
+    for (groups, opset, pshape) in [(2, 21, 4), (1, 18, 1), (4, 18, 4), (4, 21, 4)] {
+        check(
+            &format!("GroupNormalization {groups} groups opset {opset}"),
+            &[4, 3, 2],
+            vec![node(
+                "GroupNormalization",
+                &["x", "s", "b"],
+                "y",
+                vec![attr_int("num_groups", groups), attr_f("epsilon", 1e-4)],
+            )],
+            vec![
+                t(&mut r, "s", &[pshape], 1.0),
+                t(&mut r, "b", &[pshape], 0.3),
+            ],
+            opset,
+        );
+    }
+    // The LayerNorm the legacy exporter writes out: ReduceMean, Sub, Pow, ReduceMean,
+    // Add, Sqrt, Div, Mul, Add (axes an attribute before opset 18, an input from 18).
+    for opset in [13, 17, 18] {
+        let mean = |x: &str, out: &str| {
+            if opset >= 18 {
+                node("ReduceMean", &[x, "ax"], out, vec![])
+            } else {
+                node("ReduceMean", &[x], out, vec![attr_ints("axes", &[-1])])
+            }
+        };
+        let mut nodes = vec![
+            mean("x", "mu"),
+            node("Sub", &["x", "mu"], "xc", vec![]),
+            node("Pow", &["xc", "two"], "sq", vec![]),
+            mean("sq", "var"),
+            node("Add", &["var", "eps"], "ve", vec![]),
+            node("Sqrt", &["ve"], "sd", vec![]),
+            node("Div", &["xc", "sd"], "xh", vec![]),
+            node("Mul", &["xh", "s"], "xs", vec![]),
+            node("Add", &["xs", "b"], "y", vec![]),
+        ];
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.name = format!("n{i}");
+        }
+        check(
+            &format!("decomposed LayerNorm opset {opset}"),
+            &[3, 5],
+            nodes,
+            vec![
+                i64_tensor("ax", &[-1]),
+                model::float_tensor("two", &[], &[2.0]),
+                model::float_tensor("eps", &[], &[1e-5]),
+                t(&mut r, "s", &[5], 1.0),
+                t(&mut r, "b", &[5], 0.3),
+            ],
+            opset,
+        );
+    }
+    // Scale and bias gradients (trained parameters).
+    let params = |ps: &[&str]| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let cases: Vec<(&str, &[usize], i64, pb::NodeProto, Vec<pb::TensorProto>)> = vec![
+        (
+            "LayerNormalization",
+            &[3, 4],
+            17,
+            node(
+                "LayerNormalization",
+                &["x", "s", "b"],
+                "y",
+                vec![attr_int("axis", 1)],
+            ),
+            vec![t(&mut r, "s", &[3, 4], 1.0), t(&mut r, "b", &[3, 4], 0.3)],
+        ),
+        (
+            "InstanceNormalization",
+            &[3, 2, 3],
+            13,
+            node("InstanceNormalization", &["x", "s", "b"], "y", vec![]),
+            vec![t(&mut r, "s", &[3], 1.0), t(&mut r, "b", &[3], 0.3)],
+        ),
+        (
+            "GroupNormalization opset 18",
+            &[4, 3],
+            18,
+            node(
+                "GroupNormalization",
+                &["x", "s", "b"],
+                "y",
+                vec![attr_int("num_groups", 2)],
+            ),
+            vec![t(&mut r, "s", &[2], 1.0), t(&mut r, "b", &[2], 0.3)],
+        ),
+        (
+            "GroupNormalization opset 21",
+            &[4, 3],
+            21,
+            node(
+                "GroupNormalization",
+                &["x", "s", "b"],
+                "y",
+                vec![attr_int("num_groups", 2)],
+            ),
+            vec![t(&mut r, "s", &[4], 1.0), t(&mut r, "b", &[4], 0.3)],
+        ),
+    ];
+    for (name, example, opset, n, inits) in cases {
+        let m = model_of(example, vec![n], inits, opset);
+        assert_eq!(trainable_params(&m), ["s", "b"], "{name}");
+        fd_check_params(
+            &format!("{name} scale and bias"),
+            &m,
+            example,
+            2,
+            &params(&["s", "b"]),
+            3e-2,
+            false,
+        );
+    }
+}
+
 /// One finite-difference case of a backward rule: a model `x -> nodes -> y` (then
 /// Flatten to the logits) checked against finite differences on every runtime.
 struct Case {
@@ -1823,6 +1972,9 @@ const NORM_CASES: &[Case] = &[
         let var: Vec<f32> = (0..3).map(|_| 0.5 + r.uniform()).collect();
         one("BatchNormalization", &["x", "s", "b", "m", "v"], vec![], vec![rand_tensor("s", &[3], r, 1.0), rand_tensor("b", &[3], r, 0.3), rand_tensor("m", &[3], r, 0.3), model::float_tensor("v", &[3], &var)])
     } },
+    Case { op: "GroupNormalization", example: &[4, 3, 3], opset: 18, build: |r| one("GroupNormalization", &["x", "s", "b"], vec![attr_int("num_groups", 2)], vec![rand_tensor("s", &[2], r, 1.0), rand_tensor("b", &[2], r, 0.3)]) },
+    Case { op: "InstanceNormalization", example: &[3, 4, 4], opset: 13, build: |r| one("InstanceNormalization", &["x", "s", "b"], vec![attr_f("epsilon", 1e-3)], vec![rand_tensor("s", &[3], r, 1.0), rand_tensor("b", &[3], r, 0.3)]) },
+    Case { op: "LayerNormalization", example: &[3, 5], opset: 17, build: |r| one("LayerNormalization", &["x", "s", "b"], vec![], vec![rand_tensor("s", &[5], r, 1.0), rand_tensor("b", &[5], r, 0.3)]) },
 ];
 
 /// One line per registered op of the shape and indexing family (`rules/shape.rs`).

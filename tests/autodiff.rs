@@ -1855,6 +1855,83 @@ fn normalisation_rules() {
     }
 }
 
+/// Variants of the reduction rules: axes as attribute or input by opset, keepdims,
+/// noop_with_empty_axes, several axes, and ties in ReduceMax/ReduceMin.
+#[test]
+fn reduction_rules() {
+    let kd = |k: i64| attr_int("keepdims", k);
+    check(
+        "ReduceSum opset 11 axes attribute",
+        &[3, 4],
+        vec![node(
+            "ReduceSum",
+            &["x"],
+            "y",
+            vec![attr_ints("axes", &[1]), kd(0)],
+        )],
+        vec![],
+        11,
+    );
+    check(
+        "ReduceSum noop with empty axes",
+        &[3, 4],
+        vec![node(
+            "ReduceSum",
+            &["x"],
+            "y",
+            vec![attr_int("noop_with_empty_axes", 1)],
+        )],
+        vec![],
+        13,
+    );
+    check(
+        "ReduceMean opset 18 axes input, two axes",
+        &[2, 3, 4],
+        vec![node("ReduceMean", &["x", "a"], "y", vec![kd(0)])],
+        vec![i64_tensor("a", &[1, -1])],
+        18,
+    );
+    check(
+        "ReduceLogSumExp opset 18 two axes",
+        &[2, 3, 4],
+        vec![node("ReduceLogSumExp", &["x", "a"], "y", vec![])],
+        vec![i64_tensor("a", &[2, 3])],
+        18,
+    );
+    check(
+        "ReduceL2 two axes keepdims 0",
+        &[2, 3, 4],
+        vec![node(
+            "ReduceL2",
+            &["x"],
+            "y",
+            vec![attr_ints("axes", &[1, 3]), kd(0)],
+        )],
+        vec![],
+        13,
+    );
+    for op in ["ReduceMax", "ReduceMin"] {
+        check(
+            &format!("{op} opset 11 keepdims 0"),
+            &[3, 4],
+            vec![node(op, &["x"], "y", vec![attr_ints("axes", &[1]), kd(0)])],
+            vec![],
+            11,
+        );
+        // Every extremum twice: each copy gets half, so x's gradient is dy.
+        check(
+            &format!("{op} tied entries"),
+            &[2, 3],
+            vec![
+                node("Concat", &["x", "x"], "xx", vec![attr_int("axis", 2)]),
+                node(op, &["xx"], "y", vec![attr_ints("axes", &[2])]),
+            ],
+            vec![],
+            13,
+        );
+    }
+}
+
 /// One finite-difference case of a backward rule: a model `x -> nodes -> y` (then
 /// Flatten to the logits) checked against finite differences on every runtime.
 struct Case {
@@ -1993,7 +2070,15 @@ const SHAPE_CASES: &[Case] = &[
 /// One line per registered op of the reduction family (`rules/reduce.rs`).
 #[rustfmt::skip]
 const REDUCE_CASES: &[Case] = &[
+    Case { op: "ReduceL1", example: &[3, 4], opset: 13, build: |_| one("ReduceL1", &["x"], vec![attr_ints("axes", &[2]), attr_int("keepdims", 0)], vec![]) },
+    Case { op: "ReduceL2", example: &[3, 4], opset: 13, build: |_| one("ReduceL2", &["x"], vec![attr_ints("axes", &[1])], vec![]) },
+    Case { op: "ReduceLogSum", example: &[3, 4], opset: 13, build: |_| { let (mut n, i) = positive("ReduceLogSum", vec![attr_ints("axes", &[-1])]); n[1].output[0] = "y".into(); (n, i) } },
+    Case { op: "ReduceLogSumExp", example: &[3, 4], opset: 13, build: |_| one("ReduceLogSumExp", &["x"], vec![attr_ints("axes", &[2])], vec![]) },
+    Case { op: "ReduceMax", example: &[3, 4], opset: 13, build: |_| one("ReduceMax", &["x"], vec![attr_ints("axes", &[2]), attr_int("keepdims", 0)], vec![]) },
     Case { op: "ReduceMean", example: &[3, 4], opset: 13, build: |_| one("ReduceMean", &["x"], vec![attr_ints("axes", &[2]), attr_int("keepdims", 1)], vec![]) },
+    Case { op: "ReduceMin", example: &[3, 4], opset: 18, build: |_| one("ReduceMin", &["x", "a"], vec![], vec![i64_tensor("a", &[1])]) },
+    Case { op: "ReduceSum", example: &[3, 4], opset: 13, build: |_| one("ReduceSum", &["x", "a"], vec![attr_int("keepdims", 0)], vec![i64_tensor("a", &[-1])]) },
+    Case { op: "ReduceSumSquare", example: &[3, 4], opset: 13, build: |_| one("ReduceSumSquare", &["x"], vec![attr_ints("axes", &[1])], vec![]) },
 ];
 
 /// Every family's table.

@@ -1793,62 +1793,65 @@ fn normalisation_rules() {
             opset,
         );
     }
-    // Scale and bias gradients (trained parameters).
-    let params = |ps: &[&str]| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>();
-    let cases: Vec<(&str, &[usize], i64, pb::NodeProto, Vec<pb::TensorProto>)> = vec![
+    // Scale and bias gradients (trained parameters): (name, example, opset, op,
+    // attributes, parameter shape).
+    type ParamCase = (
+        &'static str,
+        &'static [usize],
+        i64,
+        &'static str,
+        Vec<pb::AttributeProto>,
+        &'static [usize],
+    );
+    let cases: [ParamCase; 4] = [
         (
             "LayerNormalization",
             &[3, 4],
             17,
-            node(
-                "LayerNormalization",
-                &["x", "s", "b"],
-                "y",
-                vec![attr_int("axis", 1)],
-            ),
-            vec![t(&mut r, "s", &[3, 4], 1.0), t(&mut r, "b", &[3, 4], 0.3)],
+            "LayerNormalization",
+            vec![attr_int("axis", 1)],
+            &[3, 4],
         ),
         (
             "InstanceNormalization",
             &[3, 2, 3],
             13,
-            node("InstanceNormalization", &["x", "s", "b"], "y", vec![]),
-            vec![t(&mut r, "s", &[3], 1.0), t(&mut r, "b", &[3], 0.3)],
+            "InstanceNormalization",
+            vec![],
+            &[3],
         ),
         (
             "GroupNormalization opset 18",
             &[4, 3],
             18,
-            node(
-                "GroupNormalization",
-                &["x", "s", "b"],
-                "y",
-                vec![attr_int("num_groups", 2)],
-            ),
-            vec![t(&mut r, "s", &[2], 1.0), t(&mut r, "b", &[2], 0.3)],
+            "GroupNormalization",
+            vec![attr_int("num_groups", 2)],
+            &[2],
         ),
         (
             "GroupNormalization opset 21",
             &[4, 3],
             21,
-            node(
-                "GroupNormalization",
-                &["x", "s", "b"],
-                "y",
-                vec![attr_int("num_groups", 2)],
-            ),
-            vec![t(&mut r, "s", &[4], 1.0), t(&mut r, "b", &[4], 0.3)],
+            "GroupNormalization",
+            vec![attr_int("num_groups", 2)],
+            &[4],
         ),
     ];
-    for (name, example, opset, n, inits) in cases {
-        let m = model_of(example, vec![n], inits, opset);
+    for (name, example, opset, op, attrs, pshape) in cases {
+        let inits = vec![t(&mut r, "s", pshape, 1.0), t(&mut r, "b", pshape, 0.3)];
+        let m = model_of(
+            example,
+            vec![node(op, &["x", "s", "b"], "y", attrs)],
+            inits,
+            opset,
+        );
         assert_eq!(trainable_params(&m), ["s", "b"], "{name}");
         fd_check_params(
             &format!("{name} scale and bias"),
             &m,
             example,
             2,
-            &params(&["s", "b"]),
+            &["s".to_string(), "b".to_string()],
             3e-2,
             false,
         );

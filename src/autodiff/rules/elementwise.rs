@@ -509,9 +509,9 @@ fn sum_mean(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
     } else {
         c.dy.to_string()
     };
-    for i in 0..n {
+    for (i, gi) in g.iter_mut().enumerate().take(n) {
         if c.need(i) {
-            g[i] = Some(b.unbroadcast(&d, ys, c.shape(c.input(i))?));
+            *gi = Some(b.unbroadcast(&d, ys, c.shape(c.input(i))?));
         }
     }
     Ok(())
@@ -529,14 +529,11 @@ fn min_max(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
     };
     // Inputs before i that equal the output (taken).
     let mut taken: Option<String> = None;
-    for i in 0..=last_needed {
+    for (i, gi) in g.iter_mut().enumerate().take(last_needed + 1) {
         let x = c.input(i);
         let mask = if i + 1 == n {
             // The last input gets what no earlier one took.
-            match &taken {
-                Some(t) => Some(b.op("Not", &[t], vec![])),
-                None => None,
-            }
+            taken.as_ref().map(|t| b.op("Not", &[t], vec![]))
         } else {
             let eq = b.equal(x, c.out());
             let m = match &taken {
@@ -559,7 +556,7 @@ fn min_max(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
                 Some(m) => b.select(&m, c.dy),
                 None => c.dy.to_string(),
             };
-            g[i] = Some(b.unbroadcast(&d, ys, c.shape(x)?));
+            *gi = Some(b.unbroadcast(&d, ys, c.shape(x)?));
         }
     }
     Ok(())

@@ -467,6 +467,105 @@ fn elementwise_and_activation_rules() {
         vec![],
         8,
     );
+    let s = |n: &str, v: &str| pb::AttributeProto {
+        name: n.into(),
+        r#type: 3,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let (n, i) = scaled("Gelu", 3.0, vec![s("approximate", "tanh")]);
+    check("Gelu tanh", &[9], n, i, 20);
+    let (n, i) = scaled("Gelu", 3.0, vec![s("approximate", "none")]);
+    check("Gelu none", &[9], n, i, 20);
+    let (n, i) = scaled("HardSigmoid", 4.0, vec![]);
+    check("HardSigmoid defaults", &[9], n, i, 13);
+    let (n, i) = scaled(
+        "Selu",
+        2.0,
+        vec![attr_f("alpha", 1.2), attr_f("gamma", 0.9)],
+    );
+    check("Selu attributes", &[9], n, i, 13);
+    let (n, i) = scaled("Celu", 2.0, vec![]);
+    check("Celu default alpha", &[9], n, i, 12);
+    // Pow: the square of hand-written normalisations, a constant integer exponent, a
+    // constant base (exponent gradient), and base and exponent both from x.
+    for (name, opset, e) in [
+        ("Pow square", 13, model::float_tensor("e", &[], &[2.0])),
+        (
+            "Pow square opset 11",
+            11,
+            model::float_tensor("e", &[1], &[2.0]),
+        ),
+        (
+            "Pow per-column exponents",
+            13,
+            model::float_tensor("e", &[3], &[0.5, 3.0, -1.0]),
+        ),
+        ("Pow integer exponent", 13, i64_tensor("e", &[3])),
+    ] {
+        let (mut n, mut i) = positive("Pow", vec![]);
+        n[1].input.push("e".into());
+        i.push(e);
+        check(name, &[2, 3], n, i, opset);
+    }
+    check(
+        "Pow constant base",
+        &[2, 3],
+        vec![node("Pow", &["base", "x"], "y", vec![])],
+        vec![model::float_tensor("base", &[3], &[0.5, 1.5, 3.0])],
+        13,
+    );
+    let (mut n, i) = positive("Pow", vec![]);
+    n[1].input.push("x".into());
+    check("Pow base and exponent from x", &[2, 3], n, i, 13);
+    // Min and Max: ties go to the first input only, so Max(x, x) = x has gradient dy.
+    for op in ["Max", "Min"] {
+        check(
+            &format!("{op} tied inputs"),
+            &[5],
+            vec![node(op, &["x", "x"], "y", vec![])],
+            vec![],
+            13,
+        );
+        check(
+            &format!("{op} of x and -x"),
+            &[5],
+            vec![
+                node("Neg", &["x"], "n", vec![]),
+                node(op, &["n", "x"], "y", vec![]),
+            ],
+            vec![],
+            13,
+        );
+        check(
+            &format!("{op} one input"),
+            &[5],
+            vec![node(op, &["x"], "y", vec![])],
+            vec![],
+            13,
+        );
+        check(
+            &format!("{op} opset 8 broadcast"),
+            &[3, 4],
+            vec![node(op, &["c", "x", "x"], "y", vec![])],
+            vec![rand_tensor("c", &[3, 1], &mut r, 0.5)],
+            8,
+        );
+    }
+    check(
+        "Mean with x twice",
+        &[3, 4],
+        vec![node("Mean", &["x", "c", "x"], "y", vec![])],
+        vec![rand_tensor("c", &[4], &mut r, 0.5)],
+        13,
+    );
+    check(
+        "Sum one input",
+        &[5],
+        vec![node("Sum", &["x"], "y", vec![])],
+        vec![],
+        13,
+    );
 }
 
 #[test]
@@ -1607,6 +1706,235 @@ fn maxpool_shares_the_gradient_among_tied_maxima() {
     }
 }
 
+/// Variants of the normalisation rules: axes, missing bias, both GroupNormalization
+/// forms, the decomposed LayerNorm of the legacy exporter, and parameter gradients.
+#[test]
+fn normalisation_rules() {
+    let mut r = Rng::new(8);
+    let t = |r: &mut Rng, n: &str, dims: &[usize], k: f32| rand_tensor(n, dims, r, k);
+    check(
+        "LayerNormalization axis 1 of 3-D",
+        &[3, 4],
+        vec![node(
+            "LayerNormalization",
+            &["x", "s", "b"],
+            "y",
+            vec![attr_int("axis", 1), attr_f("epsilon", 1e-3)],
+        )],
+        vec![t(&mut r, "s", &[3, 4], 1.0), t(&mut r, "b", &[3, 4], 0.3)],
+        17,
+    );
+    check(
+        "LayerNormalization no bias, opset 18",
+        &[2, 6],
+        vec![node("LayerNormalization", &["x", "s"], "y", vec![])],
+        vec![t(&mut r, "s", &[6], 1.0)],
+        18,
+    );
+    check(
+        "InstanceNormalization 1-D",
+        &[3, 6],
+        vec![node("InstanceNormalization", &["x", "s", "b"], "y", vec![])],
+        vec![t(&mut r, "s", &[3], 1.0), t(&mut r, "b", &[3], 0.3)],
+        13,
+    );
+    for (groups, opset, pshape) in [(2, 21, 4), (1, 18, 1), (4, 18, 4), (4, 21, 4)] {
+        check(
+            &format!("GroupNormalization {groups} groups opset {opset}"),
+            &[4, 3, 2],
+            vec![node(
+                "GroupNormalization",
+                &["x", "s", "b"],
+                "y",
+                vec![attr_int("num_groups", groups), attr_f("epsilon", 1e-4)],
+            )],
+            vec![
+                t(&mut r, "s", &[pshape], 1.0),
+                t(&mut r, "b", &[pshape], 0.3),
+            ],
+            opset,
+        );
+    }
+    // The LayerNorm the legacy exporter writes out: ReduceMean, Sub, Pow, ReduceMean,
+    // Add, Sqrt, Div, Mul, Add (axes an attribute before opset 18, an input from 18).
+    for opset in [13, 17, 18] {
+        let mean = |x: &str, out: &str| {
+            if opset >= 18 {
+                node("ReduceMean", &[x, "ax"], out, vec![])
+            } else {
+                node("ReduceMean", &[x], out, vec![attr_ints("axes", &[-1])])
+            }
+        };
+        let mut nodes = vec![
+            mean("x", "mu"),
+            node("Sub", &["x", "mu"], "xc", vec![]),
+            node("Pow", &["xc", "two"], "sq", vec![]),
+            mean("sq", "var"),
+            node("Add", &["var", "eps"], "ve", vec![]),
+            node("Sqrt", &["ve"], "sd", vec![]),
+            node("Div", &["xc", "sd"], "xh", vec![]),
+            node("Mul", &["xh", "s"], "xs", vec![]),
+            node("Add", &["xs", "b"], "y", vec![]),
+        ];
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.name = format!("n{i}");
+        }
+        check(
+            &format!("decomposed LayerNorm opset {opset}"),
+            &[3, 5],
+            nodes,
+            vec![
+                i64_tensor("ax", &[-1]),
+                model::float_tensor("two", &[], &[2.0]),
+                model::float_tensor("eps", &[], &[1e-5]),
+                t(&mut r, "s", &[5], 1.0),
+                t(&mut r, "b", &[5], 0.3),
+            ],
+            opset,
+        );
+    }
+    // Scale and bias gradients (trained parameters): (name, example, opset, op,
+    // attributes, parameter shape).
+    type ParamCase = (
+        &'static str,
+        &'static [usize],
+        i64,
+        &'static str,
+        Vec<pb::AttributeProto>,
+        &'static [usize],
+    );
+    let cases: [ParamCase; 4] = [
+        (
+            "LayerNormalization",
+            &[3, 4],
+            17,
+            "LayerNormalization",
+            vec![attr_int("axis", 1)],
+            &[3, 4],
+        ),
+        (
+            "InstanceNormalization",
+            &[3, 2, 3],
+            13,
+            "InstanceNormalization",
+            vec![],
+            &[3],
+        ),
+        (
+            "GroupNormalization opset 18",
+            &[4, 3],
+            18,
+            "GroupNormalization",
+            vec![attr_int("num_groups", 2)],
+            &[2],
+        ),
+        (
+            "GroupNormalization opset 21",
+            &[4, 3],
+            21,
+            "GroupNormalization",
+            vec![attr_int("num_groups", 2)],
+            &[4],
+        ),
+    ];
+    for (name, example, opset, op, attrs, pshape) in cases {
+        let inits = vec![t(&mut r, "s", pshape, 1.0), t(&mut r, "b", pshape, 0.3)];
+        let m = model_of(
+            example,
+            vec![node(op, &["x", "s", "b"], "y", attrs)],
+            inits,
+            opset,
+        );
+        assert_eq!(trainable_params(&m), ["s", "b"], "{name}");
+        fd_check_params(
+            &format!("{name} scale and bias"),
+            &m,
+            example,
+            2,
+            &["s".to_string(), "b".to_string()],
+            3e-2,
+            false,
+        );
+    }
+}
+
+/// Variants of the reduction rules: axes as attribute or input by opset, keepdims,
+/// noop_with_empty_axes, several axes, and ties in ReduceMax/ReduceMin.
+#[test]
+fn reduction_rules() {
+    let kd = |k: i64| attr_int("keepdims", k);
+    check(
+        "ReduceSum opset 11 axes attribute",
+        &[3, 4],
+        vec![node(
+            "ReduceSum",
+            &["x"],
+            "y",
+            vec![attr_ints("axes", &[1]), kd(0)],
+        )],
+        vec![],
+        11,
+    );
+    check(
+        "ReduceSum noop with empty axes",
+        &[3, 4],
+        vec![node(
+            "ReduceSum",
+            &["x"],
+            "y",
+            vec![attr_int("noop_with_empty_axes", 1)],
+        )],
+        vec![],
+        13,
+    );
+    check(
+        "ReduceMean opset 18 axes input, two axes",
+        &[2, 3, 4],
+        vec![node("ReduceMean", &["x", "a"], "y", vec![kd(0)])],
+        vec![i64_tensor("a", &[1, -1])],
+        18,
+    );
+    check(
+        "ReduceLogSumExp opset 18 two axes",
+        &[2, 3, 4],
+        vec![node("ReduceLogSumExp", &["x", "a"], "y", vec![])],
+        vec![i64_tensor("a", &[2, 3])],
+        18,
+    );
+    check(
+        "ReduceL2 two axes keepdims 0",
+        &[2, 3, 4],
+        vec![node(
+            "ReduceL2",
+            &["x"],
+            "y",
+            vec![attr_ints("axes", &[1, 3]), kd(0)],
+        )],
+        vec![],
+        13,
+    );
+    for op in ["ReduceMax", "ReduceMin"] {
+        check(
+            &format!("{op} opset 11 keepdims 0"),
+            &[3, 4],
+            vec![node(op, &["x"], "y", vec![attr_ints("axes", &[1]), kd(0)])],
+            vec![],
+            11,
+        );
+        // Every extremum twice: each copy gets half, so x's gradient is dy.
+        check(
+            &format!("{op} tied entries"),
+            &[2, 3],
+            vec![
+                node("Concat", &["x", "x"], "xx", vec![attr_int("axis", 2)]),
+                node(op, &["xx"], "y", vec![attr_ints("axes", &[2])]),
+            ],
+            vec![],
+            13,
+        );
+    }
+}
+
 /// One finite-difference case of a backward rule: a model `x -> nodes -> y` (then
 /// Flatten to the logits) checked against finite differences on every runtime.
 struct Case {
@@ -1627,25 +1955,77 @@ fn one(
     (vec![node(op, inputs, "y", attrs)], inits)
 }
 
+/// `op(k * x) -> y`: a unary op on a wider range than the cases' [-1, 1].
+fn scaled(
+    op: &str,
+    k: f32,
+    attrs: Vec<pb::AttributeProto>,
+) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
+    (
+        vec![
+            node("Mul", &["x", "k"], "h", vec![]),
+            node(op, &["h"], "y", attrs),
+        ],
+        vec![model::float_tensor("k", &[], &[k])],
+    )
+}
+
+/// `op(x + 1.5) -> y`: a unary op defined for positive inputs.
+fn positive(
+    op: &str,
+    attrs: Vec<pb::AttributeProto>,
+) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
+    (
+        vec![
+            node("Add", &["x", "k"], "h", vec![]),
+            node(op, &["h"], "y", attrs),
+        ],
+        vec![model::float_tensor("k", &[], &[1.5])],
+    )
+}
+
 /// One line per registered op of the elementwise and activation family (`rules/elementwise.rs`).
 #[rustfmt::skip]
 const ELEMENTWISE_CASES: &[Case] = &[
+    Case { op: "Abs", example: &[7], opset: 13, build: |_| one("Abs", &["x"], vec![], vec![]) },
     Case { op: "Add", example: &[3, 6], opset: 13, build: |r| one("Add", &["x", "b"], vec![], vec![rand_tensor("b", &[6], r, 0.5)]) },
     Case { op: "Ceil", example: &[7], opset: 13, build: |_| (vec![node("Ceil", &["x"], "r", vec![]), node("Add", &["r", "x"], "y", vec![])], vec![]) },
+    Case { op: "Celu", example: &[7], opset: 12, build: |_| one("Celu", &["x"], vec![attr_f("alpha", 0.7)], vec![]) },
     Case { op: "Clip", example: &[9], opset: 13, build: |_| one("Clip", &["x", "lo", "hi"], vec![], vec![model::float_tensor("lo", &[], &[-0.3]), model::float_tensor("hi", &[], &[0.4])]) },
+    Case { op: "Cos", example: &[7], opset: 13, build: |_| scaled("Cos", 3.0, vec![]) },
     Case { op: "Div", example: &[3, 6], opset: 13, build: |_| one("Div", &["x", "b"], vec![], vec![model::float_tensor("b", &[6], &[1.5, -2.0, 0.7, 3.0, -1.2, 2.2])]) },
     Case { op: "Dropout", example: &[5], opset: 13, build: |_| one("Dropout", &["x"], vec![], vec![]) },
+    Case { op: "Elu", example: &[7], opset: 13, build: |_| scaled("Elu", 2.0, vec![attr_f("alpha", 0.8)]) },
+    Case { op: "Erf", example: &[7], opset: 13, build: |_| scaled("Erf", 2.0, vec![]) },
+    Case { op: "Exp", example: &[7], opset: 13, build: |_| one("Exp", &["x"], vec![], vec![]) },
     Case { op: "Floor", example: &[7], opset: 13, build: |_| (vec![node("Floor", &["x"], "r", vec![]), node("Add", &["r", "x"], "y", vec![])], vec![]) },
+    Case { op: "Gelu", example: &[7], opset: 20, build: |_| scaled("Gelu", 3.0, vec![]) },
+    Case { op: "HardSigmoid", example: &[7], opset: 13, build: |_| one("HardSigmoid", &["x"], vec![attr_f("alpha", 0.6), attr_f("beta", 0.3)], vec![]) },
+    Case { op: "HardSwish", example: &[9], opset: 14, build: |_| scaled("HardSwish", 5.0, vec![]) },
     Case { op: "Identity", example: &[5], opset: 13, build: |_| one("Identity", &["x"], vec![], vec![]) },
     Case { op: "LeakyRelu", example: &[7], opset: 13, build: |_| one("LeakyRelu", &["x"], vec![attr_f("alpha", 0.2)], vec![]) },
+    Case { op: "Log", example: &[7], opset: 13, build: |_| positive("Log", vec![]) },
     Case { op: "LogSoftmax", example: &[7], opset: 13, build: |_| one("LogSoftmax", &["x"], vec![], vec![]) },
+    Case { op: "Max", example: &[3, 6], opset: 13, build: |r| one("Max", &["x", "b", "c"], vec![], vec![rand_tensor("b", &[6], r, 0.5), rand_tensor("c", &[3, 1], r, 0.5)]) },
+    Case { op: "Mean", example: &[3, 6], opset: 13, build: |r| one("Mean", &["x", "b", "c"], vec![], vec![rand_tensor("b", &[6], r, 0.5), rand_tensor("c", &[3, 1], r, 0.5)]) },
+    Case { op: "Min", example: &[3, 6], opset: 13, build: |r| one("Min", &["b", "x", "c"], vec![], vec![rand_tensor("b", &[6], r, 0.5), rand_tensor("c", &[3, 1], r, 0.5)]) },
+    Case { op: "Mish", example: &[7], opset: 18, build: |_| scaled("Mish", 3.0, vec![]) },
     Case { op: "Mul", example: &[3, 6], opset: 13, build: |r| one("Mul", &["x", "b"], vec![], vec![rand_tensor("b", &[6], r, 1.0)]) },
+    Case { op: "Neg", example: &[7], opset: 13, build: |_| one("Neg", &["x"], vec![], vec![]) },
+    Case { op: "Pow", example: &[7], opset: 13, build: |_| { let (mut n, mut i) = positive("Pow", vec![]); n[1].input.push("e".into()); i.push(model::float_tensor("e", &[], &[1.7])); (n, i) } },
     Case { op: "PRelu", example: &[2, 4], opset: 13, build: |r| one("PRelu", &["x", "s"], vec![], vec![rand_tensor("s", &[4], r, 0.3)]) },
+    Case { op: "Reciprocal", example: &[7], opset: 13, build: |_| positive("Reciprocal", vec![]) },
     Case { op: "Relu", example: &[7], opset: 13, build: |_| one("Relu", &["x"], vec![], vec![]) },
     Case { op: "Round", example: &[7], opset: 13, build: |_| (vec![node("Round", &["x"], "r", vec![]), node("Add", &["r", "x"], "y", vec![])], vec![]) },
+    Case { op: "Selu", example: &[7], opset: 13, build: |_| scaled("Selu", 2.0, vec![]) },
     Case { op: "Sigmoid", example: &[7], opset: 13, build: |_| one("Sigmoid", &["x"], vec![], vec![]) },
+    Case { op: "Sin", example: &[7], opset: 13, build: |_| scaled("Sin", 3.0, vec![]) },
     Case { op: "Softmax", example: &[7], opset: 13, build: |_| one("Softmax", &["x"], vec![], vec![]) },
+    Case { op: "Softplus", example: &[7], opset: 13, build: |_| scaled("Softplus", 3.0, vec![]) },
+    Case { op: "Softsign", example: &[7], opset: 13, build: |_| scaled("Softsign", 3.0, vec![]) },
+    Case { op: "Sqrt", example: &[7], opset: 13, build: |_| positive("Sqrt", vec![]) },
     Case { op: "Sub", example: &[3, 6], opset: 13, build: |r| one("Sub", &["b", "x"], vec![], vec![rand_tensor("b", &[6], r, 0.5)]) },
+    Case { op: "Sum", example: &[3, 6], opset: 13, build: |r| one("Sum", &["x", "b", "c"], vec![], vec![rand_tensor("b", &[6], r, 0.5), rand_tensor("c", &[3, 1], r, 0.5)]) },
     Case { op: "Tanh", example: &[7], opset: 13, build: |_| one("Tanh", &["x"], vec![], vec![]) },
 ];
 
@@ -1672,6 +2052,9 @@ const NORM_CASES: &[Case] = &[
         let var: Vec<f32> = (0..3).map(|_| 0.5 + r.uniform()).collect();
         one("BatchNormalization", &["x", "s", "b", "m", "v"], vec![], vec![rand_tensor("s", &[3], r, 1.0), rand_tensor("b", &[3], r, 0.3), rand_tensor("m", &[3], r, 0.3), model::float_tensor("v", &[3], &var)])
     } },
+    Case { op: "GroupNormalization", example: &[4, 3, 3], opset: 18, build: |r| one("GroupNormalization", &["x", "s", "b"], vec![attr_int("num_groups", 2)], vec![rand_tensor("s", &[2], r, 1.0), rand_tensor("b", &[2], r, 0.3)]) },
+    Case { op: "InstanceNormalization", example: &[3, 4, 4], opset: 13, build: |r| one("InstanceNormalization", &["x", "s", "b"], vec![attr_f("epsilon", 1e-3)], vec![rand_tensor("s", &[3], r, 1.0), rand_tensor("b", &[3], r, 0.3)]) },
+    Case { op: "LayerNormalization", example: &[3, 5], opset: 17, build: |r| one("LayerNormalization", &["x", "s", "b"], vec![], vec![rand_tensor("s", &[5], r, 1.0), rand_tensor("b", &[5], r, 0.3)]) },
 ];
 
 /// One line per registered op of the shape and indexing family (`rules/shape.rs`).
@@ -1690,7 +2073,15 @@ const SHAPE_CASES: &[Case] = &[
 /// One line per registered op of the reduction family (`rules/reduce.rs`).
 #[rustfmt::skip]
 const REDUCE_CASES: &[Case] = &[
+    Case { op: "ReduceL1", example: &[3, 4], opset: 13, build: |_| one("ReduceL1", &["x"], vec![attr_ints("axes", &[2]), attr_int("keepdims", 0)], vec![]) },
+    Case { op: "ReduceL2", example: &[3, 4], opset: 13, build: |_| one("ReduceL2", &["x"], vec![attr_ints("axes", &[1])], vec![]) },
+    Case { op: "ReduceLogSum", example: &[3, 4], opset: 13, build: |_| { let (mut n, i) = positive("ReduceLogSum", vec![attr_ints("axes", &[-1])]); n[1].output[0] = "y".into(); (n, i) } },
+    Case { op: "ReduceLogSumExp", example: &[3, 4], opset: 13, build: |_| one("ReduceLogSumExp", &["x"], vec![attr_ints("axes", &[2])], vec![]) },
+    Case { op: "ReduceMax", example: &[3, 4], opset: 13, build: |_| one("ReduceMax", &["x"], vec![attr_ints("axes", &[2]), attr_int("keepdims", 0)], vec![]) },
     Case { op: "ReduceMean", example: &[3, 4], opset: 13, build: |_| one("ReduceMean", &["x"], vec![attr_ints("axes", &[2]), attr_int("keepdims", 1)], vec![]) },
+    Case { op: "ReduceMin", example: &[3, 4], opset: 18, build: |_| one("ReduceMin", &["x", "a"], vec![], vec![i64_tensor("a", &[1])]) },
+    Case { op: "ReduceSum", example: &[3, 4], opset: 13, build: |_| one("ReduceSum", &["x", "a"], vec![attr_int("keepdims", 0)], vec![i64_tensor("a", &[-1])]) },
+    Case { op: "ReduceSumSquare", example: &[3, 4], opset: 13, build: |_| one("ReduceSumSquare", &["x"], vec![attr_ints("axes", &[1])], vec![]) },
 ];
 
 /// Every family's table.

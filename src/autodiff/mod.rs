@@ -341,7 +341,10 @@ pub fn trainable_params(proto: &pb::ModelProto) -> Vec<String> {
         let slots: &[usize] = match n.op_type.as_str() {
             "Conv" | "Gemm" => &[1, 2],
             "MatMul" | "Add" | "Sub" | "Mul" | "Div" => &[0, 1],
-            "BatchNormalization" => &[1, 2],
+            "BatchNormalization"
+            | "LayerNormalization"
+            | "InstanceNormalization"
+            | "GroupNormalization" => &[1, 2],
             "PRelu" => &[1],
             _ => &[],
         };

@@ -1,27 +1,50 @@
 //! Elementwise arithmetic and activations.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 
 use super::{norm_axis, Grads, Node, OpDef};
-use crate::autodiff::builder::Builder;
+use crate::autodiff::builder::{attr_int, Builder};
 
 pub(super) const OPS: &[OpDef] = &[
+    OpDef::diff("Abs", 1, abs),
     OpDef::diff("Add", 2, add_sub),
     OpDef::diff("Ceil", 1, piecewise_constant),
+    OpDef::diff("Celu", 1, celu),
     OpDef::diff("Clip", 1, clip),
+    OpDef::diff("Cos", 1, cos),
     OpDef::diff("Div", 2, div),
     OpDef::diff("Dropout", 1, identity),
+    OpDef::diff("Elu", 1, elu_selu),
+    OpDef::diff("Erf", 1, erf),
+    OpDef::diff("Exp", 1, exp),
     OpDef::diff("Floor", 1, piecewise_constant),
+    OpDef::diff("Gelu", 1, gelu),
+    OpDef::diff("HardSigmoid", 1, hard_sigmoid),
+    OpDef::diff("HardSwish", 1, hard_swish),
     OpDef::diff("Identity", 1, identity),
     OpDef::diff("LeakyRelu", 1, leaky_relu),
+    OpDef::diff("Log", 1, log),
     OpDef::diff("LogSoftmax", 1, softmax),
+    OpDef::diff("Max", 1, min_max),
+    OpDef::diff("Mean", 1, sum_mean),
+    OpDef::diff("Min", 1, min_max),
+    OpDef::diff("Mish", 1, mish),
     OpDef::diff("Mul", 2, mul),
+    OpDef::diff("Neg", 1, neg),
+    OpDef::diff("Pow", 2, pow),
     OpDef::diff("PRelu", 2, leaky_relu),
+    OpDef::diff("Reciprocal", 1, reciprocal),
     OpDef::diff("Relu", 1, relu),
     OpDef::diff("Round", 1, piecewise_constant),
+    OpDef::diff("Selu", 1, elu_selu),
     OpDef::diff("Sigmoid", 1, sigmoid),
+    OpDef::diff("Sin", 1, sin),
     OpDef::diff("Softmax", 1, softmax),
+    OpDef::diff("Softplus", 1, softplus),
+    OpDef::diff("Softsign", 1, softsign),
+    OpDef::diff("Sqrt", 1, sqrt),
     OpDef::diff("Sub", 2, add_sub),
+    OpDef::diff("Sum", 1, sum_mean),
     OpDef::diff("Tanh", 1, tanh),
 ];
 
@@ -197,6 +220,344 @@ fn softmax(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
         let e = b.op("Exp", &[out], vec![]);
         let t = b.mul(&e, &s);
         g[0] = Some(b.sub(dy, &t));
+    }
+    Ok(())
+}
+
+/// `dy * d`, the chain rule of a unary op whose derivative is `d`.
+fn chain(b: &mut Builder, c: &Node, d: &str, g: &mut Grads) {
+    g[0] = Some(b.mul(c.dy, d));
+}
+
+/// `x * k` for a constant `k`.
+fn times(b: &mut Builder, x: &str, k: f32) -> String {
+    let s = b.scalar(k);
+    b.mul(x, &s)
+}
+
+/// `x + k` for a constant `k`.
+fn plus(b: &mut Builder, x: &str, k: f32) -> String {
+    let s = b.scalar(k);
+    b.add(x, &s)
+}
+
+/// `x > k` for a constant `k` (boolean).
+fn above(b: &mut Builder, x: &str, k: f32) -> String {
+    let s = b.scalar(k);
+    b.op("Greater", &[x, &s], vec![])
+}
+
+fn neg(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    g[0] = Some(b.neg(c.dy));
+    Ok(())
+}
+
+/// Abs: `dy * sign(x)` (0 at x = 0, a subgradient).
+fn abs(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let s = b.op("Sign", &[c.input(0)], vec![]);
+    chain(b, c, &s, g);
+    Ok(())
+}
+
+/// Exp: `dy * y`.
+fn exp(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    chain(b, c, c.out(), g);
+    Ok(())
+}
+
+/// Log: `dy / x`.
+fn log(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    g[0] = Some(b.div(c.dy, c.input(0)));
+    Ok(())
+}
+
+/// Sqrt, from the output: `dy * 0.5 / y`.
+fn sqrt(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let d = b.div(c.dy, c.out());
+    g[0] = Some(times(b, &d, 0.5));
+    Ok(())
+}
+
+/// Reciprocal, from the output: `-dy * y^2`.
+fn reciprocal(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let y2 = b.mul(c.out(), c.out());
+    let d = b.mul(c.dy, &y2);
+    g[0] = Some(b.neg(&d));
+    Ok(())
+}
+
+fn sin(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let d = b.op("Cos", &[c.input(0)], vec![]);
+    chain(b, c, &d, g);
+    Ok(())
+}
+
+fn cos(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let s = b.op("Sin", &[c.input(0)], vec![]);
+    let d = b.mul(c.dy, &s);
+    g[0] = Some(b.neg(&d));
+    Ok(())
+}
+
+/// Erf: `dy * 2/sqrt(pi) * exp(-x^2)`.
+fn erf(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let x = c.input(0);
+    let x2 = b.mul(x, x);
+    let t = times(b, &x2, -1.0);
+    let e = b.op("Exp", &[&t], vec![]);
+    let d = times(b, &e, std::f32::consts::FRAC_2_SQRT_PI);
+    chain(b, c, &d, g);
+    Ok(())
+}
+
+/// Gelu (opset 20). `approximate="none"`: y = x Phi(x), y' = Phi(x) + x phi(x) with
+/// Phi(x) = (1 + erf(x / sqrt 2)) / 2 and phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+/// `approximate="tanh"`: y = x (1 + t) / 2 with t = tanh(u), u = sqrt(2/pi) (x + 0.044715 x^3),
+/// y' = (1 + t) / 2 + x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2.
+fn gelu(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let x = c.input(0);
+    let x2 = b.mul(x, x);
+    let d = match c.string("approximate").as_deref().unwrap_or("none") {
+        "none" => {
+            let xs = times(b, x, std::f32::consts::FRAC_1_SQRT_2);
+            let e = b.op("Erf", &[&xs], vec![]);
+            let e1 = plus(b, &e, 1.0);
+            let cdf = times(b, &e1, 0.5);
+            let t = times(b, &x2, -0.5);
+            let ex = b.op("Exp", &[&t], vec![]);
+            // 1 / sqrt(2 pi)
+            let pdf = times(b, &ex, 0.398_942_3);
+            let xp = b.mul(x, &pdf);
+            b.add(&cdf, &xp)
+        }
+        "tanh" => {
+            const K: f32 = 0.797_884_6; // sqrt(2 / pi)
+            const A: f32 = 0.044_715;
+            let poly = times(b, &x2, A);
+            let poly = plus(b, &poly, 1.0);
+            let xp = b.mul(x, &poly);
+            let u = times(b, &xp, K);
+            let t = b.op("Tanh", &[&u], vec![]);
+            let t1 = plus(b, &t, 1.0);
+            let first = times(b, &t1, 0.5);
+            let t2 = b.mul(&t, &t);
+            let one = b.scalar(1.0);
+            let sech2 = b.sub(&one, &t2);
+            let du = times(b, &x2, 3.0 * A);
+            let du = plus(b, &du, 1.0);
+            let du = times(b, &du, 0.5 * K);
+            let s = b.mul(&sech2, &du);
+            let second = b.mul(x, &s);
+            b.add(&first, &second)
+        }
+        other => bail!("Gelu approximate=\"{other}\" is not an ONNX mode (none or tanh)"),
+    };
+    chain(b, c, &d, g);
+    Ok(())
+}
+
+/// HardSigmoid: y = max(0, min(1, alpha x + beta)); y' = alpha where 0 < y < 1, else 0
+/// (the mask from the output).
+fn hard_sigmoid(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let alpha = c.float("alpha", 0.2);
+    let y = c.out();
+    let lo = above(b, y, 0.0);
+    let one = b.scalar(1.0);
+    let hi = b.op("Less", &[y, &one], vec![]);
+    let m = b.op("And", &[&lo, &hi], vec![]);
+    let d = times(b, c.dy, alpha);
+    g[0] = Some(b.select(&m, &d));
+    Ok(())
+}
+
+/// HardSwish: y = x max(0, min(1, x / 6 + 1/2)); y' = 0 for x <= -3, x / 3 + 1/2 for
+/// -3 < x < 3, 1 for x >= 3 (opset 14).
+fn hard_swish(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let x = c.input(0);
+    let lin = times(b, x, 1.0 / 3.0);
+    let lin = plus(b, &lin, 0.5);
+    let lo = above(b, x, -3.0);
+    let mid = b.select(&lo, &lin);
+    let three = b.scalar(3.0);
+    let hi = b.op("Less", &[x, &three], vec![]);
+    let one = b.scalar(1.0);
+    let d = b.op("Where", &[&hi, &mid, &one], vec![]);
+    chain(b, c, &d, g);
+    Ok(())
+}
+
+/// Softplus: y = ln(1 + e^x), y' = sigmoid(x).
+fn softplus(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let s = b.op("Sigmoid", &[c.input(0)], vec![]);
+    chain(b, c, &s, g);
+    Ok(())
+}
+
+/// Softsign: y = x / (1 + |x|), y' = 1 / (1 + |x|)^2.
+fn softsign(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let a = b.op("Abs", &[c.input(0)], vec![]);
+    let a1 = plus(b, &a, 1.0);
+    let a2 = b.mul(&a1, &a1);
+    g[0] = Some(b.div(c.dy, &a2));
+    Ok(())
+}
+
+/// Elu (y = alpha (e^x - 1) for x <= 0) and Selu (y = gamma alpha (e^x - 1) for x <= 0,
+/// gamma x above): y' = gamma above 0, y + gamma alpha below (gamma = 1 for Elu).
+fn elu_selu(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let (alpha, gamma) = if c.n.op_type == "Selu" {
+        (c.float("alpha", 1.673_263_2), c.float("gamma", 1.050_701))
+    } else {
+        (c.float("alpha", 1.0), 1.0)
+    };
+    let pos = above(b, c.input(0), 0.0);
+    let below = plus(b, c.out(), gamma * alpha);
+    let k = b.scalar(gamma);
+    let d = b.op("Where", &[&pos, &k, &below], vec![]);
+    chain(b, c, &d, g);
+    Ok(())
+}
+
+/// Celu: y = max(0, x) + min(0, alpha (e^(x / alpha) - 1)); y' = 1 above 0,
+/// e^(x / alpha) = y / alpha + 1 below (opset 12).
+fn celu(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let alpha = c.float("alpha", 1.0);
+    let pos = above(b, c.input(0), 0.0);
+    let below = times(b, c.out(), 1.0 / alpha);
+    let below = plus(b, &below, 1.0);
+    let one = b.scalar(1.0);
+    let d = b.op("Where", &[&pos, &one, &below], vec![]);
+    chain(b, c, &d, g);
+    Ok(())
+}
+
+/// Mish: y = x tanh(softplus(x)); y' = t + x (1 - t^2) sigmoid(x), t = tanh(softplus(x))
+/// (recomputed: y / x fails at 0) (opset 18).
+fn mish(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let x = c.input(0);
+    let sp = b.op("Softplus", &[x], vec![]);
+    let t = b.op("Tanh", &[&sp], vec![]);
+    let t2 = b.mul(&t, &t);
+    let one = b.scalar(1.0);
+    let sech2 = b.sub(&one, &t2);
+    let s = b.op("Sigmoid", &[x], vec![]);
+    let xs = b.mul(x, &s);
+    let second = b.mul(&xs, &sech2);
+    let d = b.add(&t, &second);
+    chain(b, c, &d, g);
+    Ok(())
+}
+
+/// The values of constant input `i` as floats (float or integer tensors).
+fn const_floats(c: &Node, i: usize) -> Option<Vec<f32>> {
+    let name = c.input(i);
+    c.consts.f32s(name).or_else(|| {
+        c.consts
+            .i64s(name)
+            .map(|v| v.iter().map(|x| *x as f32).collect())
+    })
+}
+
+/// Pow: y = a^e. Base: dy * e * a^(e - 1), with e - 1 folded when the exponent is a
+/// constant (`e = 2`, the hand-written normalisations' square, is `2 a`; `e = 1` is dy).
+/// Exponent: dy * y * ln(a) (defined for a > 0). Broadcasting either way is summed back.
+fn pow(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let (a, e) = (c.input(0), c.input(1));
+    let ys = c.shape(c.out())?;
+    if c.need(0) {
+        let d = match const_floats(c, 1) {
+            Some(v) if v.len() == 1 && v[0] == 1.0 => c.dy.to_string(),
+            Some(v) if v.len() == 1 && v[0] == 2.0 => {
+                let t = times(b, a, 2.0);
+                b.mul(c.dy, &t)
+            }
+            Some(v) => {
+                let es = c.shape(e)?.clone();
+                let em1 = b.const_f32(&es, v.iter().map(|x| x - 1.0).collect());
+                let p = b.op("Pow", &[a, &em1], vec![]);
+                let ec = b.const_f32(&es, v);
+                let d = b.mul(&p, &ec);
+                b.mul(c.dy, &d)
+            }
+            None => {
+                // The exponent may be an integer tensor (opset 12+): as floats.
+                let ef = b.op("Cast", &[e], vec![attr_int("to", 1)]);
+                let em1 = plus(b, &ef, -1.0);
+                let p = b.op("Pow", &[a, &em1], vec![]);
+                let d = b.mul(&p, &ef);
+                b.mul(c.dy, &d)
+            }
+        };
+        g[0] = Some(b.unbroadcast(&d, ys, c.shape(a)?));
+    }
+    if c.need(1) {
+        let l = b.op("Log", &[a], vec![]);
+        let d = b.mul(c.out(), &l);
+        let d = b.mul(c.dy, &d);
+        g[1] = Some(b.unbroadcast(&d, ys, c.shape(e)?));
+    }
+    Ok(())
+}
+
+/// Sum and Mean (variadic, broadcasting): each input gets dy (over n for Mean), summed
+/// back over the axes it was broadcast along.
+fn sum_mean(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let ys = c.shape(c.out())?;
+    let n = c.n.input.len();
+    let d = if c.n.op_type == "Mean" && n > 1 {
+        times(b, c.dy, 1.0 / n as f32)
+    } else {
+        c.dy.to_string()
+    };
+    for (i, gi) in g.iter_mut().enumerate().take(n) {
+        if c.need(i) {
+            *gi = Some(b.unbroadcast(&d, ys, c.shape(c.input(i))?));
+        }
+    }
+    Ok(())
+}
+
+/// Min and Max (variadic, broadcasting): the gradient goes to the input equal to the
+/// output; among tied inputs, to the first one only (the masks of all inputs sum to
+/// exactly 1, so a tie neither doubles nor loses the gradient).
+fn min_max(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let ys = c.shape(c.out())?;
+    let n = c.n.input.len();
+    let last_needed = (0..n).rev().find(|&i| c.need(i));
+    let Some(last_needed) = last_needed else {
+        return Ok(());
+    };
+    // Inputs before i that equal the output (taken).
+    let mut taken: Option<String> = None;
+    for (i, gi) in g.iter_mut().enumerate().take(last_needed + 1) {
+        let x = c.input(i);
+        let mask = if i + 1 == n {
+            // The last input gets what no earlier one took.
+            taken.as_ref().map(|t| b.op("Not", &[t], vec![]))
+        } else {
+            let eq = b.equal(x, c.out());
+            let m = match &taken {
+                Some(t) => {
+                    let nt = b.op("Not", &[t], vec![]);
+                    b.op("And", &[&eq, &nt], vec![])
+                }
+                None => eq.clone(),
+            };
+            if i < last_needed {
+                taken = Some(match &taken {
+                    Some(t) => b.op("Or", &[t, &eq], vec![]),
+                    None => eq,
+                });
+            }
+            Some(m)
+        };
+        if c.need(i) {
+            let d = match mask {
+                Some(m) => b.select(&m, c.dy),
+                None => c.dy.to_string(),
+            };
+            *gi = Some(b.unbroadcast(&d, ys, c.shape(x)?));
+        }
     }
     Ok(())
 }

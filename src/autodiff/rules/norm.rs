@@ -1,11 +1,19 @@
-//! Normalisation layers in inference form.
+//! Normalisation layers: BatchNormalization in inference form (running statistics), and
+//! the layers that normalise with statistics of their own input (LayerNormalization,
+//! InstanceNormalization, GroupNormalization), whose gradients flow through the mean and
+//! the variance.
 
 use anyhow::{anyhow, bail, Result};
 
-use super::{Grads, Node, OpDef};
+use super::{norm_axis, Grads, Node, OpDef};
 use crate::autodiff::builder::Builder;
 
-pub(super) const OPS: &[OpDef] = &[OpDef::diff("BatchNormalization", 5, batch_norm)];
+pub(super) const OPS: &[OpDef] = &[
+    OpDef::diff("BatchNormalization", 5, batch_norm),
+    OpDef::diff("GroupNormalization", 3, group_norm),
+    OpDef::diff("InstanceNormalization", 3, instance_norm),
+    OpDef::diff("LayerNormalization", 2, layer_norm),
+];
 
 /// BatchNormalization with its running statistics (constants): an affine map per channel.
 fn batch_norm(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
@@ -58,6 +66,158 @@ fn batch_norm(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
     }
     if c.need(2) {
         g[2] = Some(b.reduce_sum(c.dy, &axes, false));
+    }
+    Ok(())
+}
+
+/// `x` standardised over `axes` (`count` elements each): (x_hat, r) with
+/// x_hat = (x - mean) r and r = 1 / sqrt(var + eps) (kept dims), as the forward op
+/// computes them (biased variance).
+fn standardize(b: &mut Builder, x: &str, axes: &[i64], count: usize, eps: f32) -> (String, String) {
+    let inv_n = b.scalar(1.0 / count as f32);
+    let s = b.reduce_sum(x, axes, true);
+    let mean = b.mul(&s, &inv_n);
+    let xc = b.sub(x, &mean);
+    let sq = b.mul(&xc, &xc);
+    let ss = b.reduce_sum(&sq, axes, true);
+    let var = b.mul(&ss, &inv_n);
+    let e = b.scalar(eps);
+    let ve = b.add(&var, &e);
+    let sd = b.op("Sqrt", &[&ve], vec![]);
+    let r = b.op("Reciprocal", &[&sd], vec![]);
+    let xh = b.mul(&xc, &r);
+    (xh, r)
+}
+
+/// The input gradient of a standardisation over `axes`, given `gy` = dL/dx_hat:
+/// r (gy - mean(gy) - x_hat mean(gy x_hat)).
+fn standardize_backward(
+    b: &mut Builder,
+    gy: &str,
+    xh: &str,
+    r: &str,
+    axes: &[i64],
+    count: usize,
+) -> String {
+    let inv_n = b.scalar(1.0 / count as f32);
+    let s1 = b.reduce_sum(gy, axes, true);
+    let m1 = b.mul(&s1, &inv_n);
+    let p = b.mul(gy, xh);
+    let s2 = b.reduce_sum(&p, axes, true);
+    let m2 = b.mul(&s2, &inv_n);
+    let t = b.mul(xh, &m2);
+    let d = b.sub(gy, &m1);
+    let d = b.sub(&d, &t);
+    b.mul(&d, r)
+}
+
+/// LayerNormalization (opset 17): y = x_hat * scale + bias, x standardised over the axes
+/// from `axis` on. Scale and bias gradients are summed over the axes they broadcast
+/// along. (The optional Mean and InvStdDev outputs carry no gradient.)
+fn layer_norm(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let xs = c.shape(c.input(0))?;
+    let rank = xs.len();
+    let axis = norm_axis(c.int("axis", -1), rank);
+    if axis >= rank {
+        bail!(
+            "LayerNormalization axis {} out of range for rank {rank}",
+            c.int("axis", -1)
+        );
+    }
+    let axes: Vec<i64> = (axis as i64..rank as i64).collect();
+    let count: usize = xs[axis..].iter().product();
+    let (xh, r) = standardize(b, c.input(0), &axes, count, c.float("epsilon", 1e-5));
+    if c.need(0) {
+        let gy = b.mul(c.dy, c.input(1));
+        g[0] = Some(standardize_backward(b, &gy, &xh, &r, &axes, count));
+    }
+    if c.need(1) {
+        let p = b.mul(c.dy, &xh);
+        g[1] = Some(b.unbroadcast(&p, xs, c.shape(c.input(1))?));
+    }
+    if c.need(2) && !c.input(2).is_empty() {
+        g[2] = Some(b.unbroadcast(c.dy, xs, c.shape(c.input(2))?));
+    }
+    Ok(())
+}
+
+/// InstanceNormalization: each channel of each example standardised over its spatial
+/// axes, then y = x_hat * scale[c] + bias[c].
+fn instance_norm(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let xs = c.shape(c.input(0))?;
+    let rank = xs.len();
+    if rank < 3 {
+        bail!("InstanceNormalization needs an input of rank 3 or more, not {rank}");
+    }
+    let axes: Vec<i64> = (2..rank as i64).collect();
+    let count: usize = xs[2..].iter().product();
+    let (xh, r) = standardize(b, c.input(0), &axes, count, c.float("epsilon", 1e-5));
+    let mut cdims = vec![xs[1]];
+    cdims.extend(std::iter::repeat_n(1, rank - 2));
+    let outer: Vec<i64> = std::iter::once(0).chain(2..rank as i64).collect();
+    if c.need(0) {
+        let s = b.reshape(c.input(1), &cdims);
+        let gy = b.mul(c.dy, &s);
+        g[0] = Some(standardize_backward(b, &gy, &xh, &r, &axes, count));
+    }
+    if c.need(1) {
+        let p = b.mul(c.dy, &xh);
+        g[1] = Some(b.reduce_sum(&p, &outer, false));
+    }
+    if c.need(2) {
+        g[2] = Some(b.reduce_sum(c.dy, &outer, false));
+    }
+    Ok(())
+}
+
+/// GroupNormalization: the channels split into `num_groups` groups, each group of each
+/// example standardised over its channels and spatial axes, then scaled and shifted:
+/// per group (scale and bias of shape [num_groups]) at opset 18, per channel (shape [C])
+/// from opset 21, as the spec changed (tract and ONNX Runtime follow the model's opset).
+/// Computed on x viewed as [N, G, C/G, spatial].
+fn group_norm(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let xs = c.shape(c.input(0))?;
+    let rank = xs.len();
+    let groups = c.int("num_groups", 0);
+    if rank < 2 || groups <= 0 || xs[1] % groups as usize != 0 {
+        bail!(
+            "GroupNormalization num_groups {groups} does not divide the {} channels of {xs:?}",
+            xs.get(1).copied().unwrap_or(0)
+        );
+    }
+    let groups = groups as usize;
+    let per = xs[1] / groups;
+    let spatial: usize = xs[2..].iter().product();
+    let view = [xs[0], groups, per, spatial];
+    let per_channel = b.opset >= 21;
+    let axes = [2i64, 3];
+    let count = per * spatial;
+    let xg = b.reshape(c.input(0), &view);
+    let (xh, r) = standardize(b, &xg, &axes, count, c.float("epsilon", 1e-5));
+    let dyg = b.reshape(c.dy, &view);
+    if c.need(0) {
+        let sdims: &[usize] = if per_channel {
+            &[groups, per, 1]
+        } else {
+            &[groups, 1, 1]
+        };
+        let s = b.reshape(c.input(1), sdims);
+        let gy = b.mul(&dyg, &s);
+        let dx = standardize_backward(b, &gy, &xh, &r, &axes, count);
+        g[0] = Some(b.reshape(&dx, xs));
+    }
+    // Parameter gradients: summed over examples and space (and the group's channels
+    // when per group).
+    let outer: &[i64] = if per_channel { &[0, 3] } else { &[0, 2, 3] };
+    let pshape = [if per_channel { xs[1] } else { groups }];
+    if c.need(1) {
+        let p = b.mul(&dyg, &xh);
+        let s = b.reduce_sum(&p, outer, false);
+        g[1] = Some(b.reshape(&s, &pshape));
+    }
+    if c.need(2) {
+        let s = b.reduce_sum(&dyg, outer, false);
+        g[2] = Some(b.reshape(&s, &pshape));
     }
     Ok(())
 }

@@ -621,6 +621,77 @@ fn linear_rules() {
         vec![rand_tensor("w", &[4, 5], &mut r, 0.5)],
         13,
     );
+    // Attention-style batched products: 4-D x 4-D and 4-D x 2-D.
+    check(
+        "MatMul 4-D attention",
+        &[2, 3, 4],
+        vec![
+            node("Mul", &["x", "w"], "k", vec![]),
+            node(
+                "Transpose",
+                &["k"],
+                "kt",
+                vec![attr_ints("perm", &[0, 1, 3, 2])],
+            ),
+            node("MatMul", &["x", "kt"], "y", vec![]),
+        ],
+        vec![rand_tensor("w", &[2, 3, 4], &mut r, 0.5)],
+        13,
+    );
+    check(
+        "MatMul 4-D by 2-D",
+        &[2, 3, 4],
+        vec![node("MatMul", &["x", "w"], "y", vec![])],
+        vec![rand_tensor("w", &[4, 5], &mut r, 0.5)],
+        13,
+    );
+    // Einsum in the forms exporters emit.
+    let einsum = |name: &str, eq: &str, example: &[usize], nodes: Vec<pb::NodeProto>, inits| {
+        let mut nodes = nodes;
+        nodes.push(node(
+            "Einsum",
+            &["x", "k"],
+            "y",
+            vec![attr_s("equation", eq)],
+        ));
+        check(name, example, nodes, inits, 13);
+    };
+    einsum(
+        "Einsum attention scores",
+        "bhqd,bhkd->bhqk",
+        &[2, 3, 4],
+        vec![node("Mul", &["x", "w"], "k", vec![])],
+        vec![rand_tensor("w", &[2, 3, 4], &mut r, 0.5)],
+    );
+    einsum(
+        "Einsum ellipsis matmul",
+        "...ij,...jk->...ik",
+        &[3, 4],
+        vec![
+            node(
+                "Transpose",
+                &["x"],
+                "xt",
+                vec![attr_ints("perm", &[0, 2, 1])],
+            ),
+            node("Mul", &["xt", "w"], "k", vec![]),
+        ],
+        vec![rand_tensor("w", &[4, 3], &mut r, 0.5)],
+    );
+    einsum(
+        "Einsum channel mix",
+        "bchw,kc->bkhw",
+        &[3, 2, 2],
+        vec![node("Identity", &["w"], "k", vec![])],
+        vec![rand_tensor("w", &[4, 3], &mut r, 0.5)],
+    );
+    einsum(
+        "Einsum implicit output",
+        "bij,jk",
+        &[3, 4],
+        vec![node("Identity", &["w"], "k", vec![])],
+        vec![rand_tensor("w", &[4, 2], &mut r, 0.5)],
+    );
 }
 
 #[test]
@@ -854,6 +925,105 @@ fn conv_and_pool_rules() {
         bn,
         13,
     );
+    // ConvTranspose: groups and dilations, then its weight and bias gradients. (Strides
+    // with dilations > 1 make tract 0.23 fail to prepare the gradient graph: it splits
+    // the strided dilated Conv into a Conv and a Downsample, which it cannot pull over
+    // a Reshape.)
+    check(
+        "ConvTranspose group 2 dilation 2",
+        &[4, 3, 3],
+        vec![
+            node(
+                "ConvTranspose",
+                &["x", "w"],
+                "t",
+                vec![attr_int("group", 2), attr_ints("dilations", &[2, 2])],
+            ),
+            node("Mul", &["t", "t"], "y", vec![]),
+        ],
+        vec![w(&mut r, &[4, 3, 2, 2])],
+        13,
+    );
+    check(
+        "ConvTranspose depthwise stride 2 pads",
+        &[3, 4, 4],
+        vec![node(
+            "ConvTranspose",
+            &["x", "w"],
+            "y",
+            vec![
+                attr_int("group", 3),
+                attr_ints("strides", &[2, 2]),
+                attr_ints("pads", &[1, 0, 1, 2]),
+            ],
+        )],
+        vec![w(&mut r, &[3, 1, 4, 4])],
+        13,
+    );
+    param_check(
+        "ConvTranspose weights",
+        &[3, 4, 4],
+        vec![node(
+            "ConvTranspose",
+            &["x", "w", "b"],
+            "y",
+            vec![
+                attr_ints("strides", &[2, 2]),
+                attr_ints("pads", &[1, 1, 1, 1]),
+                attr_ints("output_padding", &[1, 1]),
+            ],
+        )],
+        vec![
+            w(&mut r, &[3, 2, 3, 3]),
+            rand_tensor("b", &[2], &mut r, 0.2),
+        ],
+        &["w", "b"],
+    );
+    param_check(
+        "ConvTranspose depthwise weights",
+        &[3, 4, 4],
+        vec![node(
+            "ConvTranspose",
+            &["x", "w"],
+            "y",
+            vec![attr_int("group", 3), attr_ints("strides", &[2, 2])],
+        )],
+        vec![w(&mut r, &[3, 1, 3, 3])],
+        &["w"],
+    );
+    // ceil_mode pooling (GoogLeNet/Inception): windows past the end.
+    let ceil = |op: &str, extra: Vec<pb::AttributeProto>| {
+        let mut attrs = vec![
+            attr_ints("kernel_shape", &[3, 3]),
+            attr_ints("strides", &[2, 2]),
+            attr_int("ceil_mode", 1),
+        ];
+        attrs.extend(extra);
+        let name = format!(
+            "{op} ceil_mode {:?}",
+            attrs.iter().skip(3).map(|a| &a.name).collect::<Vec<_>>()
+        );
+        check(
+            &name,
+            &[2, 6, 6],
+            vec![
+                node(op, &["x"], "p", attrs),
+                node("Mul", &["p", "p"], "y", vec![]),
+            ],
+            vec![],
+            13,
+        );
+    };
+    ceil("MaxPool", vec![]);
+    ceil("AveragePool", vec![]);
+    ceil("AveragePool", vec![attr_int("count_include_pad", 1)]);
+    ceil(
+        "AveragePool",
+        vec![
+            attr_int("count_include_pad", 1),
+            attr_ints("pads", &[1, 1, 1, 1]),
+        ],
+    );
 }
 
 #[test]
@@ -1020,6 +1190,201 @@ fn structural_rules() {
             node("Mul", &["t", "t"], "y", vec![]),
         ],
         vec![],
+        13,
+    );
+    // Split: sizes as an attribute (before opset 13) and as num_outputs (opset 18);
+    // outputs without a gradient get zeros.
+    check(
+        "Split opset 11",
+        &[5, 2],
+        vec![
+            {
+                let mut n = model::node("Split", "split", &["x"], &["a", "b"]);
+                n.attribute = vec![attr_int("axis", 1), attr_ints("split", &[2, 3])];
+                n
+            },
+            node("Mul", &["b", "b"], "y", vec![]),
+        ],
+        vec![],
+        11,
+    );
+    check(
+        "Split opset 18 num_outputs",
+        &[2, 6],
+        vec![
+            {
+                let mut n = model::node("Split", "split", &["x"], &["a", "b", "c"]);
+                n.attribute = vec![attr_int("axis", 2), attr_int("num_outputs", 3)];
+                n
+            },
+            node("Mul", &["a", "c"], "y", vec![]),
+        ],
+        vec![],
+        18,
+    );
+    // Slice with strides and negative steps (reversal), ends past the bounds.
+    check(
+        "Slice steps",
+        &[5, 7],
+        vec![
+            node("Slice", &["x", "st", "en", "ax", "sp"], "t", vec![]),
+            node("Mul", &["t", "t"], "y", vec![]),
+        ],
+        vec![
+            i64_tensor("st", &[-1, 1]),
+            i64_tensor("en", &[i64::MIN, 100]),
+            i64_tensor("ax", &[1, 2]),
+            i64_tensor("sp", &[-2, 3]),
+        ],
+        13,
+    );
+    check(
+        "Slice reverse",
+        &[4, 3],
+        vec![
+            node("Slice", &["x", "st", "en", "ax", "sp"], "t", vec![]),
+            node("Mul", &["t", "w"], "y", vec![]),
+        ],
+        vec![
+            i64_tensor("st", &[-1]),
+            i64_tensor("en", &[-100]),
+            i64_tensor("ax", &[1]),
+            i64_tensor("sp", &[-1]),
+            rand_tensor("w", &[4, 3], &mut r, 1.0),
+        ],
+        13,
+    );
+    check(
+        "Gather 2-D indices",
+        &[3, 5],
+        vec![
+            node("Gather", &["x", "i"], "t", vec![attr_int("axis", 2)]),
+            node("Mul", &["t", "t"], "y", vec![]),
+        ],
+        vec![i64_tensor_dims("i", &[2, 2], &[0, 4, 2, 2])],
+        13,
+    );
+    check(
+        "DepthToSpace DCR",
+        &[8, 2, 3],
+        vec![
+            node(
+                "DepthToSpace",
+                &["x"],
+                "t",
+                vec![attr_int("blocksize", 2), attr_s("mode", "DCR")],
+            ),
+            node("Mul", &["t", "t"], "y", vec![]),
+        ],
+        vec![],
+        13,
+    );
+    check(
+        "Expand batch",
+        &[1, 4],
+        vec![
+            node("Expand", &["x", "s"], "t", vec![]),
+            node("Mul", &["t", "w"], "y", vec![]),
+        ],
+        vec![
+            i64_tensor("s", &[1, 3, 1]),
+            rand_tensor("w", &[3, 4], &mut r, 1.0),
+        ],
+        13,
+    );
+    // Resize as PyTorch exports nn.Upsample / F.interpolate.
+    let resize = |name: &str, attrs: Vec<pb::AttributeProto>, scales: &[f32], sizes: &[i64]| {
+        let (inputs, mut inits): (Vec<&str>, Vec<pb::TensorProto>) = if sizes.is_empty() {
+            (
+                vec!["x", "roi", "sc"],
+                vec![model::float_tensor("sc", &[4], scales)],
+            )
+        } else {
+            (vec!["x", "roi", "", "sz"], vec![i64_tensor("sz", sizes)])
+        };
+        inits.push(model::float_tensor("roi", &[0], &[]));
+        check(
+            name,
+            &[2, 4, 6],
+            vec![
+                node("Resize", &inputs, "t", attrs),
+                node("Mul", &["t", "t"], "y", vec![]),
+            ],
+            inits,
+            13,
+        );
+    };
+    resize(
+        "Resize nearest asymmetric floor x2",
+        vec![
+            attr_s("mode", "nearest"),
+            attr_s("coordinate_transformation_mode", "asymmetric"),
+            attr_s("nearest_mode", "floor"),
+        ],
+        &[1.0, 1.0, 2.0, 2.0],
+        &[],
+    );
+    resize(
+        "Resize nearest half_pixel x1.5",
+        vec![attr_s("mode", "nearest")],
+        &[1.0, 1.0, 1.5, 1.5],
+        &[],
+    );
+    resize(
+        "Resize linear align_corners sizes",
+        vec![
+            attr_s("mode", "linear"),
+            attr_s("coordinate_transformation_mode", "align_corners"),
+        ],
+        &[],
+        &[2, 2, 7, 9],
+    );
+    resize(
+        "Resize linear pytorch_half_pixel down",
+        vec![
+            attr_s("mode", "linear"),
+            attr_s("coordinate_transformation_mode", "pytorch_half_pixel"),
+        ],
+        &[1.0, 1.0, 0.5, 0.5],
+        &[],
+    );
+    // Where on a condition computed from the input (a leaky ReLU), and shape-only ops.
+    check(
+        "Where computed condition",
+        &[6],
+        vec![
+            node("Greater", &["x", "z"], "c", vec![]),
+            node("Mul", &["x", "a"], "s", vec![]),
+            node("Where", &["c", "x", "s"], "y", vec![]),
+        ],
+        vec![
+            model::float_tensor("z", &[], &[0.0]),
+            model::float_tensor("a", &[], &[0.1]),
+        ],
+        13,
+    );
+    // Mod on floats (fmod 1): the gradient of the dividend.
+    check(
+        "Mod fmod dividend",
+        &[6],
+        vec![
+            node("Mul", &["x", "k"], "t", vec![]),
+            node("Mod", &["t", "d"], "y", vec![attr_int("fmod", 1)]),
+        ],
+        vec![
+            model::float_tensor("k", &[], &[3.0]),
+            model::float_tensor("d", &[], &[2.5]),
+        ],
+        13,
+    );
+    check(
+        "CumSum reverse",
+        &[5],
+        vec![
+            node("CumSum", &["x", "a"], "t", vec![attr_int("reverse", 1)]),
+            node("Mul", &["t", "t"], "y", vec![]),
+        ],
+        vec![i64_scalar("a", 1)],
         13,
     );
 }
@@ -2033,6 +2398,8 @@ const ELEMENTWISE_CASES: &[Case] = &[
 #[rustfmt::skip]
 const LINEAR_CASES: &[Case] = &[
     Case { op: "Conv", example: &[2, 5, 5], opset: 13, build: |r| one("Conv", &["x", "w", "b"], vec![attr_ints("pads", &[1, 1, 1, 1])], vec![rand_tensor("w", &[3, 2, 3, 3], r, 0.4), rand_tensor("b", &[3], r, 0.2)]) },
+    Case { op: "ConvTranspose", example: &[3, 4, 4], opset: 13, build: |r| one("ConvTranspose", &["x", "w", "b"], vec![attr_ints("strides", &[2, 2]), attr_ints("pads", &[1, 1, 1, 1]), attr_ints("output_padding", &[1, 1])], vec![rand_tensor("w", &[3, 2, 3, 3], r, 0.4), rand_tensor("b", &[2], r, 0.2)]) },
+    Case { op: "Einsum", example: &[3, 4], opset: 13, build: |r| one("Einsum", &["x", "w"], vec![attr_s("equation", "bij,jk->bik")], vec![rand_tensor("w", &[4, 5], r, 0.5)]) },
     Case { op: "Gemm", example: &[5], opset: 13, build: |r| one("Gemm", &["x", "w", "b"], vec![], vec![rand_tensor("w", &[5, 4], r, 0.5), rand_tensor("b", &[4], r, 0.2)]) },
     Case { op: "MatMul", example: &[3, 5], opset: 13, build: |r| one("MatMul", &["x", "w"], vec![], vec![rand_tensor("w", &[5, 4], r, 0.5)]) },
 ];
@@ -2042,6 +2409,7 @@ const LINEAR_CASES: &[Case] = &[
 const POOLING_CASES: &[Case] = &[
     Case { op: "AveragePool", example: &[2, 5, 5], opset: 13, build: |_| one("AveragePool", &["x"], vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("strides", &[2, 2]), attr_ints("pads", &[1, 1, 1, 1])], vec![]) },
     Case { op: "GlobalAveragePool", example: &[2, 4, 4], opset: 13, build: |_| one("GlobalAveragePool", &["x"], vec![], vec![]) },
+    Case { op: "GlobalMaxPool", example: &[2, 3, 3], opset: 13, build: |_| one("GlobalMaxPool", &["x"], vec![], vec![]) },
     Case { op: "MaxPool", example: &[2, 5, 5], opset: 13, build: |_| one("MaxPool", &["x"], vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("strides", &[2, 2])], vec![]) },
 ];
 
@@ -2057,17 +2425,66 @@ const NORM_CASES: &[Case] = &[
     Case { op: "LayerNormalization", example: &[3, 5], opset: 17, build: |r| one("LayerNormalization", &["x", "s", "b"], vec![], vec![rand_tensor("s", &[5], r, 1.0), rand_tensor("b", &[5], r, 0.3)]) },
 ];
 
+/// An int64 scalar (0-D) constant.
+fn i64_scalar(name: &str, v: i64) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        data_type: 7,
+        int64_data: vec![v],
+        ..Default::default()
+    }
+}
+
+/// An int64 constant of shape `dims`.
+fn i64_tensor_dims(name: &str, dims: &[i64], v: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        dims: dims.to_vec(),
+        ..i64_tensor(name, v)
+    }
+}
+
+/// A bool constant of shape `dims`.
+fn bool_tensor(name: &str, dims: &[i64], v: &[bool]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: 9,
+        int32_data: v.iter().map(|b| *b as i32).collect(),
+        ..Default::default()
+    }
+}
+
+/// A string attribute.
+fn attr_s(name: &str, v: &str) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 3,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
 /// One line per registered op of the shape and indexing family (`rules/shape.rs`).
 #[rustfmt::skip]
 const SHAPE_CASES: &[Case] = &[
     Case { op: "Concat", example: &[2, 3], opset: 13, build: |_| (vec![node("Relu", &["x"], "r", vec![]), node("Concat", &["x", "r", "x"], "y", vec![attr_int("axis", 2)])], vec![]) },
+    Case { op: "CumSum", example: &[3, 4], opset: 13, build: |_| one("CumSum", &["x", "a"], vec![attr_int("exclusive", 1)], vec![i64_scalar("a", 2)]) },
+    Case { op: "DepthToSpace", example: &[8, 2, 3], opset: 13, build: |_| one("DepthToSpace", &["x"], vec![attr_int("blocksize", 2), attr_s("mode", "CRD")], vec![]) },
+    Case { op: "Expand", example: &[3, 1], opset: 13, build: |_| one("Expand", &["x", "s"], vec![], vec![i64_tensor("s", &[3, 4])]) },
     Case { op: "Flatten", example: &[2, 3], opset: 13, build: |_| one("Flatten", &["x"], vec![attr_int("axis", 1)], vec![]) },
     Case { op: "Pad", example: &[2, 3], opset: 13, build: |_| one("Pad", &["x", "p"], vec![], vec![i64_tensor("p", &[0, 1, 0, 0, 0, 2])]) },
     Case { op: "Reshape", example: &[2, 6], opset: 13, build: |_| one("Reshape", &["x", "s"], vec![], vec![i64_tensor("s", &[0, 3, 4])]) },
+    Case { op: "Resize", example: &[2, 3, 4], opset: 13, build: |_| one("Resize", &["x", "roi", "sc"], vec![attr_s("mode", "linear")], vec![model::float_tensor("roi", &[0], &[]), model::float_tensor("sc", &[4], &[1.0, 1.0, 2.0, 1.5])]) },
+    Case { op: "ScatterND", example: &[4, 3], opset: 13, build: |_| (vec![node("Gather", &["x", "i0"], "u", vec![attr_int("axis", 1)]), node("ScatterND", &["x", "ix", "u"], "y", vec![])], vec![i64_scalar("i0", 0), i64_tensor_dims("ix", &[2, 2], &[0, 1, 1, 3])]) },
     Case { op: "Slice", example: &[4, 6], opset: 13, build: |_| one("Slice", &["x", "st", "en", "ax"], vec![], vec![i64_tensor("st", &[1, 0]), i64_tensor("en", &[4, 5]), i64_tensor("ax", &[1, 2])]) },
+    Case { op: "SpaceToDepth", example: &[2, 4, 6], opset: 13, build: |_| one("SpaceToDepth", &["x"], vec![attr_int("blocksize", 2)], vec![]) },
+    Case { op: "Split", example: &[6, 2], opset: 13, build: |_| (vec![pb::NodeProto { attribute: vec![attr_int("axis", 1)], ..model::node("Split", "split", &["x", "sp"], &["a", "b", "c"]) }, node("Concat", &["c", "a"], "y", vec![attr_int("axis", 1)])], vec![i64_tensor("sp", &[1, 2, 3])]) },
     Case { op: "Squeeze", example: &[1, 5], opset: 13, build: |_| one("Squeeze", &["x", "a"], vec![], vec![i64_tensor("a", &[1])]) },
+    Case { op: "Tile", example: &[2, 3], opset: 13, build: |_| one("Tile", &["x", "rp"], vec![], vec![i64_tensor("rp", &[1, 2, 3])]) },
     Case { op: "Transpose", example: &[2, 3, 4], opset: 13, build: |_| one("Transpose", &["x"], vec![attr_ints("perm", &[0, 3, 1, 2])], vec![]) },
+    Case { op: "Trilu", example: &[4, 5], opset: 14, build: |_| one("Trilu", &["x", "k"], vec![attr_int("upper", 0)], vec![i64_scalar("k", 1)]) },
     Case { op: "Unsqueeze", example: &[5], opset: 13, build: |_| one("Unsqueeze", &["x", "a"], vec![], vec![i64_tensor("a", &[1])]) },
+    Case { op: "Where", example: &[3, 4], opset: 13, build: |_| (vec![node("Mul", &["x", "x"], "sq", vec![]), node("Where", &["m", "x", "sq"], "y", vec![])], vec![bool_tensor("m", &[3, 4], &[true, false, true, true, false, false, true, false, true, true, false, true])]) },
 ];
 
 /// One line per registered op of the reduction family (`rules/reduce.rs`).

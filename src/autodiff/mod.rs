@@ -339,7 +339,7 @@ pub fn trainable_params(proto: &pb::ModelProto) -> Vec<String> {
     let mut out: Vec<String> = vec![];
     for n in &g.node {
         let slots: &[usize] = match n.op_type.as_str() {
-            "Conv" | "Gemm" => &[1, 2],
+            "Conv" | "ConvTranspose" | "Gemm" => &[1, 2],
             "MatMul" | "Add" | "Sub" | "Mul" | "Div" => &[0, 1],
             "BatchNormalization"
             | "LayerNormalization"

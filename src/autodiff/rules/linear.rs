@@ -1,6 +1,6 @@
 //! Linear maps and convolutions: Gemm, MatMul, Conv.
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 
 use super::{attr, float_attr, int_attr, ints_attr, shape, Grads, Node, OpDef};
 use crate::autodiff::builder::{attr_int, attr_ints, Builder};
@@ -9,6 +9,8 @@ use crate::model::pb;
 
 pub(super) const OPS: &[OpDef] = &[
     OpDef::diff("Conv", 2, conv_rule),
+    OpDef::diff("ConvTranspose", 2, conv_transpose),
+    OpDef::diff("Einsum", 1, einsum),
     OpDef::diff("Gemm", 2, gemm_rule),
     OpDef::diff("MatMul", 2, matmul_rule),
 ];
@@ -248,7 +250,14 @@ fn conv(
     }
     if need_w {
         g[1] = Some(conv_weight_grad(
-            b, n, dy, &xs, &ws, &ys, &s, &d, group, &pads,
+            b,
+            &n.input[0],
+            dy,
+            [&xs, &ws, &ys],
+            &s,
+            &d,
+            group,
+            &pads,
         )?);
     }
     if need_b && n.input.len() > 2 {
@@ -266,11 +275,9 @@ fn conv(
 #[allow(clippy::too_many_arguments)]
 fn conv_weight_grad(
     b: &mut Builder,
-    n: &pb::NodeProto,
+    x: &str,
     dy: &str,
-    xs: &[usize],
-    ws: &[usize],
-    ys: &[usize],
+    [xs, ws, ys]: [&[usize]; 3],
     s: &[usize],
     d: &[usize],
     group: i64,
@@ -278,6 +285,8 @@ fn conv_weight_grad(
 ) -> Result<String> {
     let r = xs.len() - 2;
     let (nb, c, m) = (xs[0], xs[1], ws[0]);
+    let pads: Vec<i64> = pads.iter().map(|p| (*p).max(0)).collect();
+    let pads = pads.as_slice();
     let to_i = |v: &[usize]| v.iter().map(|x| *x as i64).collect::<Vec<_>>();
     let attrs = |g: i64| {
         vec![
@@ -291,10 +300,10 @@ fn conv_weight_grad(
     perm.extend(2..r + 2);
     let dyt = b.transpose(dy, &perm);
     let full = if group == 1 {
-        let xt = b.transpose(&n.input[0], &perm);
+        let xt = b.transpose(x, &perm);
         b.op("Conv", &[&xt, &dyt], attrs(1))
     } else if group as usize == c && ws[1] == 1 {
-        let xt = b.transpose(&n.input[0], &perm);
+        let xt = b.transpose(x, &perm);
         let mut flat = vec![1, c * nb];
         flat.extend(&xs[2..]);
         let xt = b.reshape(&xt, &flat);
@@ -324,4 +333,213 @@ fn conv_weight_grad(
     } else {
         b.reshape(&cropped, ws)
     })
+}
+
+/// ConvTranspose is the adjoint of a Conv with the same weight, strides, dilations, pads
+/// and groups: dX is that Conv of dY (end pads set so that it gives X's size, the rows
+/// output_padding added cropped), and dW the Conv weight gradient with X and dY in each
+/// other's roles.
+fn conv_transpose(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let xs = c.shape(c.input(0))?.clone();
+    let ws = c.shape(c.input(1))?.clone();
+    let ys = c.shape(c.out())?.clone();
+    let r = xs.len() - 2;
+    let k: Vec<usize> = ws[2..].to_vec();
+    let ones = vec![1i64; r];
+    let s: Vec<i64> = c.ints("strides").unwrap_or_else(|| ones.clone());
+    let d: Vec<i64> = c.ints("dilations").unwrap_or_else(|| ones.clone());
+    let group = c.int("group", 1);
+    let auto = c.string("auto_pad").unwrap_or_default();
+    let pads = match auto.as_str() {
+        "" | "NOTSET" => c.ints("pads").unwrap_or_else(|| vec![0; 2 * r]),
+        "VALID" => vec![0; 2 * r],
+        other => bail!("ConvTranspose with auto_pad {other} is not supported"),
+    };
+    if c.ints("output_shape").is_some() && c.ints("pads").is_none() {
+        bail!("ConvTranspose with output_shape and no explicit pads is not supported");
+    }
+    // Conv of dY back to X's size: begin pads as given, end pads to reach xs exactly
+    // (negative: dY's extra rows are never read, cropped from the result).
+    let mut cpads = pads[..r].to_vec();
+    let mut crop = false;
+    for i in 0..r {
+        let end = (xs[2 + i] as i64 - 1) * s[i] + (k[i] as i64 - 1) * d[i] + 1
+            - ys[2 + i] as i64
+            - pads[i];
+        crop |= end < 0;
+        cpads.push(end.max(0));
+    }
+    let usz = |v: &[i64]| v.iter().map(|x| *x as usize).collect::<Vec<_>>();
+    if c.need(0) {
+        let attrs = vec![
+            attr_ints("strides", &s),
+            attr_ints("dilations", &d),
+            attr_ints("pads", &cpads),
+            attr_int("group", group),
+            attr_ints(
+                "kernel_shape",
+                &k.iter().map(|v| *v as i64).collect::<Vec<_>>(),
+            ),
+        ];
+        let dx = b.op("Conv", &[c.dy, c.input(1)], attrs);
+        g[0] = Some(if crop {
+            let axes: Vec<i64> = (2..r as i64 + 2).collect();
+            let ends: Vec<i64> = xs[2..].iter().map(|v| *v as i64).collect();
+            b.slice(&dx, &vec![0; r], &ends, &axes)
+        } else {
+            dx
+        });
+    }
+    if c.need(1) {
+        g[1] = Some(conv_weight_grad(
+            b,
+            c.dy,
+            c.input(0),
+            [&ys, &ws, &xs],
+            &usz(&s),
+            &usz(&d),
+            group,
+            &cpads,
+        )?);
+    }
+    if c.need(2) && !c.input(2).is_empty() {
+        let axes: Vec<i64> = std::iter::once(0).chain(2..(r as i64 + 2)).collect();
+        g[2] = Some(b.reduce_sum(c.dy, &axes, false));
+    }
+    Ok(())
+}
+
+/// An Einsum equation split into its operands' and output's axis letters, with `...`
+/// replaced by capital letters (right-aligned across operands).
+fn parse_einsum(eq: &str, ranks: &[usize]) -> Result<(Vec<Vec<char>>, Vec<char>)> {
+    let eq: String = eq.chars().filter(|ch| !ch.is_whitespace()).collect();
+    let unsupported = |why: &str| anyhow!("Einsum equation '{eq}' is not supported ({why})");
+    let (lhs, rhs) = match eq.split_once("->") {
+        Some((l, r)) => (l.to_string(), Some(r.to_string())),
+        None => (eq.clone(), None),
+    };
+    let terms: Vec<&str> = lhs.split(',').collect();
+    if terms.len() != ranks.len() {
+        return Err(unsupported("operand count"));
+    }
+    let ell_rank = terms
+        .iter()
+        .zip(ranks)
+        .map(|(t, r)| {
+            if t.contains("...") {
+                r.saturating_sub(t.replace("...", "").chars().count())
+            } else {
+                0
+            }
+        })
+        .max()
+        .unwrap_or(0);
+    let ell: Vec<char> = (0..ell_rank).map(|i| (b'A' + i as u8) as char).collect();
+    let expand = |t: &str, rank: usize| -> Result<Vec<char>> {
+        let mut out = vec![];
+        if let Some((a, z)) = t.split_once("...") {
+            let n = rank.saturating_sub(a.chars().count() + z.chars().count());
+            out.extend(a.chars());
+            out.extend(&ell[ell_rank - n..]);
+            out.extend(z.chars());
+        } else {
+            out.extend(t.chars());
+        }
+        if out.len() != rank || out.iter().any(|ch| !ch.is_ascii_alphabetic()) {
+            return Err(unsupported("operand ranks"));
+        }
+        Ok(out)
+    };
+    let ops: Vec<Vec<char>> = terms
+        .iter()
+        .zip(ranks)
+        .map(|(t, r)| expand(t, *r))
+        .collect::<Result<_>>()?;
+    let out: Vec<char> = match rhs {
+        Some(r) => {
+            let mut o = vec![];
+            if let Some((a, z)) = r.split_once("...") {
+                o.extend(a.chars());
+                o.extend(&ell);
+                o.extend(z.chars());
+            } else {
+                o.extend(r.chars());
+            }
+            o
+        }
+        None => {
+            // Implicit output: the ellipsis, then letters used once, sorted.
+            let mut o = ell.clone();
+            let mut once: Vec<char> = ops
+                .iter()
+                .flatten()
+                .filter(|ch| ch.is_ascii_lowercase())
+                .copied()
+                .filter(|ch| ops.iter().flatten().filter(|x| *x == ch).count() == 1)
+                .collect();
+            once.sort();
+            o.extend(once);
+            o
+        }
+    };
+    for t in ops.iter().chain(std::iter::once(&out)) {
+        let mut seen = t.clone();
+        seen.sort();
+        seen.dedup();
+        if seen.len() != t.len() {
+            return Err(unsupported("repeated axis in one term (diagonal)"));
+        }
+    }
+    Ok((ops, out))
+}
+
+/// Einsum: the gradient of each operand is the Einsum of dY with the other operands into
+/// that operand's axes. Refused: diagonals, axes summed within one operand only, and
+/// broadcasting (size-1) axes.
+fn einsum(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let eq = c
+        .string("equation")
+        .ok_or_else(|| anyhow!("Einsum without an equation"))?;
+    let shapes: Vec<Vec<usize>> = (0..c.n.input.len())
+        .map(|i| c.shape(c.input(i)).cloned())
+        .collect::<Result<_>>()?;
+    let ranks: Vec<usize> = shapes.iter().map(Vec::len).collect();
+    let (ops, out) = parse_einsum(&eq, &ranks)?;
+    // Sizes by letter must agree (no broadcasting).
+    let mut size: std::collections::HashMap<char, usize> = Default::default();
+    for (t, sh) in ops.iter().zip(&shapes) {
+        for (ch, d) in t.iter().zip(sh) {
+            if *size.entry(*ch).or_insert(*d) != *d {
+                bail!("Einsum equation '{eq}' broadcasts axis '{ch}', which is not supported");
+            }
+        }
+    }
+    let term = |t: &[char]| -> String { t.iter().collect() };
+    for k in 0..ops.len() {
+        if !c.need(k) {
+            continue;
+        }
+        let others: Vec<usize> = (0..ops.len()).filter(|j| *j != k).collect();
+        for ch in &ops[k] {
+            let elsewhere = out.contains(ch) || others.iter().any(|j| ops[*j].contains(ch));
+            if !elsewhere {
+                bail!(
+                    "Einsum equation '{eq}' sums axis '{ch}' of operand {k} alone, which is not supported"
+                );
+            }
+        }
+        let mut terms = vec![term(&out)];
+        terms.extend(others.iter().map(|j| term(&ops[*j])));
+        let geq = format!("{}->{}", terms.join(","), term(&ops[k]));
+        let mut ins = vec![c.dy];
+        ins.extend(others.iter().map(|j| c.input(*j)));
+        let attr = pb::AttributeProto {
+            name: "equation".into(),
+            r#type: 3,
+            s: geq.into_bytes(),
+            ..Default::default()
+        };
+        g[k] = Some(b.op("Einsum", &ins, vec![attr]));
+    }
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! Pooling: MaxPool, AveragePool, GlobalAveragePool.
+//! Pooling: MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool.
 
 use anyhow::{anyhow, bail, Result};
 
@@ -11,6 +11,7 @@ use crate::model::pb;
 pub(super) const OPS: &[OpDef] = &[
     OpDef::diff("AveragePool", 1, avgpool_rule),
     OpDef::diff("GlobalAveragePool", 1, global_avgpool),
+    OpDef::diff("GlobalMaxPool", 1, global_maxpool),
     OpDef::diff("MaxPool", 1, maxpool_rule),
 ];
 
@@ -32,6 +33,18 @@ fn global_avgpool(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
     Ok(())
 }
 
+/// GlobalMaxPool: dy shared among each channel's entries equal to its maximum.
+fn global_maxpool(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let r = c.shape(c.input(0))?.len();
+    let eq = b.equal(c.input(0), c.out());
+    let mask = b.as_float(&eq);
+    let axes: Vec<i64> = (2..r as i64).collect();
+    let cnt = b.reduce_sum(&mask, &axes, true);
+    let share = b.div(c.dy, &cnt);
+    g[0] = Some(b.mul(&mask, &share));
+    Ok(())
+}
+
 struct PoolGeom {
     xs: Vec<usize>,
     ys: Vec<usize>,
@@ -39,6 +52,8 @@ struct PoolGeom {
     s: Vec<usize>,
     d: Vec<usize>,
     pads: Vec<i64>,
+    /// The pads as given (`pads` adds the end padding of ceil_mode windows).
+    given: Vec<i64>,
 }
 
 fn pool_geom(n: &pb::NodeProto, shapes: &Shapes) -> Result<PoolGeom> {
@@ -59,6 +74,7 @@ fn pool_geom(n: &pb::NodeProto, shapes: &Shapes) -> Result<PoolGeom> {
         .map(|v| v.iter().map(|x| *x as usize).collect())
         .unwrap_or(vec![1; 2]);
     let mut pads = conv_pads(n, &xs[2..], &ys[2..], &k, &s, &d)?;
+    let given = pads.clone();
     // ceil_mode windows can run past the end: pad the end so a floor-mode conv matches.
     for i in 0..2 {
         let need = (ys[2 + i] as i64 - 1) * s[i] as i64 + ((k[i] as i64 - 1) * d[i] as i64 + 1)
@@ -75,6 +91,7 @@ fn pool_geom(n: &pb::NodeProto, shapes: &Shapes) -> Result<PoolGeom> {
         s,
         d,
         pads,
+        given,
     })
 }
 
@@ -257,10 +274,11 @@ fn avgpool(
     for i in 0..oh {
         for j in 0..ow {
             let count = if include_pad {
-                // Windows clipped only by the explicit pads' far edge.
+                // Windows clipped only by the given pads' far edge (ceil_mode windows
+                // running past it count only up to it).
                 let span = |o: usize, ax: usize| {
                     let start = (o * p.s[ax]) as i64 - p.pads[ax];
-                    let end = (start + p.k[ax] as i64).min(p.xs[2 + ax] as i64 + p.pads[2 + ax]);
+                    let end = (start + p.k[ax] as i64).min(p.xs[2 + ax] as i64 + p.given[2 + ax]);
                     (end - start).max(1)
                 };
                 span(i, 0) * span(j, 1)

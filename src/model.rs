@@ -62,6 +62,28 @@ pub struct TensorInfo {
     pub shape: Vec<Dim>,
 }
 
+impl TensorInfo {
+    /// The fixed example dimensions (all but the batch); an error naming the first
+    /// symbolic one, which only data can resolve (`audit` and the main command take
+    /// such dims from the data's example shape).
+    pub fn example_shape(&self) -> Result<Vec<usize>> {
+        self.shape
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, d)| {
+                d.fixed().ok_or_else(|| {
+                    anyhow!(
+                        "input '{}' has shape {}: its dimension {i} ('{d}') is symbolic, and only the batch (dimension 0) may be; export the model with that dimension fixed, or give data of the size wanted (`harden audit --data`)",
+                        self.name,
+                        shape_string(&self.shape)
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
 /// What the model's first output looks like, judged from the graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -521,6 +543,15 @@ pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> pb::Node
     }
 }
 
+/// Reads every externally stored tensor of `graph` into `raw_data`.
+///
+/// Sizes: nothing here limits a model to 2 GB. The `.onnx` file itself stays small (the
+/// weights are outside it; protobuf caps one message at 2 GB, prost does not check), and
+/// each tensor is read from its offset, with 64-bit offsets and lengths. What a model over
+/// 2 GB does meet later is ONNX Runtime's in-memory loader, which takes the re-encoded
+/// model as one protobuf message, which protobuf caps at 2 GB: such a model
+/// runs on tract, and on ONNX Runtime only once the runtime loads it from a file with
+/// external data (not done yet).
 fn inline_external_data(graph: &mut pb::GraphProto, dir: &Path, model_path: &Path) -> Result<()> {
     let mut tensors: Vec<&mut pb::TensorProto> = graph.initializer.iter_mut().collect();
     for n in graph.node.iter_mut() {

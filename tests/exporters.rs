@@ -193,3 +193,47 @@ fn gradient_graphs_match_torch_autograd() {
         }
     }
 }
+
+#[test]
+fn a_symbolic_example_dimension_is_named() {
+    use harden::model::{self, pb, Dim};
+    let dims = [
+        Dim::Symbolic("batch".into()),
+        Dim::Fixed(3),
+        Dim::Symbolic("height".into()),
+        Dim::Fixed(8),
+    ];
+    let mut flat = model::node("Flatten", "f", &["x"], &["logits"]);
+    flat.attribute.push(pb::AttributeProto {
+        name: "axis".into(),
+        r#type: 2,
+        i: 1,
+        ..Default::default()
+    });
+    let m = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(pb::GraphProto {
+            node: vec![flat],
+            input: vec![model::float_value_info("x", &dims)],
+            output: vec![model::float_value_info(
+                "logits",
+                &[Dim::Symbolic("batch".into()), Dim::Symbolic("k".into())],
+            )],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("symbolic.onnx");
+    std::fs::write(&p, prost::Message::encode_to_vec(&m)).unwrap();
+    let out = dir.path().join("g.onnx");
+    common::fails_with(
+        &["grad", p.to_str().unwrap(), "-o", out.to_str().unwrap()],
+        "dimension 2 ('height') is symbolic",
+    );
+    assert!(!out.exists());
+}

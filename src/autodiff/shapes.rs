@@ -102,8 +102,10 @@ impl FixedBatch {
             }
         }
         g.node = keep;
+        let live = drop_dead_nodes(g);
+        // Folded tensors only read by other folded nodes are not kept.
+        folded.retain(|t| live.contains(&t.name));
         g.initializer.extend(folded);
-        drop_dead_nodes(g);
         for t in &g.initializer {
             shapes
                 .entry(t.name.clone())
@@ -118,8 +120,8 @@ impl FixedBatch {
 }
 
 /// Removes the nodes none of whose outputs is read (by a later node, a subgraph, or as
-/// a graph output).
-fn drop_dead_nodes(g: &mut pb::GraphProto) {
+/// a graph output); returns the names the remaining graph reads.
+fn drop_dead_nodes(g: &mut pb::GraphProto) -> HashSet<String> {
     fn reads(n: &pb::NodeProto, live: &mut HashSet<String>) {
         live.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
         for a in &n.attribute {
@@ -140,6 +142,7 @@ fn drop_dead_nodes(g: &mut pb::GraphProto) {
     }
     kept.reverse();
     g.node = kept;
+    live
 }
 
 /// tract's analysis of `proto` (whose input already has its fixed shape): the shapes of

@@ -237,3 +237,57 @@ fn a_symbolic_example_dimension_is_named() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn training_graphs_build_with_shared_statistics() {
+    // Hardening lifts the weights to graph inputs and splits trained BatchNormalizations;
+    // their variances behind Identity (legacy DenseNet) must still be read as constants.
+    use harden::autodiff::{trainable_params, training_graph, LossKind};
+    for name in ["dense_legacy_dyn", "dense_dynamo_dyn", "cnn_dynamo_dyn"] {
+        let r = reference(if name.starts_with("cnn") {
+            "cnn"
+        } else {
+            "dense"
+        });
+        let m = OnnxModel::load(std::path::Path::new(&path(name))).unwrap();
+        let params = trainable_params(&m.proto);
+        assert!(!params.is_empty(), "{name}");
+        let b = r.x_shape[0];
+        let tg = training_graph(
+            &m.proto,
+            "input",
+            &r.x_shape[1..],
+            b,
+            LossKind::CrossEntropy,
+            &params,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let bytes = prost::Message::encode_to_vec(&tg.grad.proto);
+        let k = r.logits.len() / b;
+        let mut onehot = vec![0f32; b * k];
+        for (i, y) in r.y.iter().enumerate() {
+            onehot[i * k + y] = 1.0;
+        }
+        let x = ArrayD::from_shape_vec(IxDyn(&r.x_shape), r.x.clone()).unwrap();
+        let a = ArrayD::from_shape_vec(IxDyn(&[b, k]), onehot).unwrap();
+        let ps: Vec<ArrayD<f32>> = tg
+            .param_shapes
+            .iter()
+            .zip(&tg.param_values)
+            .map(|(s, v)| ArrayD::from_shape_vec(IxDyn(s), v.clone()).unwrap())
+            .collect();
+        for choice in runtimes() {
+            let mut rt = runtime::open(choice, &bytes, 1, &common::ort_locator())
+                .unwrap_or_else(|e| panic!("{name} on {choice:?}: {e:#}"));
+            let mut views = vec![x.view(), a.view()];
+            views.extend(ps.iter().map(|p| p.view()));
+            let outs = rt
+                .run(&views)
+                .unwrap_or_else(|e| panic!("{name} on {choice:?}: {e:#}"));
+            let grad: Vec<f32> = outs[2].iter().copied().collect();
+            let eg = rel_err(&grad, &r.grad);
+            assert!(eg <= 1e-4, "{name} on {choice:?}: gradient off by {eg}");
+            assert_eq!(outs.len(), 3 + params.len());
+        }
+    }
+}

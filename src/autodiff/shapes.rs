@@ -301,6 +301,105 @@ pub fn largest_activation(
 mod tests {
     use super::*;
 
+    fn fixture(name: &str) -> pb::ModelProto {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/exporters")
+            .join(name);
+        crate::model::OnnxModel::load(&path).unwrap().proto
+    }
+
+    #[test]
+    fn shape_subgraphs_fold_into_initializers() {
+        // The legacy exporter computes ShuffleNet's Reshape targets and chunk bounds
+        // from Shape at run time.
+        let m = fixture("shuffle_legacy_dyn.onnx");
+        let count = |p: &pb::ModelProto, op: &str| {
+            p.graph
+                .as_ref()
+                .unwrap()
+                .node
+                .iter()
+                .filter(|n| n.op_type == op)
+                .count()
+        };
+        assert!(count(&m, "Shape") > 0);
+        let fb = FixedBatch::of(&m, "input", &[2, 3, 16, 16], &[]).unwrap();
+        let g = fb.proto.graph.as_ref().unwrap();
+        for op in [
+            "Shape",
+            "Gather",
+            "Unsqueeze",
+            "Concat",
+            "Cast",
+            "Div",
+            "Mul",
+        ] {
+            let left: Vec<_> = g.node.iter().filter(|n| n.op_type == op).collect();
+            // Concat of the two branches stays (it carries data); nothing else does.
+            assert!(
+                left.iter().all(|n| op == "Concat" && n.input.len() == 2),
+                "{op} left: {left:?}"
+            );
+        }
+        let mut init: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+        init.extend(
+            g.node
+                .iter()
+                .filter(|n| n.op_type == "Constant")
+                .map(|n| n.output[0].as_str()),
+        );
+        for n in g
+            .node
+            .iter()
+            .filter(|n| n.op_type == "Slice" || n.op_type == "Reshape")
+        {
+            assert!(
+                n.input[1..].iter().all(|i| init.contains(i.as_str())),
+                "{n:?}"
+            );
+        }
+        // Every initializer the folding added is read by a node.
+        let read: HashSet<&str> = g
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .collect();
+        let original: HashSet<&str> = m
+            .graph
+            .as_ref()
+            .unwrap()
+            .initializer
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        for t in &g.initializer {
+            assert!(original.contains(t.name.as_str()) || read.contains(t.name.as_str()));
+        }
+        assert!(g.value_info.is_empty());
+    }
+
+    #[test]
+    fn constants_behind_identity_are_values_unless_trained() {
+        // The legacy exporter shares equal BatchNormalization variances through Identity.
+        let m = fixture("dense_legacy_dyn.onnx");
+        let g = m.graph.as_ref().unwrap();
+        let id = g.node.iter().find(|n| n.op_type == "Identity").unwrap();
+        let fb = FixedBatch::of(&m, "input", &[2, 3, 16, 16], &[]).unwrap();
+        let v = &fb.values[&id.output[0]];
+        let src = g
+            .initializer
+            .iter()
+            .find(|t| t.name == id.input[0])
+            .unwrap();
+        assert_eq!(
+            crate::model::float_values(v),
+            crate::model::float_values(src)
+        );
+        let trained = [id.input[0].clone()];
+        let fb = FixedBatch::of(&m, "input", &[2, 3, 16, 16], &trained).unwrap();
+        assert!(!fb.values.contains_key(&id.output[0]));
+    }
+
     #[test]
     fn largest_activation_is_the_biggest_per_example_tensor() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fmnist_cnn.onnx");

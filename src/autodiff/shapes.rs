@@ -145,6 +145,10 @@ fn drop_dead_nodes(g: &mut pb::GraphProto) -> HashSet<String> {
     live
 }
 
+/// The most elements of a constant tensor kept as a value: statistics, bounds and shapes
+/// are small; a large computed constant (a weight behind a Transpose) is not copied.
+const MAX_VALUE_LEN: usize = 1 << 22;
+
 /// tract's analysis of `proto` (whose input already has its fixed shape): the shapes of
 /// the input and every node output, and the values tract knows of node outputs.
 fn analyse(
@@ -206,7 +210,12 @@ fn analyse(
         if let Some(dims) = fact.shape.as_concrete() {
             shapes.insert(name.clone(), dims.to_vec());
         }
-        if let Some(t) = fact.konst.as_ref().and_then(|t| to_proto(name, t)) {
+        if let Some(t) = fact
+            .konst
+            .as_ref()
+            .filter(|t| t.len() <= MAX_VALUE_LEN)
+            .and_then(|t| to_proto(name, t))
+        {
             konst.insert(name.clone(), t);
         }
     }

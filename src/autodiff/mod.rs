@@ -482,7 +482,8 @@ fn build(
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map(|o| o.version)
         .unwrap_or(0);
-    let shapes = &fb.shapes;
+    // (Taken out of `fb`, whose graph and values `Consts` borrows below.)
+    let shapes = std::mem::take(&mut fb.shapes);
     let logits = logits_name(g0)?;
     let lshape = shapes
         .get(&logits)
@@ -547,7 +548,7 @@ fn build(
             .iter()
             .map(|i| !i.is_empty() && depends.contains(i.as_str()) && needed.contains(i.as_str()))
             .collect();
-        let dxs = rules::backward(&mut b, n, &dys, &needs, shapes, &consts)
+        let dxs = rules::backward(&mut b, n, &dys, &needs, &shapes, &consts)
             .map_err(|e| anyhow!("node '{}' ({}): {e}", node_label(n), n.op_type))?;
         for (i, dx) in dxs.into_iter().enumerate() {
             if let (Some(dx), true) = (dx, needs.get(i).copied().unwrap_or(false)) {

@@ -1012,11 +1012,7 @@ fn falsify_command(a: FalsifyArgs, env: &Env) -> Result<i32> {
     let model = OnnxModel::load(&a.model)?;
     let info = model.classifier_input()?;
     let props = crate::data::vnnlib::parse_vnnlib_file(&a.property)?;
-    let example_shape: Vec<usize> = info.shape[1..]
-        .iter()
-        .map(|d| d.fixed())
-        .collect::<Option<_>>()
-        .ok_or_else(|| anyhow!("input '{}' has symbolic example dimensions", info.name))?;
+    let example_shape = info.example_shape()?;
     let lo = props
         .iter()
         .flat_map(|p| p.input_lo.iter())
@@ -1084,11 +1080,7 @@ fn grad_command(a: GradArgs) -> Result<i32> {
     let info = model.classifier_input()?;
     let spec =
         InputSpec::resolve(&info, &a.input.to_spec_args()?).map_err(|e| a.input.explain(e))?;
-    let example_shape: Vec<usize> = info.shape[1..]
-        .iter()
-        .map(|d| d.fixed())
-        .collect::<Option<_>>()
-        .ok_or_else(|| anyhow!("input '{}' has symbolic example dimensions", info.name))?;
+    let example_shape = info.example_shape()?;
     let kind = match a.loss {
         LossArg::Ce => LossKind::CrossEntropy,
         LossArg::TargetedCe => LossKind::TargetedCrossEntropy,

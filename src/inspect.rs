@@ -29,6 +29,9 @@ pub struct Inspection {
     pub ops: BTreeMap<String, usize>,
     pub output_kind: OutputKind,
     pub unsupported: Vec<UnsupportedNode>,
+    /// What loading changed so that runtimes take the model (unused inputs removed, IR
+    /// version lowered), one line each.
+    pub notes: Vec<String>,
 }
 
 pub fn inspect(m: &OnnxModel) -> Inspection {
@@ -52,6 +55,7 @@ pub fn inspect(m: &OnnxModel) -> Inspection {
             .into_iter()
             .map(|(node, op)| UnsupportedNode { node, op })
             .collect(),
+        notes: m.load_notes.lines(m.proto.ir_version),
     }
 }
 
@@ -81,6 +85,9 @@ pub fn render_text(i: &Inspection) -> String {
         }
     );
     let _ = writeln!(s, "ir_version  {}   opset {}", i.ir_version, i.opset);
+    for n in &i.notes {
+        let _ = writeln!(s, "note        {n}");
+    }
     for t in &i.inputs {
         let _ = writeln!(s, "input       {}", tensor(t));
     }

@@ -16,6 +16,9 @@ pub use tract_onnx::pb;
 
 use crate::ops;
 
+mod canon;
+pub use canon::canonicalize;
+
 /// The opsets harden accepts for the default `ai.onnx` domain.
 pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 7..=21;
 
@@ -59,6 +62,28 @@ pub struct TensorInfo {
     pub shape: Vec<Dim>,
 }
 
+impl TensorInfo {
+    /// The fixed example dimensions (all but the batch); an error naming the first
+    /// symbolic one, which only data can resolve (`audit` and the main command take
+    /// such dims from the data's example shape).
+    pub fn example_shape(&self) -> Result<Vec<usize>> {
+        self.shape
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, d)| {
+                d.fixed().ok_or_else(|| {
+                    anyhow!(
+                        "input '{}' has shape {}: its dimension {i} ('{d}') is symbolic, and only the batch (dimension 0) may be; export the model with that dimension fixed, or give data of the size wanted (`harden audit --data`)",
+                        self.name,
+                        shape_string(&self.shape)
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
 /// What the model's first output looks like, judged from the graph.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -74,6 +99,45 @@ pub struct OnnxModel {
     pub path: PathBuf,
     pub sha256: String,
     pub file_bytes: u64,
+    /// What loading changed in `proto` so that runtimes take it (see [`canonicalize`]);
+    /// `harden inspect` shows it.
+    pub load_notes: LoadNotes,
+}
+
+/// The changes [`canonicalize`] made to a model at load time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LoadNotes {
+    /// Graph inputs no node reads (tf2onnx leaves some), removed from the graph.
+    pub pruned_inputs: Vec<String>,
+    /// The IR version as saved, when it was lowered to `proto.ir_version` (ONNX Runtime
+    /// refuses IR versions newer than it knows, even when the model uses nothing new).
+    pub ir_lowered_from: Option<i64>,
+    /// Why a newer-than-needed IR version could not be lowered, when it could not.
+    pub ir_kept_because: Option<String>,
+}
+
+impl LoadNotes {
+    /// One line per change, for `harden inspect`.
+    pub fn lines(&self, ir_version: i64) -> Vec<String> {
+        let mut out = vec![];
+        if !self.pruned_inputs.is_empty() {
+            out.push(format!(
+                "unused graph input(s) {} removed (no node reads them)",
+                self.pruned_inputs.join(", ")
+            ));
+        }
+        if let Some(from) = self.ir_lowered_from {
+            out.push(format!(
+                "IR version {from} lowered to {ir_version} in memory (the model uses nothing newer; ONNX Runtime refuses IR versions it does not know)"
+            ));
+        }
+        if let Some(why) = &self.ir_kept_because {
+            out.push(format!(
+                "IR version {ir_version} kept ({why}); ONNX Runtime may refuse it: try --runtime tract"
+            ));
+        }
+        out
+    }
 }
 
 impl OnnxModel {
@@ -108,11 +172,13 @@ impl OnnxModel {
             _ => Path::new("."),
         };
         inline_external_data(graph, dir, path)?;
+        let load_notes = canonicalize(&mut proto);
         let model = OnnxModel {
             proto,
             path: path.to_path_buf(),
             sha256,
             file_bytes: bytes.len() as u64,
+            load_notes,
         };
         model.check_structure()?;
         Ok(model)
@@ -338,6 +404,7 @@ impl OnnxModel {
             file_bytes: bytes.len() as u64,
             proto,
             path: self.path.clone(),
+            load_notes: self.load_notes.clone(),
         })
     }
 }
@@ -483,6 +550,15 @@ pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> pb::Node
     }
 }
 
+/// Reads every externally stored tensor of `graph` into `raw_data`.
+///
+/// Sizes: nothing here limits a model to 2 GB. The `.onnx` file itself stays small (the
+/// weights are outside it; protobuf caps one message at 2 GB, prost does not check), and
+/// each tensor is read from its offset, with 64-bit offsets and lengths. What a model over
+/// 2 GB does meet later is ONNX Runtime's in-memory loader, which takes the re-encoded
+/// model as one protobuf message, which protobuf caps at 2 GB: such a model
+/// runs on tract, and on ONNX Runtime only once the runtime loads it from a file with
+/// external data (not done yet).
 fn inline_external_data(graph: &mut pb::GraphProto, dir: &Path, model_path: &Path) -> Result<()> {
     let mut tensors: Vec<&mut pb::TensorProto> = graph.initializer.iter_mut().collect();
     for n in graph.node.iter_mut() {
@@ -578,24 +654,42 @@ fn inline_external_data(graph: &mut pb::GraphProto, dir: &Path, model_path: &Pat
                 t.name
             );
         }
-        let data = fs::read(&cfile)
-            .with_context(|| format!("cannot read external data file {}", cfile.display()))?;
-        let start = offset as usize;
+        // Only the tensor's bytes are read (seek, then read): a weights file of several
+        // GB holding hundreds of tensors is read once in all, not once per tensor.
+        let size = fs::metadata(&cfile)
+            .with_context(|| format!("cannot read external data file {}", cfile.display()))?
+            .len();
         let end = match length {
-            Some(l) => start.checked_add(l as usize),
-            None => Some(data.len()),
+            Some(l) => offset.checked_add(l),
+            None => Some(size),
         };
-        let slice = end.and_then(|end| data.get(start..end)).ok_or_else(|| {
-            anyhow!(
-                "{}: external data file '{}' is too short for tensor '{}' (offset {offset}, length {:?}, file size {})",
+        let (start, end) = match end {
+            Some(end) if offset <= end && end <= size => (offset, end),
+            _ => bail!(
+                "{}: external data file '{}' is too short for tensor '{}' (offset {offset}, length {:?}, file size {size})",
                 model_path.display(),
                 location,
                 t.name,
                 length,
-                data.len()
+            ),
+        };
+        let len = usize::try_from(end - start).map_err(|_| {
+            anyhow!(
+                "{}: tensor '{}' is too large for this machine",
+                model_path.display(),
+                t.name
             )
         })?;
-        t.raw_data = slice.to_vec();
+        let mut data = vec![0u8; len];
+        {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = fs::File::open(&cfile)
+                .with_context(|| format!("cannot read external data file {}", cfile.display()))?;
+            f.seek(SeekFrom::Start(start))
+                .and_then(|_| f.read_exact(&mut data))
+                .with_context(|| format!("cannot read external data file {}", cfile.display()))?;
+        }
+        t.raw_data = data;
         t.external_data.clear();
         t.data_location = None;
     }
@@ -609,8 +703,9 @@ fn hex(bytes: &[u8]) -> String {
 /// A copy of `proto` with the fixed batch dimension of `input` made dynamic (named `N`),
 /// for models exported with batch 1 (mnist-8, most VNN-COMP networks), so that they can
 /// be run on many examples at once. Output batch dimensions become `N`, intermediate
-/// shape annotations are dropped, and constant Reshape targets that start with the fixed
-/// batch on a tensor that depends on the input get 0 ("copy the batch") there. Returns
+/// shape annotations are dropped, and constant Reshape targets (initializers or Constant
+/// nodes) that start with the fixed batch on a tensor that depends on the input get 0
+/// ("copy the batch") there, or -1 where `allowzero` makes 0 a literal zero. Returns
 /// `None` when the input has no fixed batch. The caller must check numerically that the
 /// result agrees with the original (see `Classifier::open`).
 pub fn free_batch(proto: &pb::ModelProto, input: &str) -> Option<pb::ModelProto> {
@@ -639,22 +734,57 @@ pub fn free_batch(proto: &pb::ModelProto, input: &str) -> Option<pb::ModelProto>
             dynamic.extend(n.output.iter().cloned());
         }
     }
+    // Constant shapes: initializers and Constant nodes.
+    let mut shape_consts: std::collections::HashMap<String, Vec<i64>> = g
+        .initializer
+        .iter()
+        .filter_map(|t| Some((t.name.clone(), int64_values(t)?)))
+        .collect();
+    for n in &g.node {
+        if n.op_type == "Constant" {
+            if let (Some(o), Some(v)) = (
+                n.output.first(),
+                n.attribute
+                    .iter()
+                    .find(|a| a.name == "value")
+                    .and_then(|a| a.t.as_ref())
+                    .and_then(int64_values),
+            ) {
+                shape_consts.insert(o.clone(), v);
+            }
+        }
+    }
     let mut new_inits = vec![];
     for (k, n) in g.node.iter_mut().enumerate() {
         if n.op_type != "Reshape" || n.input.len() < 2 || !dynamic.contains(&n.input[0]) {
             continue;
         }
-        let Some(t) = g.initializer.iter().find(|t| t.name == n.input[1]) else {
-            continue;
-        };
-        let Some(mut shape) = int64_values(t) else {
+        let Some(mut shape) = shape_consts.get(&n.input[1]).cloned() else {
             continue;
         };
         if shape.first() != Some(&batch) {
             continue;
         }
-        shape[0] = 0;
-        let name = format!("{}__harden_free_batch_{k}", t.name);
+        // 0 copies the input's first dimension (the batch), unless `allowzero` = 1 makes it
+        // a literal zero (dynamo exports write allowzero=1): there allowzero is turned off
+        // when no other entry is a literal zero, else the batch entry becomes -1 (inferred)
+        // when no other entry is. Otherwise the Reshape is left as it is (and the
+        // caller's check finds the model disagreeing).
+        let allowzero = n
+            .attribute
+            .iter()
+            .position(|a| a.name == "allowzero" && a.i != 0);
+        let rest = &shape[1..];
+        match allowzero {
+            None => shape[0] = 0,
+            Some(at) if !rest.contains(&0) => {
+                n.attribute.remove(at);
+                shape[0] = 0;
+            }
+            Some(_) if !rest.contains(&-1) => shape[0] = -1,
+            Some(_) => continue,
+        }
+        let name = format!("{}__harden_free_batch_{k}", n.input[1]);
         new_inits.push(pb::TensorProto {
             name: name.clone(),
             dims: vec![shape.len() as i64],
@@ -745,4 +875,95 @@ pub fn int64_values(t: &pb::TensorProto) -> Option<Vec<i64>> {
             .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// x [1, 4] -> Reshape(x, `shape`, allowzero) -> y, the shape an initializer or a
+    /// Constant node.
+    fn reshape_model(shape: &[i64], allowzero: Option<i64>, as_node: bool) -> pb::ModelProto {
+        let t = pb::TensorProto {
+            name: "s".into(),
+            dims: vec![shape.len() as i64],
+            data_type: 7,
+            int64_data: shape.to_vec(),
+            ..Default::default()
+        };
+        let mut r = node("Reshape", "r", &["x", "s"], &["y"]);
+        if let Some(a) = allowzero {
+            r.attribute.push(pb::AttributeProto {
+                name: "allowzero".into(),
+                r#type: 2,
+                i: a,
+                ..Default::default()
+            });
+        }
+        let mut g = pb::GraphProto {
+            input: vec![float_value_info("x", &[Dim::Fixed(1), Dim::Fixed(4)])],
+            output: vec![float_value_info("y", &[Dim::Fixed(1), Dim::Fixed(4)])],
+            ..Default::default()
+        };
+        if as_node {
+            let mut c = node("Constant", "c", &[], &["s"]);
+            c.attribute.push(pb::AttributeProto {
+                name: "value".into(),
+                r#type: 4,
+                t: Some(t),
+                ..Default::default()
+            });
+            g.node.push(c);
+        } else {
+            g.initializer.push(t);
+        }
+        g.node.push(r);
+        pb::ModelProto {
+            ir_version: 8,
+            graph: Some(g),
+            ..Default::default()
+        }
+    }
+
+    /// The freed Reshape's shape and whether it keeps allowzero = 1.
+    fn freed(m: &pb::ModelProto) -> (Vec<i64>, bool) {
+        let p = free_batch(m, "x").unwrap();
+        let g = p.graph.unwrap();
+        let r = g.node.iter().find(|n| n.op_type == "Reshape").unwrap();
+        let t = g.initializer.iter().find(|t| t.name == r.input[1]).unwrap();
+        let az = r
+            .attribute
+            .iter()
+            .any(|a| a.name == "allowzero" && a.i == 1);
+        (int64_values(t).unwrap(), az)
+    }
+
+    #[test]
+    fn free_batch_keeps_reshape_meaning() {
+        // Plain and Constant-node shapes: 0 copies the batch.
+        assert_eq!(
+            freed(&reshape_model(&[1, 4], None, false)),
+            (vec![0, 4], false)
+        );
+        assert_eq!(
+            freed(&reshape_model(&[1, 4], None, true)),
+            (vec![0, 4], false)
+        );
+        // allowzero = 1 (dynamo exports): a 0 would be a literal zero; with no other zero
+        // allowzero is dropped and 0 copies the batch.
+        assert_eq!(
+            freed(&reshape_model(&[1, 4], Some(1), false)),
+            (vec![0, 4], false)
+        );
+        // With a literal zero elsewhere the batch entry is inferred instead.
+        assert_eq!(
+            freed(&reshape_model(&[1, 0, 4], Some(1), true)),
+            (vec![-1, 0, 4], true)
+        );
+        // Both a literal zero and a -1: left as it is (the caller's check refuses it).
+        let m = reshape_model(&[1, 0, -1], Some(1), false);
+        let p = free_batch(&m, "x").unwrap();
+        let g = p.graph.unwrap();
+        assert_eq!(g.node[0].input[1], "s");
+    }
 }

@@ -30,7 +30,12 @@ mod rules;
 mod shapes;
 
 pub use heads::LossKind;
-pub use shapes::{largest_activation, Shapes};
+pub use shapes::{largest_activation, FixedBatch, Shapes};
+
+fn empty_graph() -> &'static pb::GraphProto {
+    static EMPTY: std::sync::OnceLock<pb::GraphProto> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(Default::default)
+}
 
 /// The ops with a registered backward rule, with their class (`crate::ops` reads this).
 pub fn registered_ops() -> impl Iterator<Item = (&'static str, crate::ops::OpClass)> {
@@ -46,15 +51,27 @@ pub const GRAD: &str = "harden_grad";
 pub const HEAD_A: &str = "harden_a";
 pub const HEAD_B: &str = "harden_b";
 
-/// Constant tensors of the model (initializers and Constant nodes), by name.
+/// Constant tensors of the model, by name: initializers (shared ones too), Constant
+/// nodes, and what is constant once the batch is fixed (`FixedBatch`: shape subgraphs
+/// folded into initializers, float tensors computed from constants such as
+/// BatchNormalization statistics reached through Identity or Cast).
 pub struct Consts<'a> {
     tensors: HashMap<&'a str, &'a pb::TensorProto>,
 }
 
 impl<'a> Consts<'a> {
-    fn of(g: &'a pb::GraphProto, params: &[String]) -> Consts<'a> {
+    /// The constants of a model at a fixed batch, `params` excepted (`fb.values` holds
+    /// none derived from them when `fb` was made for the same `params`).
+    fn of(fb: &'a FixedBatch, params: &[String]) -> Consts<'a> {
+        let g = fb
+            .proto
+            .graph
+            .as_ref()
+            .map(|g| g as &pb::GraphProto)
+            .unwrap_or_else(|| empty_graph());
         let mut tensors: HashMap<&str, &pb::TensorProto> =
             g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+        tensors.extend(fb.values.iter().map(|(k, t)| (k.as_str(), t)));
         for n in &g.node {
             if n.op_type == "Constant" {
                 if let (Some(out), Some(t)) = (
@@ -229,7 +246,6 @@ pub fn training_graph_wrt(
         .graph
         .as_ref()
         .ok_or_else(|| anyhow!("the model has no graph"))?;
-    let consts = Consts::of(g0, &[]);
     let mut param_shapes = vec![];
     let mut param_values = vec![];
     for p in params {
@@ -243,9 +259,7 @@ pub fn training_graph_wrt(
         }
         param_shapes.push(t.dims.iter().map(|d| *d as usize).collect::<Vec<_>>());
         param_values.push(
-            consts
-                .f32s(p)
-                .ok_or_else(|| anyhow!("cannot read the values of '{p}'"))?,
+            model::float_values(t).ok_or_else(|| anyhow!("cannot read the values of '{p}'"))?,
         );
     }
     let grad = build(proto, input, example_shape, batch, kind, params, wrt)?;
@@ -267,10 +281,14 @@ pub fn forward_graph(
     example_shape: &[usize],
     params: &[String],
 ) -> Result<pb::ModelProto> {
-    let mut x_shape = vec![1];
-    x_shape.extend_from_slice(example_shape);
-    let split = split_trained_bn(proto, input, &x_shape, params)?;
-    let mut out = split.unwrap_or_else(|| proto.clone());
+    let mut out = if has_trained_bn(proto, params) {
+        let mut x_shape = vec![1];
+        x_shape.extend_from_slice(example_shape);
+        let fb = FixedBatch::of(proto, input, &x_shape, params)?;
+        split_trained_bn(proto, &fb, params)?
+    } else {
+        proto.clone()
+    };
     let g = out
         .graph
         .as_mut()
@@ -303,8 +321,9 @@ pub fn tap_graph(
 ) -> Result<pb::ModelProto> {
     let mut x_shape = vec![batch];
     x_shape.extend_from_slice(example_shape);
-    let shapes = shapes::infer(proto, input, &x_shape)?;
-    let mut out = at_fixed_batch(proto, input, &x_shape)?;
+    let fb = FixedBatch::of(proto, input, &x_shape, &[])?;
+    let shapes = &fb.shapes;
+    let mut out = fb.proto.clone();
     let g = out
         .graph
         .as_mut()
@@ -359,28 +378,34 @@ pub fn trainable_params(proto: &pb::ModelProto) -> Vec<String> {
     out
 }
 
-/// Rewrites each BatchNormalization whose scale or bias is trained into elementary ops
-/// (tract only runs BatchNormalization with constant parameters): (x - mean) * inv *
-/// scale + bias, with `inv` = 1/sqrt(var + eps) a constant.
+fn is_trained_bn(n: &pb::NodeProto, params: &[String]) -> bool {
+    n.op_type == "BatchNormalization" && n.input.iter().skip(1).take(2).any(|i| params.contains(i))
+}
+
+/// Whether a BatchNormalization of `proto` has its scale or bias in `params`.
+fn has_trained_bn(proto: &pb::ModelProto, params: &[String]) -> bool {
+    proto
+        .graph
+        .as_ref()
+        .is_some_and(|g| g.node.iter().any(|n| is_trained_bn(n, params)))
+}
+
+/// Rewrites each BatchNormalization of `proto` whose scale or bias is trained into
+/// elementary ops (tract only runs BatchNormalization with constant parameters):
+/// (x - mean) * inv * scale + bias, with `inv` = 1/sqrt(var + eps) a constant. Ranks,
+/// means and variances are read from `fb`, `proto` at some fixed batch.
 fn split_trained_bn(
     proto: &pb::ModelProto,
-    input: &str,
-    x_shape: &[usize],
+    fb: &FixedBatch,
     params: &[String],
-) -> Result<Option<pb::ModelProto>> {
+) -> Result<pb::ModelProto> {
     let g0 = proto
         .graph
         .as_ref()
         .ok_or_else(|| anyhow!("the model has no graph"))?;
-    let trained = |n: &pb::NodeProto| {
-        n.op_type == "BatchNormalization"
-            && n.input.iter().skip(1).take(2).any(|i| params.contains(i))
-    };
-    if !g0.node.iter().any(trained) {
-        return Ok(None);
-    }
-    let shapes = shapes::infer(proto, input, x_shape)?;
-    let consts = Consts::of(g0, &[]);
+    let trained = |n: &pb::NodeProto| is_trained_bn(n, params);
+    let shapes = &fb.shapes;
+    let consts = Consts::of(fb, params);
     let mut out = proto.clone();
     let g = out.graph.as_mut().ok_or_else(|| anyhow!("no graph"))?;
     let mut nodes = vec![];
@@ -434,7 +459,7 @@ fn split_trained_bn(
     }
     g.node = nodes;
     g.initializer.extend(inits);
-    Ok(Some(out))
+    Ok(out)
 }
 
 fn build(
@@ -448,9 +473,14 @@ fn build(
 ) -> Result<GradGraph> {
     let mut x_shape = vec![batch];
     x_shape.extend_from_slice(example_shape);
-    let split = split_trained_bn(proto, input, &x_shape, params)?;
-    let proto = split.as_ref().unwrap_or(proto);
-    let g0 = proto
+    // The model at this batch: static shapes, shape subgraphs folded (see `shapes`).
+    let mut fb = FixedBatch::of(proto, input, &x_shape, params)?;
+    if has_trained_bn(proto, params) {
+        let split = split_trained_bn(proto, &fb, params)?;
+        fb = FixedBatch::of(&split, input, &x_shape, params)?;
+    }
+    let g0 = fb
+        .proto
         .graph
         .as_ref()
         .ok_or_else(|| anyhow!("the model has no graph"))?;
@@ -460,7 +490,8 @@ fn build(
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map(|o| o.version)
         .unwrap_or(0);
-    let shapes = shapes::infer(proto, input, &x_shape)?;
+    // (Taken out of `fb`, whose graph and values `Consts` borrows below.)
+    let shapes = std::mem::take(&mut fb.shapes);
     let logits = logits_name(g0)?;
     let lshape = shapes
         .get(&logits)
@@ -470,7 +501,7 @@ fn build(
         bail!("the logits '{logits}' have shape {lshape:?}, without the batch ({batch}) first");
     }
     let k = lshape.iter().product::<usize>() / batch;
-    let consts = Consts::of(g0, params);
+    let consts = Consts::of(&fb, params);
 
     // Tensors that depend on X or a parameter, and nodes on a path from them to the
     // logits.
@@ -559,7 +590,7 @@ fn build(
     }
 
     // Assemble: the forward graph with a fixed batch, then the backward nodes.
-    let mut out = at_fixed_batch(proto, input, &x_shape)?;
+    let mut out = fb.proto.clone();
     let fixed: Vec<Dim> = x_shape.iter().map(|d| Dim::Fixed(*d)).collect();
     let g = out.graph.as_mut().ok_or_else(|| anyhow!("no graph"))?;
     g.node.extend(b.nodes);
@@ -590,29 +621,6 @@ fn build(
         num_classes: k,
         head_inputs,
     })
-}
-
-/// A copy of `proto` whose input `input` has the static shape `x_shape` (batch first),
-/// with the stale value_info dropped.
-fn at_fixed_batch(
-    proto: &pb::ModelProto,
-    input: &str,
-    x_shape: &[usize],
-) -> Result<pb::ModelProto> {
-    let mut out = proto.clone();
-    let g = out
-        .graph
-        .as_mut()
-        .ok_or_else(|| anyhow!("the model has no graph"))?;
-    let fixed: Vec<Dim> = x_shape.iter().map(|d| Dim::Fixed(*d)).collect();
-    let vi = g
-        .input
-        .iter_mut()
-        .find(|v| v.name == input)
-        .ok_or_else(|| anyhow!("the model has no input '{input}'"))?;
-    model::set_value_shape(vi, &fixed);
-    g.value_info.clear();
-    Ok(out)
 }
 
 /// The sum of gradient contributions (None when there are none).

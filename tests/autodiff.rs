@@ -586,6 +586,23 @@ fn linear_rules() {
         vec![node("Identity", &["w"], "k", vec![])],
         vec![rand_tensor("w", &[4, 3], &mut r, 0.5)],
     );
+    // Equations without a rule are refused naming the equation.
+    for (eq, why) in [("bii->bi", "diagonal"), ("bij->bi", "alone")] {
+        let m = model_of(
+            &[3, 3],
+            vec![node("Einsum", &["x"], "y", vec![attr_s("equation", eq)])],
+            vec![],
+            13,
+        );
+        let err = gradient_graph(&m, "x", &[3, 3], 2, LossKind::CrossEntropy)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            err.contains(&format!("Einsum equation '{eq}'")) && err.contains(why),
+            "{eq}: {err}"
+        );
+    }
     einsum(
         "Einsum implicit output",
         "bij,jk",

@@ -685,6 +685,23 @@ fn linear_rules() {
         vec![node("Identity", &["w"], "k", vec![])],
         vec![rand_tensor("w", &[4, 3], &mut r, 0.5)],
     );
+    // Equations without a rule are refused naming the equation.
+    for (eq, why) in [("bii->bi", "diagonal"), ("bij->bi", "alone")] {
+        let m = model_of(
+            &[3, 3],
+            vec![node("Einsum", &["x"], "y", vec![attr_s("equation", eq)])],
+            vec![],
+            13,
+        );
+        let err = gradient_graph(&m, "x", &[3, 3], 2, LossKind::CrossEntropy)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            err.contains(&format!("Einsum equation '{eq}'")) && err.contains(why),
+            "{eq}: {err}"
+        );
+    }
     einsum(
         "Einsum implicit output",
         "bij,jk",
@@ -1376,6 +1393,16 @@ fn structural_rules() {
             model::float_tensor("d", &[], &[2.5]),
         ],
         13,
+    );
+    check(
+        "GatherND repeated indices opset 16",
+        &[4, 3],
+        vec![
+            node("GatherND", &["x", "ix"], "t", vec![]),
+            node("Mul", &["t", "t"], "y", vec![]),
+        ],
+        vec![i64_tensor_dims("ix", &[2, 2, 2], &[0, 1, 1, 3, 0, 1, 1, 1])],
+        16,
     );
     check(
         "CumSum reverse",
@@ -2472,6 +2499,7 @@ const SHAPE_CASES: &[Case] = &[
     Case { op: "DepthToSpace", example: &[8, 2, 3], opset: 13, build: |_| one("DepthToSpace", &["x"], vec![attr_int("blocksize", 2), attr_s("mode", "CRD")], vec![]) },
     Case { op: "Expand", example: &[3, 1], opset: 13, build: |_| one("Expand", &["x", "s"], vec![], vec![i64_tensor("s", &[3, 4])]) },
     Case { op: "Flatten", example: &[2, 3], opset: 13, build: |_| one("Flatten", &["x"], vec![attr_int("axis", 1)], vec![]) },
+    Case { op: "GatherND", example: &[4, 3], opset: 13, build: |_| one("GatherND", &["x", "ix"], vec![], vec![i64_tensor_dims("ix", &[2, 2], &[0, 1, 1, 3])]) },
     Case { op: "Pad", example: &[2, 3], opset: 13, build: |_| one("Pad", &["x", "p"], vec![], vec![i64_tensor("p", &[0, 1, 0, 0, 0, 2])]) },
     Case { op: "Reshape", example: &[2, 6], opset: 13, build: |_| one("Reshape", &["x", "s"], vec![], vec![i64_tensor("s", &[0, 3, 4])]) },
     Case { op: "Resize", example: &[2, 3, 4], opset: 13, build: |_| one("Resize", &["x", "roi", "sc"], vec![attr_s("mode", "linear")], vec![model::float_tensor("roi", &[0], &[]), model::float_tensor("sc", &[4], &[1.0, 1.0, 2.0, 1.5])]) },

@@ -22,6 +22,7 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::diff("Expand", 1, expand),
     OpDef::diff("Flatten", 1, reshape),
     OpDef::shape_only_with("Gather", 2, gather),
+    OpDef::diff("GatherND", 2, gather_nd),
     OpDef::shape_only("Greater"),
     OpDef::shape_only("GreaterOrEqual"),
     OpDef::shape_only("IsInf"),
@@ -409,6 +410,45 @@ fn scatter_nd(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
         g[2] = Some(b.op("GatherND", &[c.dy, c.input(1)], vec![]));
     }
     Ok(())
+}
+
+/// GatherND (batch_dims 0): the gradient scattered back into zeros of the data's shape
+/// with ScatterND at the same indices, read from the forward graph. Repeated indices
+/// must add up: that needs ScatterND's reduction "add" (opset 16); with constant indices
+/// that do not repeat, the plain ScatterND serves at any opset.
+fn gather_nd(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    if c.int("batch_dims", 0) != 0 {
+        bail!("GatherND with batch_dims is not supported");
+    }
+    let xs = c.shape(c.input(0))?;
+    let zeros = b.const_f32(xs, vec![0.0; xs.iter().product()]);
+    let unique = c.consts.i64s(c.input(1)).and_then(|idx| {
+        let is = c.shape(c.input(1)).ok()?;
+        let k = *is.last()?;
+        let mut rows: Vec<Vec<i64>> = idx.chunks(k.max(1)).map(<[i64]>::to_vec).collect();
+        let n = rows.len();
+        rows.sort();
+        rows.dedup();
+        Some(rows.len() == n)
+    });
+    let attrs = if unique == Some(true) {
+        vec![]
+    } else if b.opset >= 16 {
+        vec![attr_str("reduction", "add")]
+    } else {
+        bail!("GatherND with indices that are not constant and distinct needs opset 16");
+    };
+    g[0] = Some(b.op("ScatterND", &[&zeros, c.input(1), c.dy], attrs));
+    Ok(())
+}
+
+fn attr_str(name: &str, v: &str) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 3,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
 }
 
 /// DepthToSpace as reshape, transpose, reshape: the gradient undoes the three.

@@ -485,6 +485,8 @@ fn elementwise_and_activation_rules() {
         vec![attr_f("alpha", 1.2), attr_f("gamma", 0.9)],
     );
     check("Selu attributes", &[9], n, i, 13);
+    let (n, i) = scaled("Elu", 2.0, vec![]);
+    check("Elu opset 7 (no Where)", &[9], n, i, 7);
     let (n, i) = scaled("Celu", 2.0, vec![]);
     check("Celu default alpha", &[9], n, i, 12);
     // Pow: the square of hand-written normalisations, a constant integer exponent, a
@@ -1874,6 +1876,18 @@ fn reduction_rules() {
         )],
         vec![],
         11,
+    );
+    check(
+        "ReduceMean opset 7 (no Expand)",
+        &[3, 4],
+        vec![node(
+            "ReduceMean",
+            &["x"],
+            "y",
+            vec![attr_ints("axes", &[2])],
+        )],
+        vec![],
+        7,
     );
     check(
         "ReduceSum noop with empty axes",

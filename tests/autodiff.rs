@@ -1733,13 +1733,16 @@ fn normalisation_rules() {
         vec![t(&mut r, "s", &[6], 1.0)],
         18,
     );
-    check(
-        "InstanceNormalization 1-D",
-        &[3, 6],
-        vec![node("InstanceNormalization", &["x", "s", "b"], "y", vec![])],
-        vec![t(&mut r, "s", &[3], 1.0), t(&mut r, "b", &[3], 0.3)],
-        13,
-    );
+    // From opset 17 the statistics come from a LayerNormalization node.
+    for opset in [13, 17] {
+        check(
+            &format!("InstanceNormalization 1-D opset {opset}"),
+            &[3, 6],
+            vec![node("InstanceNormalization", &["x", "s", "b"], "y", vec![])],
+            vec![t(&mut r, "s", &[3], 1.0), t(&mut r, "b", &[3], 0.3)],
+            opset,
+        );
+    }
     for (groups, opset, pshape) in [(2, 21, 4), (1, 18, 1), (4, 18, 4), (4, 21, 4)] {
         check(
             &format!("GroupNormalization {groups} groups opset {opset}"),
@@ -1817,7 +1820,7 @@ fn normalisation_rules() {
         (
             "InstanceNormalization",
             &[3, 2, 3],
-            13,
+            17,
             "InstanceNormalization",
             vec![],
             &[3],

@@ -485,6 +485,8 @@ fn elementwise_and_activation_rules() {
         vec![attr_f("alpha", 1.2), attr_f("gamma", 0.9)],
     );
     check("Selu attributes", &[9], n, i, 13);
+    let (n, i) = scaled("Elu", 2.0, vec![]);
+    check("Elu opset 7 (no Where)", &[9], n, i, 7);
     let (n, i) = scaled("Celu", 2.0, vec![]);
     check("Celu default alpha", &[9], n, i, 12);
     // Pow: the square of hand-written normalisations, a constant integer exponent, a
@@ -2123,13 +2125,16 @@ fn normalisation_rules() {
         vec![t(&mut r, "s", &[6], 1.0)],
         18,
     );
-    check(
-        "InstanceNormalization 1-D",
-        &[3, 6],
-        vec![node("InstanceNormalization", &["x", "s", "b"], "y", vec![])],
-        vec![t(&mut r, "s", &[3], 1.0), t(&mut r, "b", &[3], 0.3)],
-        13,
-    );
+    // From opset 17 the statistics come from a LayerNormalization node.
+    for opset in [13, 17] {
+        check(
+            &format!("InstanceNormalization 1-D opset {opset}"),
+            &[3, 6],
+            vec![node("InstanceNormalization", &["x", "s", "b"], "y", vec![])],
+            vec![t(&mut r, "s", &[3], 1.0), t(&mut r, "b", &[3], 0.3)],
+            opset,
+        );
+    }
     for (groups, opset, pshape) in [(2, 21, 4), (1, 18, 1), (4, 18, 4), (4, 21, 4)] {
         check(
             &format!("GroupNormalization {groups} groups opset {opset}"),
@@ -2207,7 +2212,7 @@ fn normalisation_rules() {
         (
             "InstanceNormalization",
             &[3, 2, 3],
-            13,
+            17,
             "InstanceNormalization",
             vec![],
             &[3],
@@ -2266,6 +2271,18 @@ fn reduction_rules() {
         )],
         vec![],
         11,
+    );
+    check(
+        "ReduceMean opset 7 (no Expand)",
+        &[3, 4],
+        vec![node(
+            "ReduceMean",
+            &["x"],
+            "y",
+            vec![attr_ints("axes", &[2])],
+        )],
+        vec![],
+        7,
     );
     check(
         "ReduceSum noop with empty axes",

@@ -410,23 +410,30 @@ fn elu_selu(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
     } else {
         (c.float("alpha", 1.0), 1.0)
     };
-    let pos = above(b, c.input(0), 0.0);
     let below = plus(b, c.out(), gamma * alpha);
-    let k = b.scalar(gamma);
-    let d = b.op("Where", &[&pos, &k, &below], vec![]);
+    let d = above_or(b, c.input(0), gamma, &below);
     chain(b, c, &d, g);
     Ok(())
+}
+
+/// `k` where x > 0, else `below`, as below + [x > 0] (k - below): Where needs opset 9,
+/// Elu and Selu are older.
+fn above_or(b: &mut Builder, x: &str, k: f32, below: &str) -> String {
+    let pos = above(b, x, 0.0);
+    let m = b.as_float(&pos);
+    let kk = b.scalar(k);
+    let diff = b.sub(&kk, below);
+    let t = b.mul(&m, &diff);
+    b.add(below, &t)
 }
 
 /// Celu: y = max(0, x) + min(0, alpha (e^(x / alpha) - 1)); y' = 1 above 0,
 /// e^(x / alpha) = y / alpha + 1 below (opset 12).
 fn celu(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
     let alpha = c.float("alpha", 1.0);
-    let pos = above(b, c.input(0), 0.0);
     let below = times(b, c.out(), 1.0 / alpha);
     let below = plus(b, &below, 1.0);
-    let one = b.scalar(1.0);
-    let d = b.op("Where", &[&pos, &one, &below], vec![]);
+    let d = above_or(b, c.input(0), 1.0, &below);
     chain(b, c, &d, g);
     Ok(())
 }

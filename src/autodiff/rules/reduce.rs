@@ -78,8 +78,13 @@ impl Reduction {
         })
     }
 
-    /// `t` (with kept axes) broadcast to the input's shape.
+    /// `t` (with kept axes) broadcast to the input's shape (Expand from opset 8, a product
+    /// with ones before).
     fn expand(&self, b: &mut Builder, t: &str) -> String {
+        if b.opset < 8 {
+            let ones = b.const_f32(&self.xs, vec![1.0; self.xs.iter().product()]);
+            return b.mul(t, &ones);
+        }
         let s = b.const_i64(&self.xs.iter().map(|d| *d as i64).collect::<Vec<_>>());
         b.op("Expand", &[t, &s], vec![])
     }

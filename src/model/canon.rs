@@ -11,6 +11,9 @@
 //! - An IR version newer than the model needs is lowered to the one its opsets and types
 //!   need: the current `onnx` package saves IR 14, which ONNX Runtime 1.31 refuses
 //!   ("max supported IR version: 13") although nothing in such a model is new.
+//! - A ConstantOfShape without `value` gets the default written out (a float32 zero, as
+//!   the standard says): tract 0.23 types it F64 (the dynamo exporter's Swin attention
+//!   mask then fails "Impossible to unify F64 with F32"). Same model, nothing reported.
 
 use std::collections::HashSet;
 
@@ -22,6 +25,7 @@ pub fn canonicalize(proto: &mut pb::ModelProto) -> LoadNotes {
     if let Some(g) = proto.graph.as_mut() {
         notes.pruned_inputs = prune_unused_inputs(g);
         g.value_info.clear();
+        explicit_constant_of_shape_value(g);
     }
     match needed_ir_version(proto) {
         Ok(need) if proto.ir_version > need && proto.ir_version > LOWER_ABOVE => {
@@ -32,6 +36,32 @@ pub fn canonicalize(proto: &mut pb::ModelProto) -> LoadNotes {
         _ => {}
     }
     notes
+}
+
+/// Writes out the default `value` (float32 zero, one element) of ConstantOfShape nodes
+/// that have none, in `g` and its subgraphs.
+fn explicit_constant_of_shape_value(g: &mut pb::GraphProto) {
+    for n in &mut g.node {
+        for a in &mut n.attribute {
+            if let Some(sub) = a.g.as_mut() {
+                explicit_constant_of_shape_value(sub);
+            }
+            for sub in &mut a.graphs {
+                explicit_constant_of_shape_value(sub);
+            }
+        }
+        if n.op_type == "ConstantOfShape"
+            && (n.domain.is_empty() || n.domain == "ai.onnx")
+            && !n.attribute.iter().any(|a| a.name == "value")
+        {
+            n.attribute.push(pb::AttributeProto {
+                name: "value".into(),
+                r#type: 4,
+                t: Some(super::float_tensor("value", &[1], &[0.0])),
+                ..Default::default()
+            });
+        }
+    }
 }
 
 /// IR versions up to this one are left alone (IR 10 is the one of opset 21, the newest
@@ -201,6 +231,21 @@ mod tests {
         // A model whose only inputs are all unused keeps them (nothing would be left).
         let mut m = model(8, 13, &["a"]);
         assert!(canonicalize(&mut m).pruned_inputs.is_empty());
+    }
+
+    #[test]
+    fn constant_of_shape_gets_its_default_value_written_out() {
+        let mut m = model(8, 17, &["x"]);
+        let g = m.graph.as_mut().unwrap();
+        g.node.push(node("ConstantOfShape", "c", &["s"], &["z"]));
+        canonicalize(&mut m);
+        let n = &m.graph.unwrap().node[1];
+        let v = n.attribute.iter().find(|a| a.name == "value").unwrap();
+        let t = v.t.as_ref().unwrap();
+        assert_eq!(
+            (t.data_type, crate::model::float_values(t)),
+            (1, Some(vec![0.0]))
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@
 #   torch: the machine's facts and the PyTorch side of the benchmark; harden: harden's
 #   checks and side of the benchmark, then the table; all (default): both.
 # Checks: the CUDA provider starts (`--device cuda`, and `auto` picks it); the same audits
-# on the CPU and on CUDA agree (clean accuracy exactly, robust accuracy within one
-# example, and `cuda:0,0`, the batch split over two sessions, as `cuda:0`); a hardening
+# on the CPU and on CUDA agree (clean accuracy exactly, robust accuracies within two
+# examples, and `cuda:0,0`, the batch split over two sessions, as `cuda:0`); a hardening
 # run on CUDA; bad devices are refused with exit 2 (`cuda:7`, tract with cuda).
 # Logs and reports go to $OUT (default DIR/out) as well as stdout.
 set -uo pipefail
@@ -80,7 +80,7 @@ section "errors"
 M=models/fmnist_cnn.onnx
 D=data/fashion-mnist-slice
 expect_exit 2 "cuda7" "$H" audit "$M" --data "$D" --device cuda:7
-grep -q "cuda:7" "$OUT/cuda7.err" && ok "cuda:7 named" || bad "cuda:7 not named"
+grep -q "CUDA device" "$OUT/cuda7.err" && ok "cuda:7: the devices there named" || bad "cuda:7: no device count in the message"
 expect_exit 2 "tract-cuda" "$H" audit "$M" --data "$D" --runtime tract --device cuda
 expect_exit 2 "bad-device" "$H" audit "$M" --data "$D" --device tpu
 # The CPU build of ONNX Runtime (no provider next to it) with --device cuda.
@@ -100,26 +100,15 @@ audit() { # NAME MODEL DEVICE EXTRA...
   echo "$name: exit $rc, $(( ($(date +%s%N) - t0) / 1000000 )) ms; $(grep -E '^device' "$OUT/$name.err" | head -n 1)"
   [ $rc = 0 ] || tail -n 3 "$OUT/$name.err"
 }
-compare() { # A B: clean exactly, robust within one example
+compare() { # A B: clean exactly, robust within two examples
   "$PY" - "$OUT/$1.json" "$OUT/$2.json" <<'PY'
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 ra, rb = a["audit"], b["audit"]
 n = ra["data"]["examples"]
-def robust(r):
-    return [(x.get("attack"), x.get("eps"), x.get("robust_accuracy")) for x in r.get("robust", {}).get("per_attack", [])] or r.get("robust")
 ca, cb = ra["clean"]["accuracy"], rb["clean"]["accuracy"]
 print(f"  clean {ca:.4f} vs {cb:.4f}; devices {a['meta'].get('device')} vs {b['meta'].get('device')}")
 ok = ca == cb
-wa = json.dumps(robust(ra)); wb = json.dumps(robust(rb))
-def worst(r):
-    w = r.get("robust", {})
-    for k in ("worst_case", "worst"):
-        if k in w:
-            return w[k]
-    return w
-print(f"  robust A {json.dumps(worst(ra))[:300]}")
-print(f"  robust B {json.dumps(worst(rb))[:300]}")
 def accs(x, out):
     if isinstance(x, dict):
         for k, v in x.items():
@@ -132,9 +121,10 @@ def accs(x, out):
             accs(v, out)
     return out
 xa, xb = accs(ra.get("robust"), []), accs(rb.get("robust"), [])
+print(f"  robust accuracies {xa}\n                vs {xb}")
 diff = max((abs(p - q) for p, q in zip(xa, xb)), default=0.0)
 print(f"  {len(xa)} robust accuracies, largest difference {diff:.4f} ({diff * n:.1f} examples of {n})")
-ok = ok and len(xa) == len(xb) and diff <= 1.0 / n + 1e-9
+ok = ok and len(xa) == len(xb) and diff <= 2.0 / n + 1e-9
 print("  AGREE" if ok else "  DIFFER")
 sys.exit(0 if ok else 1)
 PY

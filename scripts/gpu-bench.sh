@@ -31,13 +31,14 @@ N_PGD="${GPU_BENCH_IMAGES_PGD:-10000}"
 N_TRAIN="${GPU_BENCH_IMAGES_TRAIN:-50000}"
 LIMIT="${GPU_BENCH_TIMEOUT:-300}"
 MODEL="${MODEL:-$work/preact18.onnx}"
-if has harden && [ ! -f "$MODEL" ]; then
-  "$PY" "$TORCH_SCRIPT" export "$MODEL" >/dev/null || { echo "cannot export $MODEL" >&2; exit 2; }
-fi
 results="$work/results.jsonl"
 TOOLS="${GPU_BENCH_TOOLS:-harden torch}"
 touch "$results"
 has() { case " $TOOLS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+if has harden && [ ! -f "$MODEL" ]; then
+  "$PY" "$TORCH_SCRIPT" export "$MODEL" >/dev/null || { echo "cannot export $MODEL" >&2; exit 2; }
+fi
+export RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0
 
 used() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 | head -n 1; }
 
@@ -54,7 +55,7 @@ run() {
   mem="$(sort -n "$work/$name.mem" | tail -n 1)"
   line="$(grep '^{' "$work/$name.out" | tail -n 1)"
   if [ $rc -ne 0 ] || [ -z "$line" ]; then
-    echo "{\"run\": \"$name\", \"failed\": $rc, \"error\": $("$PY" -c 'import json,sys; print(json.dumps(sys.stdin.read()[-400:]))' < "$work/$name.err")}" | tee -a "$results"
+    echo "{\"run\": \"$name\", \"failed\": $rc, \"error\": $(grep -v '^\s*$' "$work/$name.err" | head -n 3 | "$PY" -c 'import json,sys; print(json.dumps(sys.stdin.read()[:600]))')}" | tee -a "$results"
     return
   fi
   echo "$line" | "$PY" -c "import json,sys; d=json.loads(sys.stdin.read()); d['run']='$name'; d['peak_gpu_mib']=int('${mem:-0}' or 0)-int('${base:-0}' or 0); print(json.dumps(d))" | tee -a "$results"
@@ -86,7 +87,7 @@ for w in ["pgd", "fast", "pgd-at"]:
         if r is None:
             continue
         if "failed" in r:
-            print(f"{w:8} {name:22} failed (exit {r['failed']}): {r['error'][-120:]!r}")
+            print(f"{w:8} {name:22} failed (exit {r['failed']}): {r['error'][:200]!r}")
             continue
         ratio = ""
         if h and "failed" not in h and name != f"harden-{w}":

@@ -19,6 +19,7 @@ throughput figure: no loader). One warm-up batch first (not timed); cudnn.benchm
 """
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -98,7 +99,9 @@ def export(path, levels=0):
 
 
 def bench(a):
-    dev = torch.device("cuda")
+    # GPU_BENCH_DEVICE=cpu: a smoke test of the loop where there is no GPU.
+    dev = torch.device(os.environ.get("GPU_BENCH_DEVICE", "cuda"))
+    cuda = dev.type == "cuda"
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     net = PreActResNet18().to(dev)
@@ -109,7 +112,7 @@ def bench(a):
     fwd = torch.compile(net) if a.compile else net
 
     def loss_of(x, y):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             return F.cross_entropy(fwd(x), y)
 
     def attack(x, y, steps, alpha):
@@ -139,13 +142,15 @@ def bench(a):
             p.requires_grad_(False)
     b = a.batch
     step(x_all[:b], y_all[:b])  # warm-up
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     n = images if a.work == "pgd" else (images // b) * b
     t0 = time.perf_counter()
     for i in range(0, n, b):
         step(x_all[i : i + b], y_all[i : i + b])
-    torch.cuda.synchronize()
+    if cuda:
+        torch.cuda.synchronize()
     secs = time.perf_counter() - t0
     print(
         json.dumps(
@@ -156,8 +161,8 @@ def bench(a):
                 "batch": b,
                 "seconds": round(secs, 3),
                 "images_per_s": round(n / secs, 1),
-                "peak_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20),
-                "gpu": torch.cuda.get_device_name(0),
+                "peak_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20) if cuda else 0,
+                "gpu": torch.cuda.get_device_name(0) if cuda else "cpu",
                 "torch": torch.__version__,
             }
         )

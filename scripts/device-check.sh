@@ -4,9 +4,11 @@
 # onnxruntime-gpu libraries and the benchmark network come prebuilt in a folder.
 #
 # Usage: scripts/device-check.sh [all|torch|harden] [DIR]
-#   DIR (default .gpu/dev): harden, bench_gpu, libonnxruntime.so,
-#   libonnxruntime_providers_{shared,cuda}.so, preact18.onnx; any NAME.xz there is
-#   unpacked first (so the pieces may arrive compressed, over several calls).
+#   DIR (default .gpu/dev; outside the repository if the machine re-syncs it between
+#   calls): harden, bench_gpu, libonnxruntime.so, libonnxruntime_providers_{shared,cuda}.so,
+#   and optionally preact18.onnx (else exported there by gpu_bench_torch.py, which needs
+#   the onnx package); any NAME.xz there is unpacked first (so the pieces may arrive
+#   compressed, over several calls).
 #   torch: the machine's facts and the PyTorch side of the benchmark; harden: harden's
 #   checks and side of the benchmark, then the table; all (default): both.
 # Checks: the CUDA provider starts (`--device cuda`, and `auto` picks it); the same audits
@@ -17,8 +19,21 @@
 set -uo pipefail
 PHASE="${1:-all}"
 DIR="${2:-.gpu/dev}"
-OUT="${OUT:-$DIR/out}"
-mkdir -p "$DIR" "$OUT"
+mkdir -p "$DIR"
+DIR="$(cd "$DIR" && pwd)"
+# Every log in $DIR/out; $OUT (where the machine sends files back, a few at most) gets
+# the main log, the benchmark's results and a tarball of the rest.
+FINAL="${OUT:-}"
+OUT="$DIR/out"
+mkdir -p "$OUT"
+finish() {
+  if [ -n "$FINAL" ]; then
+    cp "$OUT/device-check.log" "$FINAL/" 2>/dev/null
+    cp "$DIR"/bench/results.jsonl "$FINAL/" 2>/dev/null
+    tar czf "$FINAL/logs.tar.gz" -C "$OUT" --exclude='*.onnx' . 2>/dev/null
+  fi
+}
+trap finish EXIT
 here="$(cd "$(dirname "$0")" && pwd)"
 PY="${PYTHON:-python3}"
 exec > >(tee -a "$OUT/device-check.log") 2>&1
@@ -52,19 +67,18 @@ if [ "$PHASE" = all ] || [ "$PHASE" = torch ]; then
   ls "$site"/nvidia/*/lib 2>/dev/null | grep -E 'libcu(rand|blas|dart|dnn)\.so' | tr '\n' ' '; echo
   section "PyTorch side of the benchmark"
   GPU_BENCH_TOOLS=torch TORCH_SCRIPT="$here/gpu_bench_torch.py" bash "$here/gpu-bench.sh" "$DIR/bench"
-  cp "$DIR"/bench/*.jsonl "$OUT"/ 2>/dev/null
 fi
 
 [ "$PHASE" = torch ] && exit 0
 
 H="$DIR/harden"
-export ORT_DYLIB_PATH="$PWD/$DIR/libonnxruntime.so"
+export ORT_DYLIB_PATH="$DIR/libonnxruntime.so"
 # The provider links libcurand.so.10 without calling it; PyTorch for CUDA 13 ships none.
 # A library of that name with no code stands in when the machine has no real one.
 if ! ldconfig -p | grep -q 'libcurand.so.10' && ! ls "$("$PY" -c 'import torch,os; print(os.path.dirname(os.path.dirname(torch.__file__)))')"/nvidia/*/lib/libcurand.so.10 >/dev/null 2>&1; then
   if [ -f "$DIR/libcurand.so.10" ]; then
     echo "libcurand.so.10 absent: using the empty stand-in $DIR/libcurand.so.10"
-    export LD_LIBRARY_PATH="$PWD/$DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export LD_LIBRARY_PATH="$DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   fi
 fi
 
@@ -85,7 +99,7 @@ expect_exit 2 "tract-cuda" "$H" audit "$M" --data "$D" --runtime tract --device 
 expect_exit 2 "bad-device" "$H" audit "$M" --data "$D" --device tpu
 # The CPU build of ONNX Runtime (no provider next to it) with --device cuda.
 mkdir -p "$DIR/cpuonly" && cp "$DIR/libonnxruntime.so" "$DIR/cpuonly/"
-ORT_DYLIB_PATH="$PWD/$DIR/cpuonly/libonnxruntime.so" expect_exit 2 "no-provider" "$H" audit "$M" --data "$D" --device cuda
+ORT_DYLIB_PATH="$DIR/cpuonly/libonnxruntime.so" expect_exit 2 "no-provider" "$H" audit "$M" --data "$D" --device cuda
 # The CUDA libraries out of reach (no Python on PATH, no LD_LIBRARY_PATH).
 env -u LD_LIBRARY_PATH -u VIRTUAL_ENV -u CONDA_PREFIX PATH=/nonexistent HOME=/nonexistent \
   ORT_DYLIB_PATH="$ORT_DYLIB_PATH" "$H" audit "$M" --data "$D" --device cuda > "$OUT/no-cuda-libs.out" 2> "$OUT/no-cuda-libs.err"
@@ -160,7 +174,7 @@ PY
 section "harden's side of the benchmark"
 BENCH_GPU="$DIR/bench_gpu" MODEL="$DIR/preact18.onnx" GPU_BENCH_TOOLS=harden TORCH_SCRIPT="$here/gpu_bench_torch.py" \
   bash "$here/gpu-bench.sh" "$DIR/bench"
-cp "$DIR"/bench/*.jsonl "$DIR"/bench/*.err "$OUT"/ 2>/dev/null
+cp "$DIR"/bench/*.err "$OUT"/ 2>/dev/null
 
 section "done: $fails failed check(s)"
 exit $((fails > 0))

@@ -3,7 +3,7 @@
 //! the device asked for; prints one JSON line like scripts/gpu_bench_torch.py's.
 //! Usage: cargo run --example bench_gpu -- --model preact18.onnx --device cuda
 //!        [--work pgd|fast|pgd-at] [--images N] [--batch 512] [--threads 2]
-//!        [--runtime ort|tract]
+//!        [--runtime ort|tract] [--precision tf32|fp32]
 //! `pgd`: PGD-10 Linf (eps 8/255, step 2/255), every example every step (a plain PGD
 //! loop's work), default 10,000 images. `fast`: one Fast-AT epoch (FGSM with a random
 //! start, eps 8/255), `pgd-at`: one PGD-7 adversarial-training epoch (SGD, momentum 0.9),
@@ -34,7 +34,10 @@ fn main() -> anyhow::Result<()> {
     let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
     ort.cuda_lib_dirs
         .extend(harden::cli::python_nvidia_dirs(home.as_deref()));
-    let ort = ort.resolve(runtime)?;
+    let mut ort = ort.resolve(runtime)?;
+    // `--precision tf32` (default here, as PyTorch's convolutions) or fp32.
+    let precision = get("--precision", "tf32");
+    ort.tf32 = precision == "tf32" && !ort.device.cuda_ids().is_empty();
     let opts = RunOptions {
         runtime,
         threads: get("--threads", "2").parse()?,
@@ -152,7 +155,7 @@ fn main() -> anyhow::Result<()> {
         w => anyhow::bail!("--work {w}: expected pgd, fast or pgd-at"),
     };
     println!(
-        "{{\"tool\": \"harden\", \"device\": \"{}\", \"work\": \"{work}\", \"images\": {done}, \"batch\": {batch}, \"seconds\": {secs:.3}, \"images_per_s\": {:.1}}}",
+        "{{\"tool\": \"harden-{precision}\", \"device\": \"{}\", \"work\": \"{work}\", \"images\": {done}, \"batch\": {batch}, \"seconds\": {secs:.3}, \"images_per_s\": {:.1}}}",
         ort.device,
         done as f64 / secs
     );

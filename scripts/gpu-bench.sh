@@ -16,6 +16,8 @@
 #              scripts/fetch-onnxruntime.sh --gpu)
 #   GPU_BENCH_IMAGES_PGD / GPU_BENCH_IMAGES_TRAIN  image counts (10000 / 50000)
 #   GPU_BENCH_TIMEOUT  seconds per run (default 300)
+#   GPU_BENCH_PRECISION  harden's --precision: tf32 (default: PyTorch's convolutions use
+#              TF32 too) or fp32
 #   GPU_BENCH_TOOLS    which side(s) to run: "harden torch" (default), "harden" or
 #              "torch"; results add to WORKDIR/results.jsonl (the table reads them all),
 #              so the two sides may run one after the other in separate calls
@@ -64,7 +66,7 @@ run() {
 for work_kind in pgd fast pgd-at; do
   n=$N_TRAIN; [ "$work_kind" = pgd ] && n=$N_PGD
   if has harden; then
-    run "harden-$work_kind" "$BENCH" --model "$MODEL" --device cuda --work "$work_kind" --images "$n" --batch 512
+    run "harden-$work_kind" "$BENCH" --model "$MODEL" --device cuda --precision "${GPU_BENCH_PRECISION:-tf32}" --work "$work_kind" --images "$n" --batch 512
   fi
   has torch || continue
   run "torch-fp32-$work_kind" "$PY" "$TORCH_SCRIPT" bench --work "$work_kind" --precision fp32 --images "$n"

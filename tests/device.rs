@@ -59,12 +59,23 @@ fn tract_cannot_run_on_cuda() {
 }
 
 #[test]
+fn tf32_is_for_cuda_only() {
+    let (code, err, report) = audit(&["--runtime", "tract", "--precision", "tf32"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--precision tf32"), "{err}");
+    assert!(report.is_none());
+    let (code, err, _) = audit(&["--precision", "fp16"], &[]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
 fn the_cpu_is_the_default_and_is_recorded() {
     let (code, err, report) = audit(&["--runtime", "tract"], &[]);
     assert_eq!(code, 0, "{err}");
     let meta = &report.unwrap()["meta"];
     assert_eq!(meta["device"], "cpu");
     assert!(meta.get("device_note").is_none());
+    assert!(meta.get("precision").is_none());
 }
 
 #[test]
@@ -169,6 +180,7 @@ fn the_same_audit_on_cpu_and_cuda() {
         )
     };
     let (code, err, auto) = run("auto");
+    // (the CPU's numbers: float32 on CUDA, the default `--precision fp32`)
     assert_eq!(code, Some(0), "{err}");
     let auto = auto.unwrap();
     if auto["meta"]["device"] == "cpu" {

@@ -196,7 +196,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
     if a.threads == Some(0) {
         bail!("--threads must be at least 1");
     }
-    let ort = super::resolve_device(env, &a.device, a.runtime)?;
+    let ort = super::resolve_device(env, &a.device, a.precision, a.runtime)?;
     let cfg = config_of(&a, eps);
     cfg.check()?;
     let knobs = AttackKnobs {

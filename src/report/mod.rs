@@ -86,6 +86,9 @@ pub struct Meta {
     /// Why `--device auto` ran on the CPU.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_note: Option<String>,
+    /// On CUDA, `fp32` or `tf32` (`--precision`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub precision: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

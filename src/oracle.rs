@@ -82,7 +82,12 @@ impl ModelOracle {
     /// Most examples per graph run (see [`crate::runtime::chunk_for`]), found once.
     fn chunk(&mut self) -> usize {
         *self.chunk.get_or_insert_with(|| {
-            crate::runtime::chunk_for(&self.proto, &self.input, &self.example_shape)
+            crate::runtime::chunk_for(
+                &self.proto,
+                &self.input,
+                &self.example_shape,
+                &self.opts.ort,
+            )
         })
     }
 

@@ -22,31 +22,208 @@ pub enum RuntimeChoice {
     Tract,
 }
 
-/// Where harden looks for `libonnxruntime.so`, in order (the CLI supplies the
-/// environment-derived entries, so library code reads no environment).
+/// Where harden looks for `libonnxruntime.so` and the CUDA libraries, and the device
+/// ONNX Runtime sessions run on (the CLI supplies the environment-derived entries, so
+/// library code reads no environment).
 #[derive(Clone, Debug, Default)]
 pub struct OrtLocator {
+    /// `ORT_DYLIB_PATH`, tried first whatever the device.
+    pub explicit: Option<PathBuf>,
+    /// The CPU build's places, tried after the GPU build's ones.
     pub candidates: Vec<PathBuf>,
+    /// The GPU build's places (`scripts/fetch-onnxruntime.sh --gpu`), tried before the
+    /// CPU build's unless the device is the CPU.
+    pub gpu_candidates: Vec<PathBuf>,
+    /// Folders the CUDA and cuDNN libraries are loaded from before the system's search
+    /// (`LD_LIBRARY_PATH`, ldconfig): the PyPI `nvidia-*` wheels' `nvidia/*/lib`.
+    pub cuda_lib_dirs: Vec<PathBuf>,
+    /// Where sessions run: as asked (`--device`), then as [`OrtLocator::resolve`] found
+    /// it (`Cpu` or `Cuda`).
+    pub device: Device,
+    /// Why `--device auto` runs on the CPU, once resolved.
+    pub fallback: Option<String>,
+    /// On CUDA, convolutions and matrix products in TF32 (`--precision tf32`): about 3x
+    /// faster on an H200, outputs within about 1e-4 relative of float32's, and a batch of
+    /// another size may round differently. Off: float32 throughout.
+    pub tf32: bool,
 }
 
 impl OrtLocator {
     /// `ORT_DYLIB_PATH` (explicit), then `~/.cache/harden/onnxruntime/libonnxruntime.so`
-    /// (where `scripts/fetch-onnxruntime.sh` puts it), then next to the executable.
+    /// (where `scripts/fetch-onnxruntime.sh` puts it), then next to the executable; for a
+    /// CUDA device `~/.cache/harden/onnxruntime-gpu/libonnxruntime.so` before those two.
     pub fn standard(
         ort_dylib_path: Option<PathBuf>,
         home: Option<&Path>,
         exe_dir: Option<&Path>,
     ) -> Self {
         let mut candidates = vec![];
-        candidates.extend(ort_dylib_path);
+        let mut gpu_candidates = vec![];
+        let mut cuda_lib_dirs = vec![];
         if let Some(h) = home {
             candidates.push(h.join(".cache/harden/onnxruntime/libonnxruntime.so"));
+            let gpu = h.join(".cache/harden/onnxruntime-gpu");
+            gpu_candidates.push(gpu.join("libonnxruntime.so"));
+            cuda_lib_dirs.extend(nvidia_lib_dirs(&gpu));
         }
         if let Some(d) = exe_dir {
             candidates.push(d.join("libonnxruntime.so"));
         }
-        OrtLocator { candidates }
+        OrtLocator {
+            explicit: ort_dylib_path,
+            candidates,
+            gpu_candidates,
+            cuda_lib_dirs,
+            device: Device::Cpu,
+            fallback: None,
+            tf32: false,
+        }
     }
+
+    /// This locator with sessions on `device` (unresolved: see [`OrtLocator::resolve`]).
+    pub fn with_device(mut self, device: Device) -> Self {
+        self.device = device;
+        self.fallback = None;
+        self
+    }
+
+    /// The libraries to try, in order.
+    fn search(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = self.explicit.iter().cloned().collect();
+        if self.device != Device::Cpu {
+            v.extend(self.gpu_candidates.iter().cloned());
+        }
+        v.extend(self.candidates.iter().cloned());
+        v
+    }
+
+    /// Checks the device asked for on `runtime` and returns this locator with the device
+    /// graphs will run on: `Cpu`, or `Cuda` whose provider has started on every device
+    /// asked for. `--device cuda` that cannot start is an error naming what is missing;
+    /// `auto` takes CUDA device 0 when it starts and the CPU otherwise (`fallback` says why).
+    pub fn resolve(mut self, runtime: RuntimeChoice) -> Result<OrtLocator> {
+        match self.device.clone() {
+            Device::Cpu => {}
+            Device::Cuda(ids) => {
+                if runtime == RuntimeChoice::Tract {
+                    bail!(
+                        "--device {}: tract runs on the CPU only; CUDA needs --runtime ort (or auto)",
+                        self.device
+                    );
+                }
+                check_cuda(&self, &ids).map_err(|e| anyhow!("--device {}: {e}", self.device))?;
+            }
+            Device::Auto => {
+                let cuda = if runtime == RuntimeChoice::Tract {
+                    Err(anyhow!("tract runs on the CPU only"))
+                } else {
+                    check_cuda(&self, &[0])
+                };
+                match cuda {
+                    Ok(()) => self.device = Device::Cuda(vec![0]),
+                    Err(e) => {
+                        self.device = Device::Cpu;
+                        self.fallback = Some(format!("CUDA not used: {e}"));
+                    }
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// The same locator with its sessions on the one CUDA device `id`.
+    fn on(&self, id: usize) -> OrtLocator {
+        OrtLocator {
+            device: Device::Cuda(vec![id]),
+            ..self.clone()
+        }
+    }
+}
+
+/// The arithmetic of convolutions and matrix products on CUDA (`--precision`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// float32 throughout: the same numbers as on the CPU (up to summation order).
+    #[default]
+    Fp32,
+    /// TF32 tensor cores for convolutions and matrix products (PyTorch's default for
+    /// convolutions): about 3x faster, within about 1e-4 relative of float32.
+    Tf32,
+}
+
+/// Where ONNX Runtime runs graphs (`--device`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// CUDA devices by ordinal (`cuda` is `cuda:0`); with several, a batch is split
+    /// across them as across threads (see [`Split`]).
+    Cuda(Vec<usize>),
+    /// CUDA device 0 when its provider starts, the CPU otherwise.
+    Auto,
+}
+
+impl Device {
+    /// The CUDA devices, empty for the CPU (and unresolved `auto`).
+    pub fn cuda_ids(&self) -> &[usize] {
+        match self {
+            Device::Cuda(ids) => ids,
+            _ => &[],
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = anyhow::Error;
+
+    /// `cpu`, `auto`, `cuda` (device 0), `cuda:N` or `cuda:N,M,...`.
+    fn from_str(s: &str) -> Result<Device> {
+        let bad = || {
+            anyhow!("--device '{s}': expected cpu, auto, cuda, cuda:N or cuda:N,M,... (N a device number)")
+        };
+        match s.trim() {
+            "cpu" => Ok(Device::Cpu),
+            "auto" => Ok(Device::Auto),
+            "cuda" | "gpu" => Ok(Device::Cuda(vec![0])),
+            t => {
+                let list = t.strip_prefix("cuda:").ok_or_else(bad)?;
+                let ids = list
+                    .split(',')
+                    .map(|p| p.trim().parse::<usize>().map_err(|_| bad()))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Device::Cuda(ids))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Auto => write!(f, "auto"),
+            Device::Cuda(ids) => {
+                let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+                write!(f, "cuda:{}", ids.join(","))
+            }
+        }
+    }
+}
+
+/// The `nvidia/*/lib` folders of a Python `site-packages` folder (or of any folder laid
+/// out like one), where the PyPI `nvidia-*` wheels put the CUDA and cuDNN libraries.
+pub fn nvidia_lib_dirs(site_packages: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(site_packages.join("nvidia")) else {
+        return vec![];
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path().join("lib"))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
 }
 
 /// A graph ready to run.
@@ -69,6 +246,9 @@ pub fn open(
     threads: usize,
     ort: &OrtLocator,
 ) -> Result<Box<dyn Runtime>> {
+    if choice == RuntimeChoice::Tract && !ort.device.cuda_ids().is_empty() {
+        bail!("--device {}: tract runs on the CPU only", ort.device);
+    }
     match choice {
         RuntimeChoice::Tract => Ok(Box::new(TractRuntime::new(model_bytes)?)),
         RuntimeChoice::Ort => Ok(Box::new(OrtRuntime::new(model_bytes, threads, ort)?)),
@@ -135,12 +315,17 @@ pub fn chunk_size(example_values: usize) -> usize {
 }
 
 /// [`chunk_size`] for the model `proto` (input `input`, examples of `example_shape`);
-/// no limit when its shapes cannot be analysed (the limit only tunes speed).
+/// no limit when its shapes cannot be analysed (the limit only tunes speed), nor on a
+/// GPU (`ort`'s device), where a whole batch is one run.
 pub fn chunk_for(
     proto: &crate::model::pb::ModelProto,
     input: &str,
     example_shape: &[usize],
+    ort: &OrtLocator,
 ) -> usize {
+    if !ort.device.cuda_ids().is_empty() {
+        return usize::MAX;
+    }
     chunk_size(crate::autodiff::largest_activation(proto, input, example_shape).unwrap_or(0))
 }
 
@@ -221,6 +406,13 @@ impl Split {
         ort: &OrtLocator,
         build: impl Fn(usize) -> Result<Vec<u8>>,
     ) -> Result<Split> {
+        // On CUDA devices a part per device, each whole in one run.
+        let gpus = ort.device.cuda_ids();
+        let (threads, chunk) = if gpus.is_empty() {
+            (threads, chunk)
+        } else {
+            (gpus.len(), usize::MAX)
+        };
         let plan = if splittable {
             split_plan(batch, threads, chunk)
         } else {
@@ -231,7 +423,8 @@ impl Split {
         };
         let mut built: Vec<(usize, Vec<u8>)> = vec![];
         let mut sessions = Vec::with_capacity(plan.parts.len());
-        for part in &plan.parts {
+        for (i, part) in plan.parts.iter().enumerate() {
+            let loc = device_of(ort, i);
             let mut mine: Vec<(usize, Box<dyn Runtime>)> = vec![];
             for &size in part {
                 if mine.iter().any(|(s, _)| *s == size) {
@@ -241,7 +434,7 @@ impl Split {
                     built.push((size, build(size)?));
                 }
                 if let Some((_, bytes)) = built.iter().find(|(s, _)| *s == size) {
-                    mine.push((size, open(choice, bytes, plan.intra, ort)?));
+                    mine.push((size, open(choice, bytes, plan.intra, &loc)?));
                 }
             }
             sessions.push(mine);
@@ -263,14 +456,20 @@ impl Split {
         splittable: bool,
         ort: &OrtLocator,
     ) -> Result<Split> {
-        let threads = threads.max(1);
+        let gpus = ort.device.cuda_ids().len();
+        let threads = if gpus > 0 { gpus } else { threads.max(1) };
         let (n, each) = if splittable && threads > 1 {
             (threads, 1)
         } else {
             (1, threads)
         };
         let sessions = (0..n)
-            .map(|_| Ok(vec![(0, open(choice, model_bytes, each, ort)?)]))
+            .map(|i| {
+                Ok(vec![(
+                    0,
+                    open(choice, model_bytes, each, &device_of(ort, i))?,
+                )])
+            })
             .collect::<Result<_>>()?;
         Ok(Split {
             cut: Cut::Free,
@@ -292,10 +491,11 @@ impl Split {
         build: impl Fn(usize) -> Result<Vec<u8>>,
     ) -> Result<Split> {
         let size = size.max(1);
-        let threads = threads.max(1);
+        let gpus = ort.device.cuda_ids().len();
+        let threads = if gpus > 0 { gpus } else { threads.max(1) };
         let bytes = build(size)?;
         let sessions = (0..threads)
-            .map(|_| Ok(vec![(size, open(choice, &bytes, 1, ort)?)]))
+            .map(|i| Ok(vec![(size, open(choice, &bytes, 1, &device_of(ort, i))?)]))
             .collect::<Result<_>>()?;
         Ok(Split {
             cut: Cut::Runs(size),
@@ -441,6 +641,15 @@ impl Split {
     }
 }
 
+/// The locator for part `i` of a split: on CUDA, the part's device (parts go round the
+/// devices), else `ort` itself.
+fn device_of(ort: &OrtLocator, i: usize) -> OrtLocator {
+    match ort.device.cuda_ids() {
+        [] => ort.clone(),
+        ids => ort.on(ids[i % ids.len()]),
+    }
+}
+
 /// The batch size of a run: the rows of its first batched input.
 fn batch_rows(inputs: &[ArrayViewD<'_, f32>], batched: impl Fn(usize) -> bool) -> Result<usize> {
     let Some(x) = (0..inputs.len()).find(|i| batched(*i)).map(|i| &inputs[i]) else {
@@ -533,7 +742,7 @@ static ORT_ENV: OnceLock<std::result::Result<(ort::environment::Environment, Pat
 fn ort_environment(loc: &OrtLocator) -> Result<&'static (ort::environment::Environment, PathBuf)> {
     let r = ORT_ENV.get_or_init(|| {
         let mut tried = vec![];
-        for c in &loc.candidates {
+        for c in &loc.search() {
             if !c.is_file() {
                 tried.push(format!("{} (absent)", c.display()));
                 continue;
@@ -558,6 +767,336 @@ fn ort_environment(loc: &OrtLocator) -> Result<&'static (ort::environment::Envir
     r.as_ref().map_err(|e| anyhow!("{e}"))
 }
 
+/// ONNX Runtime's CUDA execution provider on device `id`; registering it fails (rather
+/// than falling back to the CPU) when the provider library or its CUDA libraries cannot
+/// load.
+fn cuda_provider(id: usize, tf32: bool) -> ort::ep::ExecutionProviderDispatch {
+    ort::ep::CUDA::default()
+        .with_device_id(i32::try_from(id).unwrap_or(i32::MAX))
+        .with_tf32(tf32)
+        .build()
+        .error_on_failure()
+}
+
+/// cuDNN's libraries in load order (cuDNN 9 loads its parts by name at run time).
+const CUDNN_LIBS: &[&str] = &[
+    "libcudnn.so.9",
+    "libcudnn_graph.so.9",
+    "libcudnn_ops.so.9",
+    "libcudnn_heuristic.so.9",
+    "libcudnn_adv.so.9",
+    "libcudnn_cnn.so.9",
+    "libcudnn_engines_precompiled.so.9",
+    "libcudnn_engines_runtime_compiled.so.9",
+];
+
+/// Checks that ONNX Runtime's CUDA provider starts on each of `ids`: the library in use
+/// has the provider next to it, the CUDA and cuDNN libraries load (from
+/// `loc.cuda_lib_dirs` first), the devices exist, and a one-node graph runs on each.
+fn check_cuda(loc: &OrtLocator, ids: &[usize]) -> Result<()> {
+    let fix_ort = if loc.explicit.is_some() {
+        "run scripts/fetch-onnxruntime.sh --gpu and point ORT_DYLIB_PATH at ~/.cache/harden/onnxruntime-gpu/libonnxruntime.so (or unset it)"
+    } else {
+        "run scripts/fetch-onnxruntime.sh --gpu"
+    };
+    let (env, lib) = ort_environment(loc).map_err(|e| anyhow!("{e} (for CUDA: {fix_ort})"))?;
+    let dir = lib.parent().unwrap_or(Path::new("."));
+    for f in [
+        "libonnxruntime_providers_shared.so",
+        "libonnxruntime_providers_cuda.so",
+    ] {
+        if !dir.join(f).is_file() {
+            bail!(
+                "the ONNX Runtime library in use ({}) has no CUDA provider ({f} is not next to it); {fix_ort}",
+                lib.display()
+            );
+        }
+    }
+    let provider = dir.join("libonnxruntime_providers_cuda.so");
+    let needed = elf_needed(&provider).unwrap_or_default();
+    let cuda_major = needed
+        .iter()
+        .find_map(|n| n.strip_prefix("libcudart.so."))
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(13);
+    preload_cuda_libs(&needed, cuda_major, &loc.cuda_lib_dirs);
+    let fix = |missing: &str| cuda_fix(missing, cuda_major, &loc.cuda_lib_dirs);
+    // A graph that runs on the provider: registering it loads the provider and its
+    // libraries (a missing one is named by the loader), running it starts the device.
+    let probe = probe_model();
+    let start = |id: usize| -> Result<()> {
+        use ort::session::builder::GraphOptimizationLevel;
+        let mut session = ort::session::Session::builder(env)
+            .map_err(|e| anyhow!("{e}"))?
+            .with_optimization_level(GraphOptimizationLevel::Disable)
+            .map_err(|e| anyhow!("{e}"))?
+            .with_execution_providers([cuda_provider(id, false)])
+            .map_err(|e| anyhow!("{e}"))?
+            .commit_from_memory(&probe)
+            .map_err(|e| anyhow!("{e}"))?;
+        let x = ndarray::ArrayD::<f32>::from_elem(vec![4], -1.0);
+        let t = ort::value::TensorRef::from_array_view(x.view()).map_err(|e| anyhow!("{e}"))?;
+        let out = session
+            .run(ort::inputs!["x" => t])
+            .map_err(|e| anyhow!("{e}"))?;
+        let y = out[0]
+            .try_extract_array::<f32>()
+            .map_err(|e| anyhow!("{e}"))?;
+        if y.iter().any(|v| *v != 0.0) {
+            bail!("a Relu on the device returned {y:?}, not zeros");
+        }
+        Ok(())
+    };
+    let first = ids.first().copied().unwrap_or(0);
+    if let Err(e) = start(first) {
+        let msg = one_line(&e);
+        if let Some(missing) = missing_library(&msg) {
+            bail!(
+                "ONNX Runtime's CUDA provider cannot load {missing}: {}",
+                fix(&missing)
+            );
+        }
+        let count = device_count(cuda_major);
+        if let Ok(n) = count {
+            if first >= n {
+                bail!("{}", no_such_device(first, n));
+            }
+        }
+        bail!("ONNX Runtime's CUDA provider does not start on device {first}: {msg}");
+    }
+    let n = device_count(cuda_major)?;
+    if let Some(&bad) = ids.iter().find(|&&i| i >= n) {
+        bail!("{}", no_such_device(bad, n));
+    }
+    for &id in ids.iter().filter(|&&i| i != first) {
+        start(id).map_err(|e| {
+            anyhow!(
+                "ONNX Runtime's CUDA provider does not start on device {id}: {}",
+                one_line(&e)
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn no_such_device(id: usize, n: usize) -> String {
+    match n {
+        0 => format!("cuda:{id}: this machine has no CUDA device"),
+        1 => format!("cuda:{id}: this machine has one CUDA device, cuda:0"),
+        n => format!(
+            "cuda:{id}: this machine has {n} CUDA devices, cuda:0 to cuda:{}",
+            n - 1
+        ),
+    }
+}
+
+/// The library a loader message says it could not open (`libX.so.N: cannot open shared
+/// object file`).
+fn missing_library(msg: &str) -> Option<String> {
+    let at = msg.find(": cannot open shared object file")?;
+    let name = msg[..at]
+        .rsplit(|c: char| c.is_whitespace() || c == '\'' || c == '"' || c == '(')
+        .next()?;
+    name.contains(".so").then(|| name.to_string())
+}
+
+/// What to do about a missing CUDA library.
+fn cuda_fix(missing: &str, cuda_major: u32, dirs: &[PathBuf]) -> String {
+    if missing.starts_with("libcuda.so") {
+        return "it is the NVIDIA driver's library: this machine has no NVIDIA driver (or GPU); use --device cpu".into();
+    }
+    let sfx = if cuda_major >= 13 {
+        String::new()
+    } else {
+        format!("-cu{cuda_major}")
+    };
+    let looked = if dirs.is_empty() {
+        "harden found no nvidia-* wheel folders".to_string()
+    } else {
+        let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        format!("harden looked in {}", dirs.join(", "))
+    };
+    format!(
+        "the provider needs CUDA {cuda_major} and cuDNN 9: pip install nvidia-cuda-runtime{sfx} nvidia-cublas{sfx} nvidia-curand{sfx} nvidia-cuda-nvrtc{sfx} nvidia-cudnn-cu{cuda_major} (into the Python environment harden looks in, or run scripts/fetch-onnxruntime.sh --gpu --cuda-libs), or put their folder on LD_LIBRARY_PATH; {looked}, then LD_LIBRARY_PATH and the system's folders"
+    )
+}
+
+/// Loads, from the first of `dirs` that has it, each CUDA library the provider needs
+/// (`needed`, its DT_NEEDED entries) and cuDNN's, in dependency order, so that the
+/// provider's own loading finds them already loaded; what no folder has is left to the
+/// system's search.
+fn preload_cuda_libs(needed: &[String], cuda_major: u32, dirs: &[PathBuf]) {
+    const ORDER: &[&str] = &[
+        "libcudart.so",
+        "libcublasLt.so",
+        "libcublas.so",
+        "libnvJitLink.so",
+        "libnvrtc.so",
+        "libcurand.so",
+        "libcufft.so",
+    ];
+    let rank = |n: &str| {
+        ORDER
+            .iter()
+            .position(|p| n.starts_with(&format!("{p}.")))
+            .unwrap_or(ORDER.len())
+    };
+    let mut libs: Vec<String> = needed
+        .iter()
+        .filter(|n| {
+            (n.starts_with("libcu") || n.starts_with("libnv")) && !n.starts_with("libcuda.so")
+        })
+        .cloned()
+        .collect();
+    // Loaded by name at run time rather than linked: NVRTC (cuDNN's runtime-compiled
+    // engines) and cuDNN.
+    libs.push(format!("libnvrtc.so.{cuda_major}"));
+    libs.sort_by_key(|n| rank(n));
+    libs.dedup();
+    libs.extend(CUDNN_LIBS.iter().map(|s| s.to_string()));
+    for name in &libs {
+        if let Some(path) = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) {
+            // A library that fails here fails again, named, when the provider loads.
+            let _ = ort::util::preload_dylib(&path);
+        }
+    }
+}
+
+/// The number of CUDA devices, from the CUDA runtime (`cudaGetDeviceCount`).
+fn device_count(cuda_major: u32) -> Result<usize> {
+    let name = format!("libcudart.so.{cuda_major}");
+    // SAFETY: loading the CUDA runtime runs its initialisers, which have no
+    // preconditions; the symbols are called with their C signatures.
+    unsafe {
+        let lib = libloading::Library::new(&name).map_err(|e| anyhow!("{name}: {e}"))?;
+        let count: libloading::Symbol<unsafe extern "C" fn(*mut i32) -> i32> = lib
+            .get(b"cudaGetDeviceCount\0")
+            .map_err(|e| anyhow!("{name}: {e}"))?;
+        let mut n = 0i32;
+        let code = count(&mut n);
+        if code != 0 {
+            let text: Option<
+                libloading::Symbol<unsafe extern "C" fn(i32) -> *const std::ffi::c_char>,
+            > = lib.get(b"cudaGetErrorString\0").ok();
+            let what = text
+                .map(|f| f(code))
+                .filter(|p| !p.is_null())
+                .map(|p| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+                .unwrap_or_default();
+            bail!("the CUDA runtime finds no usable device: error {code} {what}");
+        }
+        std::mem::forget(lib);
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+}
+
+/// A one-node graph (`y = Relu(x)`, x of 4 floats) to start a provider with.
+fn probe_model() -> Vec<u8> {
+    use crate::model::pb;
+    let value = |name: &str| pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(pb::TensorShapeProto {
+                    dim: vec![pb::tensor_shape_proto::Dimension {
+                        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(4)),
+                        ..Default::default()
+                    }],
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "probe".into(),
+            node: vec![pb::NodeProto {
+                op_type: "Relu".into(),
+                input: vec!["x".into()],
+                output: vec!["y".into()],
+                ..Default::default()
+            }],
+            input: vec![value("x")],
+            output: vec![value("y")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    prost::Message::encode_to_vec(&model)
+}
+
+/// The DT_NEEDED entries of a 64-bit little-endian ELF shared library (read from its
+/// program headers and dynamic section; the file is not loaded).
+pub fn elf_needed(path: &Path) -> Result<Vec<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let mut read_at = |off: u64, len: usize| -> Result<Vec<u8>> {
+        let mut b = vec![0u8; len];
+        f.seek(SeekFrom::Start(off))?;
+        f.read_exact(&mut b)?;
+        Ok(b)
+    };
+    let h = read_at(0, 64)?;
+    if &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 {
+        bail!("{} is not a 64-bit little-endian ELF file", path.display());
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
+    let u64_at = |b: &[u8], o: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(a)
+    };
+    let (phoff, phentsize, phnum) = (u64_at(&h, 32), u16_at(&h, 54), u16_at(&h, 56));
+    let ph = read_at(phoff, (phentsize * phnum) as usize)?;
+    let mut loads = vec![]; // (vaddr, offset, filesz)
+    let mut dynamic = None; // (offset, filesz)
+    for i in 0..phnum as usize {
+        let e = &ph[i * phentsize as usize..];
+        let kind = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+        let (off, vaddr, filesz) = (u64_at(e, 8), u64_at(e, 16), u64_at(e, 32));
+        match kind {
+            1 => loads.push((vaddr, off, filesz)),
+            2 => dynamic = Some((off, filesz)),
+            _ => {}
+        }
+    }
+    let (doff, dsize) = dynamic.ok_or_else(|| anyhow!("{}: no dynamic section", path.display()))?;
+    let d = read_at(doff, dsize as usize)?;
+    let (mut strtab, mut strsz, mut needed) = (None, 0u64, vec![]);
+    for e in d.chunks_exact(16) {
+        let (tag, val) = (u64_at(e, 0), u64_at(e, 8));
+        match tag {
+            0 => break,
+            1 => needed.push(val),
+            5 => strtab = Some(val),
+            10 => strsz = val,
+            _ => {}
+        }
+    }
+    let addr = strtab.ok_or_else(|| anyhow!("{}: no string table", path.display()))?;
+    let off = loads
+        .iter()
+        .find(|(v, _, n)| (*v..v + n).contains(&addr))
+        .map(|(v, o, _)| addr - v + o)
+        .ok_or_else(|| anyhow!("{}: string table outside the file", path.display()))?;
+    let strs = read_at(off, strsz as usize)?;
+    Ok(needed
+        .into_iter()
+        .filter_map(|i| {
+            let s = strs.get(i as usize..)?;
+            let end = s.iter().position(|&c| c == 0)?;
+            Some(String::from_utf8_lossy(&s[..end]).into_owned())
+        })
+        .collect())
+}
+
 /// ONNX Runtime session.
 pub struct OrtRuntime {
     session: ort::session::Session,
@@ -569,7 +1108,7 @@ impl OrtRuntime {
         use ort::session::builder::GraphOptimizationLevel;
         let err =
             |e: ort::Error<ort::session::builder::SessionBuilder>| anyhow!("onnxruntime: {e}");
-        let session = ort::session::Session::builder(env)
+        let builder = ort::session::Session::builder(env)
             .map_err(|e| anyhow!("onnxruntime: {e}"))?
             .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(err)?
@@ -582,7 +1121,14 @@ impl OrtRuntime {
             // gradient graphs), spinning threads take CPU from the ones computing
             // (measured: PGD-10 1.5x, clean audit 1.2x faster).
             .with_intra_op_spinning(false)
-            .map_err(err)?
+            .map_err(err)?;
+        let mut builder = match loc.device.cuda_ids().first() {
+            None => builder,
+            Some(&id) => builder
+                .with_execution_providers([cuda_provider(id, loc.tf32)])
+                .map_err(|e| anyhow!("onnxruntime: CUDA device {id}: {e}"))?,
+        };
+        let session = builder
             .commit_from_memory(model_bytes)
             .map_err(|e| anyhow!("onnxruntime cannot load the model: {e}"))?;
         Ok(OrtRuntime { session })
@@ -734,6 +1280,56 @@ mod tests {
             assert_eq!(p.parts.iter().flatten().sum::<usize>(), b);
             assert!(p.parts.iter().flatten().all(|s| *s >= MIN_PART));
         }
+    }
+
+    #[test]
+    fn devices_parse_and_print() {
+        let d = |s: &str| s.parse::<Device>();
+        assert_eq!(d("cpu").unwrap(), Device::Cpu);
+        assert_eq!(d("auto").unwrap(), Device::Auto);
+        assert_eq!(d("cuda").unwrap(), Device::Cuda(vec![0]));
+        assert_eq!(d("cuda:3").unwrap(), Device::Cuda(vec![3]));
+        assert_eq!(d("cuda:0,1").unwrap(), Device::Cuda(vec![0, 1]));
+        for bad in ["", "tpu", "cuda:", "cuda:a", "cuda:0,", "cuda:-1", "cuda0"] {
+            assert!(d(bad).is_err(), "{bad}");
+        }
+        for s in ["cpu", "auto", "cuda:0", "cuda:0,1"] {
+            assert_eq!(d(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn gpu_devices_run_whole_batches() {
+        let gpu = OrtLocator::default().with_device(Device::Cuda(vec![0]));
+        let cpu = OrtLocator::default();
+        let proto = crate::model::pb::ModelProto::default();
+        assert_eq!(chunk_for(&proto, "x", &[1], &gpu), usize::MAX);
+        // Parts go round the devices.
+        let two = OrtLocator::default().with_device(Device::Cuda(vec![0, 1]));
+        assert_eq!(device_of(&two, 0).device, Device::Cuda(vec![0]));
+        assert_eq!(device_of(&two, 3).device, Device::Cuda(vec![1]));
+        assert_eq!(device_of(&cpu, 3).device, Device::Cpu);
+    }
+
+    #[test]
+    fn missing_libraries_are_read_from_loader_messages() {
+        let m = "Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.13: cannot open shared object file: No such file or directory";
+        assert_eq!(missing_library(m).as_deref(), Some("libcublasLt.so.13"));
+        assert_eq!(
+            missing_library("CUDA failure 100: no CUDA-capable device"),
+            None
+        );
+    }
+
+    #[test]
+    fn elf_needed_reads_a_binary() {
+        let exe = std::env::current_exe().unwrap();
+        let needed = elf_needed(&exe).unwrap();
+        assert!(
+            needed.iter().any(|n| n.starts_with("libc.so")),
+            "{needed:?}"
+        );
+        assert!(elf_needed(Path::new("Cargo.toml")).is_err());
     }
 
     #[test]

@@ -196,6 +196,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
     if a.threads == Some(0) {
         bail!("--threads must be at least 1");
     }
+    let ort = super::resolve_device(env, &a.device, a.precision, a.runtime)?;
     let cfg = config_of(&a, eps);
     cfg.check()?;
     let knobs = AttackKnobs {
@@ -335,7 +336,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
                 .unwrap_or(1)
         }),
         batch_size: a.batch_size,
-        ort: env.ort.clone(),
+        ort: ort.clone(),
     };
 
     // Before.
@@ -518,6 +519,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
     };
     let text = headline(&facts, &training, &before, train_seconds);
     let mut report = Report::hardening(before, after, training);
+    super::stamp_device(&mut report, &ort);
     report.stamp(
         env!("CARGO_PKG_VERSION"),
         started_unix,

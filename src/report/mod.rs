@@ -80,6 +80,15 @@ pub struct Meta {
     /// Per hardening epoch.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub epoch_seconds: Vec<f64>,
+    /// Where the graphs ran: `cpu`, `cuda:N` or `cuda:N,M,...` (`--device`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub device: String,
+    /// Why `--device auto` ran on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_note: Option<String>,
+    /// On CUDA, `fp32` or `tf32` (`--precision`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub precision: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

@@ -132,7 +132,12 @@ impl TrainNet {
         if !self.graphs.contains_key(&key) {
             let wrt = if param_grads { Wrt::PARAMS } else { Wrt::INPUT };
             let chunk = *self.chunk.get_or_insert_with(|| {
-                runtime::chunk_for(&self.proto, &self.input, &self.example_shape)
+                runtime::chunk_for(
+                    &self.proto,
+                    &self.input,
+                    &self.example_shape,
+                    &self.opts.ort,
+                )
             });
             let split = Split::open(
                 self.opts.runtime,

@@ -223,9 +223,14 @@ def torch_models():
                                           num_init_features=16, bn_size=2,
                                           num_classes=CLASSES), img,
          "DenseNet (growth 8, blocks 2,2,2,2): dense concatenation, transitions"),
-        ("shufflenet_v2", lambda: tvm.ShuffleNetV2([1, 1, 1], [8, 16, 32, 64, 128],
+        ("densenet_fresh", lambda: tvm.DenseNet(growth_rate=8, block_config=(2, 2, 2, 2),
+                                                num_init_features=16, bn_size=2,
+                                                num_classes=CLASSES), img,
+         "DenseNet as densenet, BatchNorm as initialised (weight 1, bias 0, mean 0, var 1): "
+         "the legacy exporter shares the equal initializers through Identity nodes"),
+        ("shufflenet_v2", lambda: tvm.ShuffleNetV2([2, 2, 2], [8, 16, 32, 64, 128],
                                                    num_classes=CLASSES), img,
-         "ShuffleNetV2 (channels 8..128): channel split, channel shuffle"),
+         "ShuffleNetV2 (channels 8..128, 2 blocks a stage): channel split, channel shuffle"),
         ("regnet", regnet_y, img,
          "RegNetY (depth 4, width 8..): grouped convolutions, SE"),
         ("googlenet", googlenet, img,
@@ -276,7 +281,7 @@ def images(n, shape, rng, channels_last=False):
     return x.astype(np.float32)
 
 
-def randomise(model, gen, calib):
+def randomise(model, gen, calib, batchnorm=True):
     """Random affine parameters of every normalisation; BatchNorm statistics from a
     calibration batch (then perturbed), so that activations keep their scale through the
     net (random statistics make deep nets nearly constant in their input)."""
@@ -284,6 +289,8 @@ def randomise(model, gen, calib):
     from torch import nn
 
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not batchnorm:
+        bns = []
     with torch.no_grad():
         for m in bns:
             if m.weight is not None:
@@ -338,7 +345,8 @@ def make_torch():
         torch.manual_seed(SEED)
         model = build().eval()
         rng = np.random.default_rng(SEED)
-        randomise(model, gen, torch.from_numpy(images(32, shape, rng)))
+        randomise(model, gen, torch.from_numpy(images(32, shape, rng)),
+                  batchnorm=not family.endswith("_fresh"))
         x = torch.from_numpy(images(N, shape, rng))
         with torch.no_grad():
             z = model(x)

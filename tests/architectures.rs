@@ -33,6 +33,8 @@ const FIXTURES: &[(&str, &str)] = &[
     ("efficientnet.dynamo.onnx", "efficientnet.npz"),
     ("densenet.legacy.onnx", "densenet.npz"),
     ("densenet.dynamo.onnx", "densenet.npz"),
+    ("densenet_fresh.legacy.onnx", "densenet_fresh.npz"),
+    ("densenet_fresh.dynamo.onnx", "densenet_fresh.npz"),
     ("shufflenet_v2.legacy.onnx", "shufflenet_v2.npz"),
     ("shufflenet_v2.dynamo.onnx", "shufflenet_v2.npz"),
     ("regnet.legacy.onnx", "regnet.npz"),
@@ -58,92 +60,6 @@ const FIXTURES: &[(&str, &str)] = &[
 /// comment before each file lists the ops `inspect` finds missing (2026-12-04).
 #[rustfmt::skip]
 const KNOWN_GAPS: &[(&str, &str, &str)] = &[
-    // convnext.dynamo.onnx: unsupported Gelu, LayerNormalization, Range
-    ("convnext.dynamo.onnx", "inspect", MISSING),
-    ("convnext.dynamo.onnx", "grad:tract", SYM_BATCH),
-    ("convnext.dynamo.onnx", "grad:ort", SYM_BATCH),
-    ("convnext.dynamo.onnx", "audit:tract", NO_OP),
-    ("convnext.dynamo.onnx", "audit:ort", NO_OP),
-    ("convnext.dynamo.onnx", "harden:tract", NO_OP),
-    ("convnext.dynamo.onnx", "harden:ort", NO_OP),
-    // convnext.legacy.onnx: unsupported Erf, LayerNormalization
-    ("convnext.legacy.onnx", "inspect", MISSING),
-    ("convnext.legacy.onnx", "grad:tract", NO_RULE),
-    ("convnext.legacy.onnx", "grad:ort", NO_RULE),
-    ("convnext.legacy.onnx", "audit:tract", NO_OP),
-    ("convnext.legacy.onnx", "audit:ort", NO_OP),
-    ("convnext.legacy.onnx", "harden:tract", NO_OP),
-    ("convnext.legacy.onnx", "harden:ort", NO_OP),
-    // deit.dynamo.onnx: unsupported Expand, Gelu, LayerNormalization
-    ("deit.dynamo.onnx", "inspect", MISSING),
-    ("deit.dynamo.onnx", "grad:tract", SYM_BATCH),
-    ("deit.dynamo.onnx", "grad:ort", SYM_BATCH),
-    ("deit.dynamo.onnx", "audit:tract", NO_OP),
-    ("deit.dynamo.onnx", "audit:ort", NO_OP),
-    ("deit.dynamo.onnx", "harden:tract", NO_OP),
-    ("deit.dynamo.onnx", "harden:ort", NO_OP),
-    // deit.legacy.onnx: unsupported Equal, Erf, Expand, LayerNormalization, Split, Sqrt, Where
-    ("deit.legacy.onnx", "inspect", MISSING),
-    ("deit.legacy.onnx", "grad:tract", NO_RULE),
-    ("deit.legacy.onnx", "grad:ort", NO_RULE),
-    ("deit.legacy.onnx", "audit:tract", NO_OP),
-    ("deit.legacy.onnx", "audit:ort", NO_OP),
-    ("deit.legacy.onnx", "harden:tract", NO_OP),
-    ("deit.legacy.onnx", "harden:ort", NO_OP),
-    // densenet.dynamo.onnx
-    ("densenet.dynamo.onnx", "grad:tract", SYM_BATCH),
-    ("densenet.dynamo.onnx", "grad:ort", SYM_BATCH),
-    ("densenet.dynamo.onnx", "audit:tract", SYM_BATCH),
-    ("densenet.dynamo.onnx", "audit:ort", SYM_BATCH),
-    ("densenet.dynamo.onnx", "harden:tract", SYM_BATCH),
-    ("densenet.dynamo.onnx", "harden:ort", SYM_BATCH),
-    // efficientnet.dynamo.onnx
-    ("efficientnet.dynamo.onnx", "grad:tract", SYM_BATCH),
-    ("efficientnet.dynamo.onnx", "grad:ort", SYM_BATCH),
-    ("efficientnet.dynamo.onnx", "audit:tract", SYM_BATCH),
-    ("efficientnet.dynamo.onnx", "audit:ort", SYM_BATCH),
-    ("efficientnet.dynamo.onnx", "harden:tract", SYM_BATCH),
-    ("efficientnet.dynamo.onnx", "harden:ort", SYM_BATCH),
-    // googlenet.dynamo.onnx
-    ("googlenet.dynamo.onnx", "grad:tract", SYM_BATCH),
-    ("googlenet.dynamo.onnx", "grad:ort", SYM_BATCH),
-    ("googlenet.dynamo.onnx", "audit:tract", SYM_BATCH),
-    ("googlenet.dynamo.onnx", "audit:ort", SYM_BATCH),
-    ("googlenet.dynamo.onnx", "harden:tract", SYM_BATCH),
-    ("googlenet.dynamo.onnx", "harden:ort", SYM_BATCH),
-    // mobilenet_v2.dynamo.onnx
-    ("mobilenet_v2.dynamo.onnx", "grad:tract", SYM_BATCH),
-    ("mobilenet_v2.dynamo.onnx", "grad:ort", SYM_BATCH),
-    ("mobilenet_v2.dynamo.onnx", "audit:tract", SYM_BATCH),
-    ("mobilenet_v2.dynamo.onnx", "audit:ort", SYM_BATCH),
-    ("mobilenet_v2.dynamo.onnx", "harden:tract", SYM_BATCH),
-    ("mobilenet_v2.dynamo.onnx", "harden:ort", SYM_BATCH),
-    // mobilenet_v3.dynamo.onnx: unsupported HardSigmoid, HardSwish
-    ("mobilenet_v3.dynamo.onnx", "inspect", MISSING),
-    ("mobilenet_v3.dynamo.onnx", "grad:tract", SYM_BATCH),
-    ("mobilenet_v3.dynamo.onnx", "grad:ort", SYM_BATCH),
-    ("mobilenet_v3.dynamo.onnx", "audit:tract", NO_OP),
-    ("mobilenet_v3.dynamo.onnx", "audit:ort", NO_OP),
-    ("mobilenet_v3.dynamo.onnx", "harden:tract", NO_OP),
-    ("mobilenet_v3.dynamo.onnx", "harden:ort", NO_OP),
-    // mobilenet_v3.legacy.onnx: unsupported HardSigmoid, HardSwish
-    ("mobilenet_v3.legacy.onnx", "inspect", MISSING),
-    ("mobilenet_v3.legacy.onnx", "grad:tract", NO_RULE),
-    ("mobilenet_v3.legacy.onnx", "grad:ort", NO_RULE),
-    ("mobilenet_v3.legacy.onnx", "audit:tract", NO_OP),
-    ("mobilenet_v3.legacy.onnx", "audit:ort", NO_OP),
-    ("mobilenet_v3.legacy.onnx", "harden:tract", NO_OP),
-    ("mobilenet_v3.legacy.onnx", "harden:ort", NO_OP),
-    // regnet.dynamo.onnx
-    ("regnet.dynamo.onnx", "grad:tract", SYM_BATCH),
-    ("regnet.dynamo.onnx", "grad:ort", SYM_BATCH),
-    ("regnet.dynamo.onnx", "audit:tract", SYM_BATCH),
-    ("regnet.dynamo.onnx", "audit:ort", SYM_BATCH),
-    ("regnet.dynamo.onnx", "harden:tract", SYM_BATCH),
-    ("regnet.dynamo.onnx", "harden:ort", SYM_BATCH),
-    // regnet.legacy.onnx
-    ("regnet.legacy.onnx", "harden:tract", GROUPED),
-    ("regnet.legacy.onnx", "harden:ort", GROUPED),
     // resnet_basic.dynamo.onnx
     ("resnet_basic.dynamo.onnx", "grad:tract", SYM_BATCH),
     ("resnet_basic.dynamo.onnx", "grad:ort", SYM_BATCH),
@@ -162,37 +78,105 @@ const KNOWN_GAPS: &[(&str, &str, &str)] = &[
     ("resnet_bottleneck.dynamo.onnx", "audit:ort", SYM_BATCH),
     ("resnet_bottleneck.dynamo.onnx", "harden:tract", SYM_BATCH),
     ("resnet_bottleneck.dynamo.onnx", "harden:ort", SYM_BATCH),
-    // shufflenet_v2.dynamo.onnx
+    // mobilenet_v2.dynamo.onnx
+    ("mobilenet_v2.dynamo.onnx", "grad:tract", SYM_BATCH),
+    ("mobilenet_v2.dynamo.onnx", "grad:ort", SYM_BATCH),
+    ("mobilenet_v2.dynamo.onnx", "audit:tract", SYM_BATCH),
+    ("mobilenet_v2.dynamo.onnx", "audit:ort", SYM_BATCH),
+    ("mobilenet_v2.dynamo.onnx", "harden:tract", SYM_BATCH),
+    ("mobilenet_v2.dynamo.onnx", "harden:ort", SYM_BATCH),
+    // mobilenet_v3.legacy.onnx: unsupported HardSigmoid, HardSwish
+    ("mobilenet_v3.legacy.onnx", "inspect", MISSING),
+    ("mobilenet_v3.legacy.onnx", "grad:tract", NO_RULE),
+    ("mobilenet_v3.legacy.onnx", "grad:ort", NO_RULE),
+    ("mobilenet_v3.legacy.onnx", "audit:tract", NO_OP),
+    ("mobilenet_v3.legacy.onnx", "audit:ort", NO_OP),
+    ("mobilenet_v3.legacy.onnx", "harden:tract", NO_OP),
+    ("mobilenet_v3.legacy.onnx", "harden:ort", NO_OP),
+    // mobilenet_v3.dynamo.onnx: unsupported HardSigmoid, HardSwish
+    ("mobilenet_v3.dynamo.onnx", "inspect", MISSING),
+    ("mobilenet_v3.dynamo.onnx", "grad:tract", SYM_BATCH),
+    ("mobilenet_v3.dynamo.onnx", "grad:ort", SYM_BATCH),
+    ("mobilenet_v3.dynamo.onnx", "audit:tract", NO_OP),
+    ("mobilenet_v3.dynamo.onnx", "audit:ort", NO_OP),
+    ("mobilenet_v3.dynamo.onnx", "harden:tract", NO_OP),
+    ("mobilenet_v3.dynamo.onnx", "harden:ort", NO_OP),
+    // efficientnet.dynamo.onnx
+    ("efficientnet.dynamo.onnx", "grad:tract", SYM_BATCH),
+    ("efficientnet.dynamo.onnx", "grad:ort", SYM_BATCH),
+    ("efficientnet.dynamo.onnx", "audit:tract", SYM_BATCH),
+    ("efficientnet.dynamo.onnx", "audit:ort", SYM_BATCH),
+    ("efficientnet.dynamo.onnx", "harden:tract", SYM_BATCH),
+    ("efficientnet.dynamo.onnx", "harden:ort", SYM_BATCH),
+    // densenet.dynamo.onnx
+    ("densenet.dynamo.onnx", "grad:tract", SYM_BATCH),
+    ("densenet.dynamo.onnx", "grad:ort", SYM_BATCH),
+    ("densenet.dynamo.onnx", "audit:tract", SYM_BATCH),
+    ("densenet.dynamo.onnx", "audit:ort", SYM_BATCH),
+    ("densenet.dynamo.onnx", "harden:tract", SYM_BATCH),
+    ("densenet.dynamo.onnx", "harden:ort", SYM_BATCH),
+    // densenet_fresh.legacy.onnx
+    ("densenet_fresh.legacy.onnx", "grad:tract", NOT_CONST),
+    ("densenet_fresh.legacy.onnx", "grad:ort", NOT_CONST),
+    ("densenet_fresh.legacy.onnx", "audit:tract", NOT_CONST),
+    ("densenet_fresh.legacy.onnx", "audit:ort", NOT_CONST),
+    ("densenet_fresh.legacy.onnx", "harden:tract", NOT_CONST),
+    ("densenet_fresh.legacy.onnx", "harden:ort", NOT_CONST),
+    // densenet_fresh.dynamo.onnx
+    ("densenet_fresh.dynamo.onnx", "grad:tract", SYM_BATCH),
+    ("densenet_fresh.dynamo.onnx", "grad:ort", SYM_BATCH),
+    ("densenet_fresh.dynamo.onnx", "audit:tract", SYM_BATCH),
+    ("densenet_fresh.dynamo.onnx", "audit:ort", SYM_BATCH),
+    ("densenet_fresh.dynamo.onnx", "harden:tract", SYM_BATCH),
+    ("densenet_fresh.dynamo.onnx", "harden:ort", SYM_BATCH),
+    // shufflenet_v2.legacy.onnx
+    ("shufflenet_v2.legacy.onnx", "grad:tract", NOT_CONST),
+    ("shufflenet_v2.legacy.onnx", "grad:ort", NOT_CONST),
+    ("shufflenet_v2.legacy.onnx", "audit:tract", NOT_CONST),
+    ("shufflenet_v2.legacy.onnx", "audit:ort", NOT_CONST),
+    ("shufflenet_v2.legacy.onnx", "harden:tract", NOT_CONST),
+    ("shufflenet_v2.legacy.onnx", "harden:ort", NOT_CONST),
+    // shufflenet_v2.dynamo.onnx: unsupported Split
+    ("shufflenet_v2.dynamo.onnx", "inspect", MISSING),
     ("shufflenet_v2.dynamo.onnx", "grad:tract", SYM_BATCH),
     ("shufflenet_v2.dynamo.onnx", "grad:ort", SYM_BATCH),
-    ("shufflenet_v2.dynamo.onnx", "audit:tract", SYM_BATCH),
-    ("shufflenet_v2.dynamo.onnx", "audit:ort", SYM_BATCH),
-    ("shufflenet_v2.dynamo.onnx", "harden:tract", SYM_BATCH),
-    ("shufflenet_v2.dynamo.onnx", "harden:ort", SYM_BATCH),
-    // swin.dynamo.onnx: unsupported Equal, Gelu, LayerNormalization, Not, Range, ScatterND, Where
-    ("swin.dynamo.onnx", "inspect", MISSING),
-    ("swin.dynamo.onnx", "grad:tract", SYM_BATCH),
-    ("swin.dynamo.onnx", "grad:ort", SYM_BATCH),
-    ("swin.dynamo.onnx", "audit:tract", NO_OP),
-    ("swin.dynamo.onnx", "audit:ort", NO_OP),
-    ("swin.dynamo.onnx", "harden:tract", NO_OP),
-    ("swin.dynamo.onnx", "harden:ort", NO_OP),
-    // swin.legacy.onnx: unsupported Equal, Erf, Expand, LayerNormalization, Mod, Not, Pow, Range, ScatterND, Where
-    ("swin.legacy.onnx", "inspect", MISSING),
-    ("swin.legacy.onnx", "grad:tract", NO_RULE),
-    ("swin.legacy.onnx", "grad:ort", NO_RULE),
-    ("swin.legacy.onnx", "audit:tract", NO_OP),
-    ("swin.legacy.onnx", "audit:ort", NO_OP),
-    ("swin.legacy.onnx", "harden:tract", NO_OP),
-    ("swin.legacy.onnx", "harden:ort", NO_OP),
-    // vit.dynamo.onnx: unsupported Expand, Gelu, LayerNormalization
-    ("vit.dynamo.onnx", "inspect", MISSING),
-    ("vit.dynamo.onnx", "grad:tract", SYM_BATCH),
-    ("vit.dynamo.onnx", "grad:ort", SYM_BATCH),
-    ("vit.dynamo.onnx", "audit:tract", NO_OP),
-    ("vit.dynamo.onnx", "audit:ort", NO_OP),
-    ("vit.dynamo.onnx", "harden:tract", NO_OP),
-    ("vit.dynamo.onnx", "harden:ort", NO_OP),
+    ("shufflenet_v2.dynamo.onnx", "audit:tract", NO_OP),
+    ("shufflenet_v2.dynamo.onnx", "audit:ort", NO_OP),
+    ("shufflenet_v2.dynamo.onnx", "harden:tract", NO_OP),
+    ("shufflenet_v2.dynamo.onnx", "harden:ort", NO_OP),
+    // regnet.legacy.onnx
+    ("regnet.legacy.onnx", "harden:tract", GROUPED),
+    ("regnet.legacy.onnx", "harden:ort", GROUPED),
+    // regnet.dynamo.onnx
+    ("regnet.dynamo.onnx", "grad:tract", SYM_BATCH),
+    ("regnet.dynamo.onnx", "grad:ort", SYM_BATCH),
+    ("regnet.dynamo.onnx", "audit:tract", SYM_BATCH),
+    ("regnet.dynamo.onnx", "audit:ort", SYM_BATCH),
+    ("regnet.dynamo.onnx", "harden:tract", SYM_BATCH),
+    ("regnet.dynamo.onnx", "harden:ort", SYM_BATCH),
+    // googlenet.dynamo.onnx
+    ("googlenet.dynamo.onnx", "grad:tract", SYM_BATCH),
+    ("googlenet.dynamo.onnx", "grad:ort", SYM_BATCH),
+    ("googlenet.dynamo.onnx", "audit:tract", SYM_BATCH),
+    ("googlenet.dynamo.onnx", "audit:ort", SYM_BATCH),
+    ("googlenet.dynamo.onnx", "harden:tract", SYM_BATCH),
+    ("googlenet.dynamo.onnx", "harden:ort", SYM_BATCH),
+    // convnext.legacy.onnx: unsupported Erf, LayerNormalization
+    ("convnext.legacy.onnx", "inspect", MISSING),
+    ("convnext.legacy.onnx", "grad:tract", NO_RULE),
+    ("convnext.legacy.onnx", "grad:ort", NO_RULE),
+    ("convnext.legacy.onnx", "audit:tract", NO_OP),
+    ("convnext.legacy.onnx", "audit:ort", NO_OP),
+    ("convnext.legacy.onnx", "harden:tract", NO_OP),
+    ("convnext.legacy.onnx", "harden:ort", NO_OP),
+    // convnext.dynamo.onnx: unsupported Gelu, LayerNormalization, Range
+    ("convnext.dynamo.onnx", "inspect", MISSING),
+    ("convnext.dynamo.onnx", "grad:tract", SYM_BATCH),
+    ("convnext.dynamo.onnx", "grad:ort", SYM_BATCH),
+    ("convnext.dynamo.onnx", "audit:tract", NO_OP),
+    ("convnext.dynamo.onnx", "audit:ort", NO_OP),
+    ("convnext.dynamo.onnx", "harden:tract", NO_OP),
+    ("convnext.dynamo.onnx", "harden:ort", NO_OP),
     // vit.legacy.onnx: unsupported Equal, Erf, Expand, LayerNormalization, Mod, Sqrt, Where
     ("vit.legacy.onnx", "inspect", MISSING),
     ("vit.legacy.onnx", "grad:tract", NO_RULE),
@@ -201,6 +185,46 @@ const KNOWN_GAPS: &[(&str, &str, &str)] = &[
     ("vit.legacy.onnx", "audit:ort", NO_OP),
     ("vit.legacy.onnx", "harden:tract", NO_OP),
     ("vit.legacy.onnx", "harden:ort", NO_OP),
+    // vit.dynamo.onnx: unsupported Expand, Gelu, LayerNormalization
+    ("vit.dynamo.onnx", "inspect", MISSING),
+    ("vit.dynamo.onnx", "grad:tract", SYM_BATCH),
+    ("vit.dynamo.onnx", "grad:ort", SYM_BATCH),
+    ("vit.dynamo.onnx", "audit:tract", NO_OP),
+    ("vit.dynamo.onnx", "audit:ort", NO_OP),
+    ("vit.dynamo.onnx", "harden:tract", NO_OP),
+    ("vit.dynamo.onnx", "harden:ort", NO_OP),
+    // deit.legacy.onnx: unsupported Equal, Erf, Expand, LayerNormalization, Split, Sqrt, Where
+    ("deit.legacy.onnx", "inspect", MISSING),
+    ("deit.legacy.onnx", "grad:tract", NO_RULE),
+    ("deit.legacy.onnx", "grad:ort", NO_RULE),
+    ("deit.legacy.onnx", "audit:tract", NO_OP),
+    ("deit.legacy.onnx", "audit:ort", NO_OP),
+    ("deit.legacy.onnx", "harden:tract", NO_OP),
+    ("deit.legacy.onnx", "harden:ort", NO_OP),
+    // deit.dynamo.onnx: unsupported Expand, Gelu, LayerNormalization
+    ("deit.dynamo.onnx", "inspect", MISSING),
+    ("deit.dynamo.onnx", "grad:tract", SYM_BATCH),
+    ("deit.dynamo.onnx", "grad:ort", SYM_BATCH),
+    ("deit.dynamo.onnx", "audit:tract", NO_OP),
+    ("deit.dynamo.onnx", "audit:ort", NO_OP),
+    ("deit.dynamo.onnx", "harden:tract", NO_OP),
+    ("deit.dynamo.onnx", "harden:ort", NO_OP),
+    // swin.legacy.onnx: unsupported Equal, Erf, Expand, LayerNormalization, Mod, Not, Pow, Range, ScatterND, Where
+    ("swin.legacy.onnx", "inspect", MISSING),
+    ("swin.legacy.onnx", "grad:tract", NO_RULE),
+    ("swin.legacy.onnx", "grad:ort", NO_RULE),
+    ("swin.legacy.onnx", "audit:tract", NO_OP),
+    ("swin.legacy.onnx", "audit:ort", NO_OP),
+    ("swin.legacy.onnx", "harden:tract", NO_OP),
+    ("swin.legacy.onnx", "harden:ort", NO_OP),
+    // swin.dynamo.onnx: unsupported Equal, Gelu, LayerNormalization, Not, Range, ScatterND, Where
+    ("swin.dynamo.onnx", "inspect", MISSING),
+    ("swin.dynamo.onnx", "grad:tract", SYM_BATCH),
+    ("swin.dynamo.onnx", "grad:ort", SYM_BATCH),
+    ("swin.dynamo.onnx", "audit:tract", NO_OP),
+    ("swin.dynamo.onnx", "audit:ort", NO_OP),
+    ("swin.dynamo.onnx", "harden:tract", NO_OP),
+    ("swin.dynamo.onnx", "harden:ort", NO_OP),
 ];
 
 // The kinds of gap (substrings of the errors).
@@ -214,6 +238,9 @@ const NO_RULE: &str = "no backward rule for op";
 const SYM_BATCH: &str = "Impossible to unify Sym(batch)";
 /// ONNX Runtime 1.31 refusing IR version 14.
 const IR14: &str = "max supported IR version: 13";
+/// A parameter harden needs as a constant computed at run time: BatchNormalization
+/// statistics shared through Identity nodes, Slice bounds from Shape.
+const NOT_CONST: &str = "is not a constant";
 /// Weight gradients of grouped (not depthwise) convolutions.
 const GROUPED: &str = "weights of grouped Conv";
 
@@ -289,8 +316,7 @@ fn error_line(out: &std::process::Output) -> String {
     );
     let line = stderr
         .lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
+        .rfind(|l| !l.trim().is_empty())
         .unwrap_or("")
         .to_string();
     format!("exit {:?}: {line}", out.status.code())

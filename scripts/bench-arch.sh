@@ -61,7 +61,7 @@ for r in rows:
         tools.append(t)
 archs = list(dict.fromkeys(r["model"] for r in rows))
 print()
-head = f"{'model':<20}{'work':<9}" + "".join(f"{t + ' img/s':>20}{'RSS MiB':>9}" for t in tools)
+head = f"{'model':<20}{'work':<9}" + "".join(f"{t + ' img/s':>26}{'RSS MiB':>9}" for t in tools)
 print(head)
 for a in archs:
     for w in ("forward", "input", "weight"):
@@ -69,9 +69,9 @@ for a in archs:
         for t in tools:
             r = next((r for r in rows if r["model"] == a and r["work"] == w and r["_tool"] == t), None)
             if r is None or "error" in r:
-                cells.append(f"{'-':>20}{'-':>9}")
+                cells.append(f"{'-':>26}{'-':>9}")
             else:
-                cells.append(f"{r['images_per_s']:>20.2f}{r.get('peak_rss_mib', 0):>9.0f}")
+                cells.append(f"{r['images_per_s']:>26.2f}{r.get('peak_rss_mib', 0):>9.0f}")
         print(f"{a:<20}{w:<9}" + "".join(cells))
 for r in rows:
     r.pop("_tool")

@@ -1930,6 +1930,37 @@ fn trainable_params_skip_constants() {
 }
 
 #[test]
+fn initializers_shared_with_batchnorm_statistics_stay_frozen() {
+    // As the legacy exporter writes a fresh layer: the zero bias is also the zero running
+    // mean (one initializer), and the ones scale is the variance, reached through Identity.
+    let m = model_of(
+        &[3, 4, 4],
+        vec![
+            node("Conv", &["x", "w", "zeros"], "c", vec![]),
+            node("Identity", &["ones"], "ones_id", vec![]),
+            node(
+                "BatchNormalization",
+                &["c", "s", "zeros", "zeros", "ones_id"],
+                "bn",
+                vec![],
+            ),
+            node("Reshape", &["bn", "shape"], "y", vec![]),
+        ],
+        vec![
+            model::float_tensor("w", &[2, 3, 1, 1], &[0.1; 6]),
+            model::float_tensor("s", &[2], &[0.5; 2]),
+            model::float_tensor("zeros", &[2], &[0.0; 2]),
+            model::float_tensor("ones", &[2], &[1.0; 2]),
+            i64_tensor("shape", &[0, -1]),
+        ],
+        13,
+    );
+    let params = trainable_params(&m);
+    assert_eq!(params, ["w", "s"]);
+    training_graph(&m, "x", &[3, 4, 4], 2, LossKind::CrossEntropy, &params).unwrap();
+}
+
+#[test]
 fn fixture_and_demo_parameter_gradients() {
     // Every float initializer but BatchNormalization's mean and variance is trained.
     for (path, input, count) in [

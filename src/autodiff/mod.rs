@@ -355,6 +355,22 @@ pub fn trainable_params(proto: &pb::ModelProto) -> Vec<String> {
         .filter(|t| t.data_type == 1)
         .map(|t| t.name.as_str())
         .collect();
+    // BatchNormalization's running statistics stay constants. Exporters share identical
+    // initializers (a fresh layer's zero bias is also its zero running mean), directly or
+    // through Identity/Cast nodes: such a tensor is not trained.
+    let mut frozen: HashSet<&str> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "BatchNormalization")
+        .flat_map(|n| n.input.iter().skip(3).take(2).map(String::as_str))
+        .collect();
+    for n in g.node.iter().rev() {
+        if matches!(n.op_type.as_str(), "Identity" | "Cast")
+            && n.output.iter().any(|o| frozen.contains(o.as_str()))
+        {
+            frozen.extend(n.input.iter().map(String::as_str));
+        }
+    }
     let mut out: Vec<String> = vec![];
     for n in &g.node {
         let slots: &[usize] = match n.op_type.as_str() {
@@ -369,7 +385,10 @@ pub fn trainable_params(proto: &pb::ModelProto) -> Vec<String> {
         };
         for &i in slots {
             if let Some(name) = n.input.get(i) {
-                if floats.contains(name.as_str()) && !out.contains(name) {
+                if floats.contains(name.as_str())
+                    && !frozen.contains(name.as_str())
+                    && !out.contains(name)
+                {
                     out.push(name.clone());
                 }
             }

@@ -17,7 +17,7 @@ pub enum OpClass {
 /// rules (`autodiff::rules`, one table per op family) is the one list.
 pub fn supported_ops() -> Vec<(&'static str, OpClass)> {
     let mut v: Vec<(&'static str, OpClass)> = crate::autodiff::registered_ops().collect();
-    v.sort_by_key(|(op, _)| *op);
+    v.sort_by_key(|(op, _)| op.to_lowercase());
     v
 }
 

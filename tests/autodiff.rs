@@ -2156,6 +2156,19 @@ fn normalisation_rules() {
         vec![t(&mut r, "s", &[6], 1.0)],
         18,
     );
+    // A gradient through LayerNormalization's optional Mean output is refused, not dropped.
+    let mut ln = model::node("LayerNormalization", "ln", &["x", "s"], &["h", "mean"]);
+    ln.attribute.push(attr_int("axis", -1));
+    let m = model_of(
+        &[5],
+        vec![ln, node("Add", &["h", "mean"], "y", vec![])],
+        vec![t(&mut r, "s", &[5], 1.0)],
+        17,
+    );
+    let e = gradient_graph(&m, "x", &[5], 2, LossKind::CrossEntropy)
+        .err()
+        .expect("LayerNormalization Mean output");
+    assert!(format!("{e:#}").contains("Mean or InvStdDev"), "{e:#}");
     // From opset 17 the statistics come from a LayerNormalization node.
     for opset in [13, 17] {
         check(

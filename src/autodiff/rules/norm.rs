@@ -13,7 +13,7 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::diff("BatchNormalization", 5, batch_norm),
     OpDef::diff("GroupNormalization", 3, group_norm),
     OpDef::diff("InstanceNormalization", 3, instance_norm),
-    OpDef::diff("LayerNormalization", 2, layer_norm),
+    OpDef::diff("LayerNormalization", 2, layer_norm).multi_output(),
 ];
 
 /// BatchNormalization with its running statistics (constants): an affine map per channel.
@@ -149,8 +149,17 @@ fn standardize_backward(
 
 /// LayerNormalization (opset 17): y = x_hat * scale + bias, x standardised over the axes
 /// from `axis` on. Scale and bias gradients are summed over the axes they broadcast
-/// along. (The optional Mean and InvStdDev outputs carry no gradient.)
+/// along. A model differentiated through the optional Mean or InvStdDev outputs is
+/// refused (no exporter writes one).
 fn layer_norm(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    if c.dys.iter().skip(1).any(Option::is_some) {
+        bail!(
+            "LayerNormalization: gradients through its Mean or InvStdDev outputs are not supported"
+        );
+    }
+    if c.dy.is_empty() {
+        return Ok(());
+    }
     let xs = c.shape(c.input(0))?;
     let rank = xs.len();
     let axis = norm_axis(c.int("axis", -1), rank);

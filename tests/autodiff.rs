@@ -1833,24 +1833,18 @@ fn parameter_gradients_of_rules() {
         vec![t(&mut r, "w", &[4, 1, 3, 3])],
         &["w"],
     );
-    // Grouped convs other than depthwise are refused, naming the node.
-    let m = model_of(
-        &[4, 5, 5],
-        vec![conv(vec![attr_int("group", 2)])],
-        vec![t(&mut r, "w", &[4, 2, 3, 3]), t(&mut r, "b", &[4])],
-        13,
+    // Grouped convs (ResNeXt, RegNet): one group-1 gradient per group.
+    param_check(
+        "Conv group 2 stride 2 pads",
+        &[4, 7, 7],
+        vec![conv(vec![
+            attr_int("group", 2),
+            attr_ints("strides", &[2, 2]),
+            attr_ints("pads", &[1, 0, 1, 1]),
+        ])],
+        vec![t(&mut r, "w", &[6, 2, 3, 3]), t(&mut r, "b", &[6])],
+        &["w", "b"],
     );
-    let e = training_graph(
-        &m,
-        "x",
-        &[4, 5, 5],
-        2,
-        LossKind::CrossEntropy,
-        &["w".into()],
-    )
-    .err()
-    .expect("grouped Conv weights");
-    assert!(format!("{e:#}").contains("grouped Conv"), "{e:#}");
     param_check(
         "BatchNormalization scale and bias",
         &[3, 4, 4],

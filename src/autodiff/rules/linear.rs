@@ -271,7 +271,7 @@ fn conv(
 /// batch is summed over (X^T [C, N, ..] with dY^T [M, N, ..] as kernel; the conv's
 /// strides become the kernel's dilations and its dilations the strides), cropped to
 /// the kernel size. Depthwise convs (C_in per group 1) run it as a grouped conv over
-/// [1, C*N, ..]; other grouped convs are refused.
+/// [1, C*N, ..]; other grouped convs (ResNeXt, RegNet) as one group-1 gradient per group.
 #[allow(clippy::too_many_arguments)]
 fn conv_weight_grad(
     b: &mut Builder,
@@ -309,10 +309,38 @@ fn conv_weight_grad(
         let xt = b.reshape(&xt, &flat);
         b.op("Conv", &[&xt, &dyt], attrs(group))
     } else {
-        bail!(
-            "gradients with respect to weights of grouped Conv (group {group}, {} input channels per group) are only supported for group 1 and depthwise",
-            ws[1]
-        );
+        // Other grouped convs: one group-1 weight gradient per group (its input and
+        // output channels sliced out), stacked along the output channels.
+        let g = group as usize;
+        if g == 0 || c % g != 0 || m % g != 0 || ws[1] * g != c {
+            bail!(
+                "Conv with group {group}, {c} input and {m} output channels and weight {ws:?} is not a valid grouped convolution"
+            );
+        }
+        let (cg, mg) = (c / g, m / g);
+        let mut xs_g = xs.to_vec();
+        xs_g[1] = cg;
+        let mut ys_g = ys.to_vec();
+        ys_g[1] = mg;
+        let mut ws_g = ws.to_vec();
+        ws_g[0] = mg;
+        let mut parts = Vec::with_capacity(g);
+        for i in 0..g {
+            let xi = b.slice(x, &[(i * cg) as i64], &[((i + 1) * cg) as i64], &[1]);
+            let di = b.slice(dy, &[(i * mg) as i64], &[((i + 1) * mg) as i64], &[1]);
+            parts.push(conv_weight_grad(
+                b,
+                &xi,
+                &di,
+                [&xs_g, &ws_g, &ys_g],
+                s,
+                d,
+                1,
+                pads,
+            )?);
+        }
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        return Ok(b.op("Concat", &refs, vec![attr_int("axis", 0)]));
     };
     // Output spatial sizes of the correlation; crop to the kernel.
     let mut fshape = vec![if group == 1 { c } else { 1 }, m];

@@ -63,7 +63,7 @@ fn main() -> Result<()> {
     let mut shape = vec![batch];
     shape.extend(&example);
     let x = ArrayD::from_shape_vec(IxDyn(&shape), x)?;
-    let chunk = runtime::chunk_for(&proto, &input, &example);
+    let chunk = runtime::chunk_for(&proto, &input, &example, &ort);
     let model_name = std::path::Path::new(&path)
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())

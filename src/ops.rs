@@ -70,7 +70,12 @@ mod tests {
         let ops = supported_ops();
         for w in ops.windows(2) {
             let (a, b) = (w[0].0.to_lowercase(), w[1].0.to_lowercase());
-            assert!(a < b, "{} / {}: out of order or registered twice", w[0].0, w[1].0);
+            assert!(
+                a < b,
+                "{} / {}: out of order or registered twice",
+                w[0].0,
+                w[1].0
+            );
         }
     }
 

@@ -743,6 +743,21 @@ fn conv_and_pool_rules() {
         13,
     );
     check(
+        "Conv depthwise stride 1 (dX as a flipped depthwise Conv), asymmetric pads",
+        &[3, 8, 7],
+        vec![node(
+            "Conv",
+            &["x", "w", "b"],
+            "y",
+            vec![attr_int("group", 3), attr_ints("pads", &[2, 1, 0, 2])],
+        )],
+        vec![
+            w(&mut r, &[3, 1, 5, 3]),
+            rand_tensor("b", &[3], &mut r, 0.1),
+        ],
+        13,
+    );
+    check(
         "Conv groups dilation asymmetric pads",
         &[4, 9, 9],
         vec![node(

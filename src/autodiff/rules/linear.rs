@@ -206,7 +206,11 @@ fn conv(
         .unwrap_or(vec![1; r]);
     let group = int_attr(n, "group", 1);
     let pads = conv_pads(n, &xs[2..], &ys[2..], &k, &s, &d)?;
-    let unit = s.iter().all(|v| *v == 1) && d.iter().all(|v| *v == 1) && group == 1;
+    let stride1 = s.iter().all(|v| *v == 1) && d.iter().all(|v| *v == 1);
+    // Depthwise with one output per channel (ConvNeXt's 7x7, MobileNets' 3x3): dX is the
+    // same depthwise Conv of dy with each kernel flipped, which ONNX Runtime runs with
+    // its depthwise kernels (ConvTranspose with group C runs 1 channel at a time).
+    let depthwise = group > 1 && group as usize == xs[1] && ws[0] == xs[1] && ws[1] == 1;
     let fits = (0..r).all(|i| pads[i] < k[i] as i64 && pads[r + i] < k[i] as i64);
     let weights = consts
         .f32s(&n.input[1])
@@ -215,7 +219,24 @@ fn conv(
     // (dX of a first layer on grey or RGB images), ConvTranspose is 2-3x faster; with
     // more, Conv is as fast or faster.
     let wide = ws[1] >= 16;
-    if let (true, true, true, true, Some(w)) = (need_x, unit, fits, wide, weights) {
+    if let (true, true, true, true, Some(w)) = (need_x, stride1, depthwise, fits, &weights) {
+        let ksz: usize = k.iter().product();
+        let mut wt = vec![0.0f32; w.len()];
+        for (ch, kernel) in w.chunks_exact(ksz).enumerate() {
+            for (q, v) in kernel.iter().enumerate() {
+                wt[ch * ksz + (ksz - 1 - q)] = *v;
+            }
+        }
+        let wc = b.const_f32(&ws, wt);
+        let full: Vec<i64> = (0..2 * r).map(|i| k[i % r] as i64 - 1 - pads[i]).collect();
+        g[0] = Some(b.op(
+            "Conv",
+            &[dy, &wc],
+            vec![attr_ints("pads", &full), attr_int("group", group)],
+        ));
+    } else if let (true, true, true, true, true, Some(w)) =
+        (need_x, stride1, group == 1, fits, wide, &weights)
+    {
         // Stride 1: dX is a plain Conv of dy with the kernel flipped and its channel axes
         // swapped, padded to a "full" correlation.
         let (m, c) = (ws[0], ws[1]);

@@ -4,41 +4,19 @@ use anyhow::{anyhow, bail, Result};
 
 use super::{attr, float_attr, int_attr, ints_attr, shape, Grads, Node, OpDef};
 use crate::autodiff::builder::{attr_int, attr_ints, Builder};
-use crate::autodiff::{Consts, Shapes};
 use crate::model::pb;
 
 pub(super) const OPS: &[OpDef] = &[
-    OpDef::diff("Conv", 2, conv_rule),
+    OpDef::diff("Conv", 2, conv),
     OpDef::diff("ConvTranspose", 2, conv_transpose),
     OpDef::diff("Einsum", 1, einsum),
-    OpDef::diff("Gemm", 2, gemm_rule),
-    OpDef::diff("MatMul", 2, matmul_rule),
+    OpDef::diff("Gemm", 2, gemm),
+    OpDef::diff("MatMul", 2, matmul),
 ];
 
-fn gemm_rule(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
-    gemm(b, c.n, c.dy, g, c.need(0), c.need(1), c.need(2), c.shapes)
-}
-
-fn matmul_rule(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
-    matmul(b, c.n, c.dy, g, c.need(0), c.need(1), c.shapes)
-}
-
-fn conv_rule(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
-    let needs = [c.need(0), c.need(1), c.need(2)];
-    conv(b, c.n, c.dy, g, needs, c.shapes, c.consts)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn gemm(
-    b: &mut Builder,
-    n: &pb::NodeProto,
-    dy: &str,
-    g: &mut Grads,
-    need_a: bool,
-    need_b: bool,
-    need_c: bool,
-    shapes: &Shapes,
-) -> Result<()> {
+fn gemm(b: &mut Builder, node: &Node, g: &mut Grads) -> Result<()> {
+    let (n, dy, shapes) = (node.n, node.dy, node.shapes);
+    let (need_a, need_b, need_c) = (node.need(0), node.need(1), node.need(2));
     let (a, w) = (n.input[0].as_str(), n.input[1].as_str());
     let alpha = float_attr(n, "alpha", 1.0);
     let beta = float_attr(n, "beta", 1.0);
@@ -87,15 +65,9 @@ fn swap_last2(b: &mut Builder, x: &str, rank: usize) -> String {
     b.transpose(x, &perm)
 }
 
-fn matmul(
-    b: &mut Builder,
-    n: &pb::NodeProto,
-    dy: &str,
-    g: &mut Grads,
-    need_a: bool,
-    need_b: bool,
-    shapes: &Shapes,
-) -> Result<()> {
+fn matmul(b: &mut Builder, node: &Node, g: &mut Grads) -> Result<()> {
+    let (n, dy, shapes) = (node.n, node.dy, node.shapes);
+    let (need_a, need_b) = (node.need(0), node.need(1));
     let (a, w) = (n.input[0].as_str(), n.input[1].as_str());
     let (sa, sb) = (shape(shapes, a)?.clone(), shape(shapes, w)?.clone());
     let sy = shape(shapes, &n.output[0])?.clone();
@@ -183,16 +155,9 @@ pub(super) fn output_padding(
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-fn conv(
-    b: &mut Builder,
-    n: &pb::NodeProto,
-    dy: &str,
-    g: &mut Grads,
-    [need_x, need_w, need_b]: [bool; 3],
-    shapes: &Shapes,
-    consts: &Consts,
-) -> Result<()> {
+fn conv(b: &mut Builder, node: &Node, g: &mut Grads) -> Result<()> {
+    let (n, dy, shapes, consts) = (node.n, node.dy, node.shapes, node.consts);
+    let (need_x, need_w, need_b) = (node.need(0), node.need(1), node.need(2));
     let xs = shape(shapes, &n.input[0])?.clone();
     let ws = shape(shapes, &n.input[1])?.clone();
     let ys = shape(shapes, &n.output[0])?.clone();

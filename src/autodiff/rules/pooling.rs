@@ -9,19 +9,11 @@ use crate::autodiff::Shapes;
 use crate::model::pb;
 
 pub(super) const OPS: &[OpDef] = &[
-    OpDef::diff("AveragePool", 1, avgpool_rule),
+    OpDef::diff("AveragePool", 1, avgpool),
     OpDef::diff("GlobalAveragePool", 1, global_avgpool),
     OpDef::diff("GlobalMaxPool", 1, global_maxpool),
-    OpDef::diff("MaxPool", 1, maxpool_rule),
+    OpDef::diff("MaxPool", 1, maxpool),
 ];
-
-fn maxpool_rule(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
-    maxpool(b, c.n, c.dy, g, c.shapes)
-}
-
-fn avgpool_rule(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
-    avgpool(b, c.n, c.dy, g, c.shapes)
-}
 
 fn global_avgpool(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
     let xs = c.shape(c.input(0))?;
@@ -116,13 +108,8 @@ fn pool_attrs(p: &PoolGeom, group: usize, with_op: bool) -> Result<Vec<pb::Attri
 /// MaxPool: extract each window's entries with a one-hot depthwise Conv, compare them with
 /// the pooled maximum, share dy among the entries equal to it, and put it back with the
 /// transposed Conv.
-fn maxpool(
-    b: &mut Builder,
-    n: &pb::NodeProto,
-    dy: &str,
-    g: &mut Grads,
-    shapes: &Shapes,
-) -> Result<()> {
+fn maxpool(b: &mut Builder, node: &Node, g: &mut Grads) -> Result<()> {
+    let (n, dy, shapes) = (node.n, node.dy, node.shapes);
     let p = pool_geom(n, shapes)?;
     let tiles = p.s == p.k && p.d == [1, 1] && p.pads.iter().all(|v| *v == 0);
     if tiles {
@@ -259,13 +246,8 @@ fn maxpool_tiles(
 
 /// AveragePool: dy divided by each window's count, spread back by a depthwise transposed
 /// Conv with a ones kernel.
-fn avgpool(
-    b: &mut Builder,
-    n: &pb::NodeProto,
-    dy: &str,
-    g: &mut Grads,
-    shapes: &Shapes,
-) -> Result<()> {
+fn avgpool(b: &mut Builder, node: &Node, g: &mut Grads) -> Result<()> {
+    let (n, dy, shapes) = (node.n, node.dy, node.shapes);
     let p = pool_geom(n, shapes)?;
     let c = p.xs[1];
     let (oh, ow) = (p.ys[2], p.ys[3]);

@@ -123,11 +123,7 @@ fn main() -> anyhow::Result<()> {
                 val_steps: 1,
                 patience: None,
             };
-            let warm = Examples {
-                x: train_set.x[..batch * train_set.len].to_vec(),
-                y: train_set.y[..batch].to_vec(),
-                len: train_set.len,
-            };
+            let warm = train_set.first(batch);
             let none = Examples::default();
             let t = Instant::now();
             let mut clock = || t.elapsed().as_secs_f64();

@@ -82,11 +82,7 @@ fn main() -> anyhow::Result<()> {
     };
     let threat = Threat::new(Norm::Linf, 0.1, (0.0, 1.0))?;
     // Warm-up: build and open the graphs on a one-batch run.
-    let warm = Examples {
-        x: train_set.x[..batch * train_set.len].to_vec(),
-        y: train_set.y[..batch].to_vec(),
-        len: train_set.len,
-    };
+    let warm = train_set.first(batch);
     let none = Examples::default();
     let t = Instant::now();
     let mut clock = || t.elapsed().as_secs_f64();

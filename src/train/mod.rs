@@ -141,6 +141,16 @@ impl Examples {
         self.y.is_empty()
     }
 
+    /// The first `n` examples (all of them when there are fewer).
+    pub fn first(&self, n: usize) -> Examples {
+        let n = n.min(self.len());
+        Examples {
+            x: self.x[..n * self.len].to_vec(),
+            y: self.y[..n].to_vec(),
+            len: self.len,
+        }
+    }
+
     pub fn gather(&self, idx: &[usize]) -> (Vec<f32>, Vec<usize>) {
         let x = crate::attack::gather(&self.x, idx, self.len);
         (x, idx.iter().map(|i| self.y[*i]).collect())

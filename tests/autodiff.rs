@@ -55,25 +55,7 @@ fn model_of(
     nodes.push(flat);
     let mut dims = vec![Dim::Symbolic("N".into())];
     dims.extend(example.iter().map(|d| Dim::Fixed(*d)));
-    pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: opset,
-        }],
-        graph: Some(pb::GraphProto {
-            name: "t".into(),
-            node: nodes,
-            initializer: inits,
-            input: vec![model::float_value_info("x", &dims)],
-            output: vec![model::float_value_info(
-                "logits",
-                &[Dim::Symbolic("N".into()), Dim::Symbolic("K".into())],
-            )],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    common::classifier_proto(&dims, nodes, inits, opset)
 }
 
 fn rand_tensor(name: &str, dims: &[usize], rng: &mut Rng, scale: f32) -> pb::TensorProto {

@@ -20,25 +20,7 @@ fn write_model(
 ) {
     let mut dims = vec![Dim::Symbolic("N".into())];
     dims.extend(example.iter().map(|d| Dim::Fixed(*d)));
-    let m = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(pb::GraphProto {
-            name: "t".into(),
-            node: nodes,
-            initializer: inits,
-            input: vec![model::float_value_info("x", &dims)],
-            output: vec![model::float_value_info(
-                "logits",
-                &[Dim::Symbolic("N".into()), Dim::Symbolic("K".into())],
-            )],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let m = common::classifier_proto(&dims, nodes, inits, 13);
     std::fs::write(path, prost::Message::encode_to_vec(&m)).unwrap();
 }
 

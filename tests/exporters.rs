@@ -210,23 +210,7 @@ fn a_symbolic_example_dimension_is_named() {
         i: 1,
         ..Default::default()
     });
-    let m = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(pb::GraphProto {
-            node: vec![flat],
-            input: vec![model::float_value_info("x", &dims)],
-            output: vec![model::float_value_info(
-                "logits",
-                &[Dim::Symbolic("batch".into()), Dim::Symbolic("k".into())],
-            )],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let m = common::classifier_proto(&dims, vec![flat], vec![], 13);
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("symbolic.onnx");
     std::fs::write(&p, prost::Message::encode_to_vec(&m)).unwrap();

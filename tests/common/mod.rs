@@ -143,3 +143,34 @@ pub fn audit_json(args: &[&str]) -> serde_json::Value {
     assert_eq!(report["kind"], "audit");
     report["audit"].take()
 }
+
+/// A classifier model: graph input `x` of shape `input` (batch first), `nodes` ending in
+/// `logits` `[batch, K]`, the default domain at `opset`, IR version 8.
+pub fn classifier_proto(
+    input: &[harden::model::Dim],
+    nodes: Vec<harden::model::pb::NodeProto>,
+    inits: Vec<harden::model::pb::TensorProto>,
+    opset: i64,
+) -> harden::model::pb::ModelProto {
+    use harden::model::{float_value_info, pb, Dim};
+    let batch = input.first().cloned().unwrap_or(Dim::Symbolic("N".into()));
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "t".into(),
+            node: nodes,
+            initializer: inits,
+            input: vec![float_value_info("x", input)],
+            output: vec![float_value_info(
+                "logits",
+                &[batch, Dim::Symbolic("K".into())],
+            )],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -511,6 +511,20 @@ pub fn set_value_shape(v: &mut pb::ValueInfoProto, dims: &[Dim]) {
     }
 }
 
+/// Every tensor name node `n` reads: its inputs, and what its subgraphs read (their
+/// nodes' inputs and their outputs, which may name tensors of the enclosing graph).
+pub fn node_reads(n: &pb::NodeProto, out: &mut HashSet<String>) {
+    out.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
+    for a in &n.attribute {
+        for sub in a.g.iter().chain(a.graphs.iter()) {
+            for m in &sub.node {
+                node_reads(m, out);
+            }
+            out.extend(sub.output.iter().map(|o| o.name.clone()));
+        }
+    }
+}
+
 /// A float tensor value-info, for graphs harden builds.
 pub fn float_value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
     let mut v = pb::ValueInfoProto {

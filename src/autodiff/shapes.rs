@@ -122,21 +122,11 @@ impl FixedBatch {
 /// Removes the nodes none of whose outputs is read (by a later node, a subgraph, or as
 /// a graph output); returns the names the remaining graph reads.
 fn drop_dead_nodes(g: &mut pb::GraphProto) -> HashSet<String> {
-    fn reads(n: &pb::NodeProto, live: &mut HashSet<String>) {
-        live.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
-        for a in &n.attribute {
-            for sub in a.g.iter().chain(a.graphs.iter()) {
-                for m in &sub.node {
-                    reads(m, live);
-                }
-            }
-        }
-    }
     let mut live: HashSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
     let mut kept = vec![];
     for n in std::mem::take(&mut g.node).into_iter().rev() {
         if n.output.iter().any(|o| live.contains(o)) {
-            reads(&n, &mut live);
+            model::node_reads(&n, &mut live);
             kept.push(n);
         }
     }

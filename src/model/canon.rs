@@ -99,12 +99,7 @@ fn prune_unused_inputs(g: &mut pb::GraphProto) -> Vec<String> {
 /// names) and graph outputs.
 fn names_read(g: &pb::GraphProto, out: &mut HashSet<String>) {
     for n in &g.node {
-        out.extend(n.input.iter().filter(|i| !i.is_empty()).cloned());
-        for a in &n.attribute {
-            for sub in a.g.iter().chain(a.graphs.iter()) {
-                names_read(sub, out);
-            }
-        }
+        super::node_reads(n, out);
     }
     out.extend(g.output.iter().map(|o| o.name.clone()));
 }

@@ -2357,6 +2357,42 @@ fn reduction_rules() {
         vec![],
         13,
     );
+    check(
+        "ReduceProd opset 18 two axes keepdims 0",
+        &[2, 3, 2],
+        vec![node("ReduceProd", &["x", "a"], "y", vec![kd(0)])],
+        vec![i64_tensor("a", &[2, 3])],
+        18,
+    );
+    // Exact zeros: rows of 4 with no zero, one zero (its entry gets the others'
+    // product, the rest 0) and two zeros (all 0), at a point where x is 0 there.
+    let (lo, hi): (Vec<f32>, Vec<f32>) = [[1, 1, 1, 1], [1, 0, 1, 1], [0, 1, 1, 0]]
+        .iter()
+        .flatten()
+        .map(|free| if *free == 1 { (-1.5, 1.5) } else { (0.0, 0.0) })
+        .unzip();
+    let m = model_of(
+        &[3, 4],
+        vec![node(
+            "ReduceProd",
+            &["x"],
+            "y",
+            vec![attr_ints("axes", &[2])],
+        )],
+        vec![],
+        11,
+    );
+    fd_check_batch(
+        "ReduceProd at zeros",
+        &m,
+        &[3, 4],
+        LossKind::CrossEntropy,
+        &lo,
+        &hi,
+        3e-2,
+        1,
+        false,
+    );
     for op in ["ReduceMax", "ReduceMin"] {
         check(
             &format!("{op} opset 11 keepdims 0"),
@@ -2577,6 +2613,7 @@ const REDUCE_CASES: &[Case] = &[
     Case { op: "ReduceMax", example: &[3, 4], opset: 13, build: |_| one("ReduceMax", &["x"], vec![attr_ints("axes", &[2]), attr_int("keepdims", 0)], vec![]) },
     Case { op: "ReduceMean", example: &[3, 4], opset: 13, build: |_| one("ReduceMean", &["x"], vec![attr_ints("axes", &[2]), attr_int("keepdims", 1)], vec![]) },
     Case { op: "ReduceMin", example: &[3, 4], opset: 18, build: |_| one("ReduceMin", &["x", "a"], vec![], vec![i64_tensor("a", &[1])]) },
+    Case { op: "ReduceProd", example: &[3, 4], opset: 13, build: |_| one("ReduceProd", &["x"], vec![attr_ints("axes", &[2])], vec![]) },
     Case { op: "ReduceSum", example: &[3, 4], opset: 13, build: |_| one("ReduceSum", &["x", "a"], vec![attr_int("keepdims", 0)], vec![i64_tensor("a", &[-1])]) },
     Case { op: "ReduceSumSquare", example: &[3, 4], opset: 13, build: |_| one("ReduceSumSquare", &["x"], vec![attr_ints("axes", &[1])], vec![]) },
 ];

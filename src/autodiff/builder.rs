@@ -152,12 +152,18 @@ impl Builder {
     }
 
     pub fn reduce_max(&mut self, x: &str, axes: &[i64], keepdims: bool) -> String {
+        self.reduce("ReduceMax", x, axes, keepdims)
+    }
+
+    /// A Reduce* op other than ReduceSum over `axes`: an attribute before opset 18, an
+    /// input from it.
+    pub fn reduce(&mut self, op: &str, x: &str, axes: &[i64], keepdims: bool) -> String {
         let kd = attr_int("keepdims", keepdims as i64);
         if self.opset >= 18 {
             let a = self.const_i64(axes);
-            self.op("ReduceMax", &[x, &a], vec![kd])
+            self.op(op, &[x, &a], vec![kd])
         } else {
-            self.op("ReduceMax", &[x], vec![attr_ints("axes", axes), kd])
+            self.op(op, &[x], vec![attr_ints("axes", axes), kd])
         }
     }
 

@@ -14,6 +14,7 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::diff("ReduceMax", 1, reduce_max_min),
     OpDef::diff("ReduceMean", 1, reduce_sum_mean),
     OpDef::diff("ReduceMin", 1, reduce_max_min),
+    OpDef::diff("ReduceProd", 1, reduce_prod),
     OpDef::diff("ReduceSum", 1, reduce_sum_mean),
     OpDef::diff("ReduceSumSquare", 1, reduce_sum_square),
 ];
@@ -196,5 +197,38 @@ fn reduce_log_sum(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
     let e = b.op("Exp", &[&ny], vec![]);
     let d = b.mul(&dk, &e);
     g[0] = Some(r.expand(b, &d));
+    Ok(())
+}
+
+/// ReduceProd: the product of the other entries, dy prod_{j != i} x_j, exact where x has
+/// zeros: with p the product of the non-zero entries and z the count of zeros (over the
+/// reduced axes), the gradient is p / x_i where z = 0, p at the one zero where z = 1,
+/// and 0 elsewhere (never y / x_i, which is 0/0 at a zero).
+fn reduce_prod(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
+    let r = Reduction::of(b, c)?;
+    if r.axes.is_empty() {
+        g[0] = Some(c.dy.to_string());
+        return Ok(());
+    }
+    let x = c.input(0);
+    let zero = b.scalar(0.0);
+    let one = b.scalar(1.0);
+    let is_zero = b.equal(x, &zero);
+    let zf = b.as_float(&is_zero);
+    // x with its zeros replaced by ones.
+    let nonzero = b.add(x, &zf);
+    let axes = r.axes_i64();
+    let p = b.reduce("ReduceProd", &nonzero, &axes, true);
+    let zeros = b.reduce_sum(&zf, &axes, true);
+    let none = b.equal(&zeros, &zero);
+    let single = b.equal(&zeros, &one);
+    // [z = 0] / x  +  [z = 1] [x = 0]
+    let inv = b.div(&one, &nonzero);
+    let a = b.select(&none, &inv);
+    let s = b.select(&single, &zf);
+    let factor = b.add(&a, &s);
+    let dk = r.kept(b, c, c.dy)?;
+    let pd = b.mul(&p, &dk);
+    g[0] = Some(b.mul(&factor, &pd));
     Ok(())
 }

@@ -280,6 +280,59 @@ fn class_names_in_terminal_reports_and_errors() {
     );
 }
 
+/// The main command on an image folder with no test split audits the held-out
+/// validation examples, which keep the folder's class names.
+#[test]
+fn hardening_on_a_folder_keeps_its_class_names() {
+    let d = tempfile::tempdir().unwrap();
+    let m = d.path().join("m.onnx");
+    channel_mean_model(&m, 8, &by_colour(), 3);
+    let data = d.path().join("imgs");
+    for (c, rgb) in [
+        ("red", [250, 10, 10]),
+        ("green", [0, 250, 0]),
+        ("blue", [0, 0, 250]),
+    ] {
+        for i in 0..4u8 {
+            save_rgb(
+                &data.join(format!("{c}/{i}.png")),
+                10,
+                10,
+                rgb.map(|v| v.max(3 * i) - 3 * i),
+            );
+        }
+    }
+    let (out_model, rep) = (d.path().join("hard.onnx"), d.path().join("rep"));
+    let (code, out, err) = run(
+        &[
+            &m.display().to_string(),
+            "--eps",
+            "0.01",
+            "--data",
+            &data.display().to_string(),
+            "--resize",
+            "8",
+            "--crop",
+            "8",
+            "--epochs",
+            "1",
+            "--attacks",
+            "fgsm",
+            "--output",
+            &out_model.display().to_string(),
+            "--report",
+            &rep.display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}\n{out}");
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(rep.join("report.json")).unwrap()).unwrap();
+    for when in ["before", "after"] {
+        assert_eq!(v[when]["class_names"][0], "blue", "{when}: {}", v[when]);
+    }
+}
+
 #[test]
 fn fashion_mnist_names_come_built_in() {
     // The bundled slice (the default data of 28x28 models) is Fashion-MNIST.

@@ -82,24 +82,41 @@ fn config_of(a: &HardenArgs, eps: f32) -> HardenConfig {
 /// Where the audits' data comes from.
 enum AuditData {
     Spec(String),
-    /// The held-out validation examples (stored values).
-    Held(Vec<f32>, Vec<Option<usize>>, Vec<usize>, ValueKind),
+    /// The held-out validation examples (stored values), with the training data's class
+    /// names when it has them.
+    Held(
+        Vec<f32>,
+        Vec<Option<usize>>,
+        Vec<usize>,
+        ValueKind,
+        Option<Vec<String>>,
+    ),
 }
 
 impl AuditData {
     fn open(&self, env: &Env, limit: usize) -> Result<(String, Box<dyn DataSource>)> {
         let (name, src): (String, Box<dyn DataSource>) = match self {
             AuditData::Spec(s) => (s.clone(), open_spec(s, env)?),
-            AuditData::Held(x, y, shape, kind) => (
-                "validation split of the training data".into(),
-                Box::new(MemorySource::new(
+            AuditData::Held(x, y, shape, kind, names) => {
+                let held: Box<dyn DataSource> = Box::new(MemorySource::new(
                     "validation examples held out from the training data".into(),
                     shape.clone(),
                     *kind,
                     x.clone(),
                     y.clone(),
-                )),
-            ),
+                ));
+                let held = match names {
+                    Some(n) => data::with_names(
+                        held,
+                        data::ClassNames {
+                            origin: "the training data".into(),
+                            aliases: n.iter().map(|n| vec![n.clone()]).collect(),
+                        },
+                    ),
+                    None => held,
+                };
+                ("validation split of the training data".into(), held)
+            }
         };
         Ok((name, data::limit(src, limit)))
     }
@@ -323,6 +340,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
                 vy.iter().map(|v| Some(*v)).collect(),
                 source.example_shape().to_vec(),
                 source.kind(),
+                source.label_names(),
             ),
             None => bail!("too few training examples to hold out audit data; pass --audit-data"),
         },

@@ -526,6 +526,28 @@ pub fn node_reads(n: &pb::NodeProto, out: &mut HashSet<String>) {
 }
 
 /// A float tensor value-info, for graphs harden builds.
+/// The first Mod node of an encoded model whose dividend is a constant (an initializer
+/// or a Constant node's output): tract 0.23 swaps such a Mod's operands once the batch
+/// is above 1, so the tract runtime refuses these models rather than compute wrong
+/// numbers. Models without "Mod" in their bytes are not decoded.
+pub fn mod_with_constant_dividend(bytes: &[u8]) -> Option<String> {
+    if !bytes.windows(3).any(|w| w == b"Mod") {
+        return None;
+    }
+    let proto = pb::ModelProto::decode(bytes).ok()?;
+    let g = proto.graph.as_ref()?;
+    let mut consts: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    for n in g.node.iter().filter(|n| n.op_type == "Constant") {
+        consts.extend(n.output.iter().map(String::as_str));
+    }
+    g.node
+        .iter()
+        .find(|n| {
+            n.op_type == "Mod" && n.input.first().is_some_and(|i| consts.contains(i.as_str()))
+        })
+        .map(|n| n.name.clone())
+}
+
 pub fn float_value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
     let mut v = pb::ValueInfoProto {
         name: name.to_string(),

@@ -1182,6 +1182,9 @@ pub struct TractRuntime {
 impl TractRuntime {
     pub fn new(model_bytes: &[u8]) -> Result<Self> {
         use tract_onnx::prelude::*;
+        if let Some(node) = crate::model::mod_with_constant_dividend(model_bytes) {
+            bail!("tract cannot run Mod node '{node}' correctly: its dividend is a constant, whose operands tract 0.23 swaps at batches above 1; use --runtime ort");
+        }
         let model = tract_onnx::onnx()
             .model_for_read(&mut &model_bytes[..])
             .map_err(|e| anyhow!("tract cannot load the model: {}", one_line(&e)))?;

@@ -1393,6 +1393,25 @@ fn structural_rules() {
         ],
         13,
     );
+    // ... and of the divisor (x + 3.5, in [2.5, 4.5], where the quotients move slowly
+    // enough for the steps to stay between its jumps), the dividend 2x + n computed too:
+    // tract 0.23 swaps Mod's operands when the dividend is a constant.
+    check(
+        "Mod fmod divisor",
+        &[6],
+        vec![
+            node("Sub", &["x", "k"], "t", vec![]),
+            node("Mul", &["x", "two"], "u", vec![]),
+            node("Add", &["u", "n"], "v", vec![]),
+            node("Mod", &["v", "t"], "y", vec![attr_int("fmod", 1)]),
+        ],
+        vec![
+            model::float_tensor("k", &[], &[-3.5]),
+            model::float_tensor("two", &[], &[2.0]),
+            model::float_tensor("n", &[6], &[3.7, -5.3, 2.2, 6.1, -0.9, 4.4]),
+        ],
+        13,
+    );
     check(
         "GatherND repeated indices opset 16",
         &[4, 3],
@@ -2288,6 +2307,41 @@ fn normalisation_rules() {
             false,
         );
     }
+}
+
+/// tract 0.23 swaps the operands of a Mod whose dividend is a constant (at batches above
+/// 1): its runtime refuses such models, naming the node, and takes Mod otherwise.
+#[test]
+fn tract_refuses_mod_with_a_constant_dividend() {
+    let m = model_of(
+        &[6],
+        vec![node("Mod", &["n", "x"], "y", vec![attr_int("fmod", 1)])],
+        vec![model::float_tensor(
+            "n",
+            &[6],
+            &[3.7, -5.3, 2.2, 6.1, -0.9, 4.4],
+        )],
+        13,
+    );
+    let err = harden::runtime::TractRuntime::new(&prost::Message::encode_to_vec(&m))
+        .err()
+        .expect("tract must refuse Mod(constant, x)");
+    assert!(
+        format!("{err}").contains("Mod node 'Mod_node'")
+            && format!("{err}").contains("--runtime ort"),
+        "{err}"
+    );
+    let m = model_of(
+        &[6],
+        vec![node("Mod", &["x", "n"], "y", vec![attr_int("fmod", 1)])],
+        vec![model::float_tensor(
+            "n",
+            &[6],
+            &[3.7, -5.3, 2.2, 6.1, -0.9, 4.4],
+        )],
+        13,
+    );
+    assert!(harden::runtime::TractRuntime::new(&prost::Message::encode_to_vec(&m)).is_ok());
 }
 
 /// Variants of the reduction rules: axes as attribute or input by opset, keepdims,

@@ -374,17 +374,22 @@ fn trilu(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
 }
 
 /// Mod: on integers (fmod 0) a shape computation, no gradient; on floats (fmod 1, C
-/// fmod: x - y * trunc(x / y)) the dividend's gradient is dy. The divisor's is refused.
+/// fmod: r = x - y trunc(x / y)) the dividend's gradient is dy and the divisor's
+/// -trunc(x / y) dy = -(x - r) / y dy (between the jumps, where x / y crosses an integer).
 fn modulo(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
     if c.int("fmod", 0) == 0 {
         return Ok(());
     }
-    if c.need(1) {
-        bail!("the gradient of Mod with respect to its divisor is not supported");
-    }
+    let ys = c.shape(c.out())?.clone();
     if c.need(0) {
-        let ys = c.shape(c.out())?.clone();
         g[0] = Some(b.unbroadcast(c.dy, &ys, c.shape(c.input(0))?));
+    }
+    if c.need(1) {
+        let taken = b.sub(c.input(0), c.out());
+        let q = b.div(&taken, c.input(1));
+        let d = b.mul(&q, c.dy);
+        let d = b.neg(&d);
+        g[1] = Some(b.unbroadcast(&d, &ys, c.shape(c.input(1))?));
     }
     Ok(())
 }

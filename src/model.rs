@@ -527,8 +527,8 @@ pub fn node_reads(n: &pb::NodeProto, out: &mut HashSet<String>) {
 
 /// A float tensor value-info, for graphs harden builds.
 /// The first Mod node of an encoded model whose dividend is a constant (an initializer
-/// or a Constant node's output): tract 0.23 swaps such a Mod's operands once the batch
-/// is above 1, so the tract runtime refuses these models rather than compute wrong
+/// or a Constant node's output) and divisor is not: tract 0.23 swaps such a Mod's
+/// operands (integer or float) once the batch is above 1, so the tract runtime refuses these models rather than compute wrong
 /// numbers. Models without "Mod" in their bytes are not decoded.
 pub fn mod_with_constant_dividend(bytes: &[u8]) -> Option<String> {
     if !bytes.windows(3).any(|w| w == b"Mod") {
@@ -540,11 +540,10 @@ pub fn mod_with_constant_dividend(bytes: &[u8]) -> Option<String> {
     for n in g.node.iter().filter(|n| n.op_type == "Constant") {
         consts.extend(n.output.iter().map(String::as_str));
     }
+    let is_const = |i: Option<&String>| i.is_some_and(|i| consts.contains(i.as_str()));
     g.node
         .iter()
-        .find(|n| {
-            n.op_type == "Mod" && n.input.first().is_some_and(|i| consts.contains(i.as_str()))
-        })
+        .find(|n| n.op_type == "Mod" && is_const(n.input.first()) && !is_const(n.input.get(1)))
         .map(|n| n.name.clone())
 }
 

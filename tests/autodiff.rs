@@ -1817,6 +1817,66 @@ fn parameter_gradients_of_rules() {
         vec![t(&mut r, "w", &[4, 2, 3, 2]), t(&mut r, "b", &[4])],
         &["w", "b"],
     );
+    // The matrix-product form of dW (1x1 kernels; up to 9 taps on outputs of 14x14 or
+    // more): plain, strided, dilated and padded, 1-D; at batch 1 (one Gemm) and 2.
+    let gemm_check = |name: &str,
+                      example: &[usize],
+                      nodes: Vec<pb::NodeProto>,
+                      inits: Vec<pb::TensorProto>,
+                      params: &[&str]| {
+        let m = model_of(example, nodes, inits, 13);
+        let params: Vec<String> = params.iter().map(|s| s.to_string()).collect();
+        for batch in [1, 2] {
+            fd_check_params(
+                &format!("{name} batch {batch}"),
+                &m,
+                example,
+                batch,
+                &params,
+                3e-2,
+                false,
+            );
+        }
+    };
+    gemm_check(
+        "Conv 1x1 (dW as a matrix product)",
+        &[3, 5, 4],
+        vec![conv(vec![])],
+        vec![t(&mut r, "w", &[4, 3, 1, 1]), t(&mut r, "b", &[4])],
+        &["w", "b"],
+    );
+    gemm_check(
+        "Conv 1x1 stride 2 (dW as a matrix product)",
+        &[3, 5, 6],
+        vec![conv(vec![attr_ints("strides", &[2, 2])])],
+        vec![t(&mut r, "w", &[2, 3, 1, 1]), t(&mut r, "b", &[2])],
+        &["w", "b"],
+    );
+    gemm_check(
+        "Conv 3x3 pads on 16x16 (dW as a matrix product)",
+        &[2, 16, 16],
+        vec![conv(vec![attr_ints("pads", &[1, 1, 1, 1])])],
+        vec![t(&mut r, "w", &[3, 2, 3, 3]), t(&mut r, "b", &[3])],
+        &["w", "b"],
+    );
+    gemm_check(
+        "Conv 3x2 stride 2 dilation 2 pads on 31x33 (dW as a matrix product)",
+        &[2, 31, 33],
+        vec![conv(vec![
+            attr_ints("strides", &[2, 2]),
+            attr_ints("dilations", &[2, 2]),
+            attr_ints("pads", &[1, 0, 2, 1]),
+        ])],
+        vec![t(&mut r, "w", &[2, 2, 3, 2]), t(&mut r, "b", &[2])],
+        &["w", "b"],
+    );
+    gemm_check(
+        "Conv 1-D 3 taps on 200 (dW as a matrix product)",
+        &[2, 200],
+        vec![conv(vec![attr_ints("pads", &[1, 1])])],
+        vec![t(&mut r, "w", &[3, 2, 3]), t(&mut r, "b", &[3])],
+        &["w", "b"],
+    );
     param_check(
         "Conv depthwise stride 2 pads",
         &[3, 7, 7],

@@ -94,7 +94,7 @@ impl Side {
         let a = field(file, &v, role)?;
         let p = |s: &str| format!("{role}.{s}");
         let per_example: Vec<ExampleOutcome> =
-            serde_json::from_value(field(file, a, "per_example")?.clone()).map_err(|e| {
+            serde_json::from_value(field(file, &v, &p("per_example"))?.clone()).map_err(|e| {
                 anyhow!(
                     "{file}: field `{}` is not a list of example outcomes ({e})",
                     p("per_example")

@@ -108,6 +108,9 @@ pub struct AuditOptions {
     pub sanity: bool,
     /// Adversarial examples kept per eps for the image grid.
     pub keep_examples: usize,
+    /// Examples (data positions) whose adversarial examples are kept too, for the images
+    /// of a comparison with a baseline (`EpsResult::watched`).
+    pub watch: Vec<u64>,
 }
 
 impl Default for AuditOptions {
@@ -115,6 +118,7 @@ impl Default for AuditOptions {
         AuditOptions {
             sanity: true,
             keep_examples: 8,
+            watch: vec![],
         }
     }
 }
@@ -216,6 +220,7 @@ pub fn run_audit_with(
     let mut tally = plan.map(|p| {
         let mut t = RobustTally::new(k, &p.eps, p.attacks.clone(), p.cascade);
         t.keep_examples(opts.keep_examples);
+        t.watch_examples(opts.watch.clone());
         t
     });
     let (mut raw, mut labels, mut mapped) = (vec![], vec![], vec![]);

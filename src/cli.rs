@@ -1026,16 +1026,7 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         }
     };
     if let Some(b) = &baseline {
-        let eps = plan.as_ref().map(|p| p.eps.clone()).unwrap_or_default();
-        if b.eps != eps {
-            let l = |v: &[f32]| v.iter().map(f32::to_string).collect::<Vec<_>>().join(",");
-            bail!(
-                "the baseline {} was measured differently: field `robust.results[].eps` is [{}] there and --eps [{}] here; a comparison needs the same data, examples, threat model, eps and attacks",
-                b.file,
-                l(&b.eps),
-                l(&eps)
-            );
-        }
+        crate::report::compare::check_plan(b, plan.as_ref())?;
     }
     // A clean audit and gradient attacks need every op supported; Square alone does not.
     let gradient_free = plan
@@ -1071,6 +1062,17 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         plan.as_ref(),
         &audit::AuditOptions {
             sanity: !a.report.no_sanity_checks,
+            // The baseline's robust examples: those that break now are shown with images.
+            watch: baseline
+                .as_ref()
+                .map(|b| {
+                    b.per_example
+                        .iter()
+                        .filter(|o| o.eps.iter().any(|e| e.robust))
+                        .map(|o| o.example)
+                        .collect()
+                })
+                .unwrap_or_default(),
             ..Default::default()
         },
         &mut |n| bar.set_position(n),

@@ -228,6 +228,10 @@ pub struct EpsResult {
     pub cross_checks: CrossChecks,
     /// The first adversarial examples found (re-checked), for the report's image grid.
     pub examples: Vec<AdvPair>,
+    /// The adversarial examples found for the watched examples
+    /// ([`RobustTally::watch_examples`]; in memory only, for the comparison's images).
+    #[serde(skip)]
+    pub watched: Vec<AdvPair>,
 }
 
 /// Per-example comparisons between kinds of attack at one eps, over clean-correct
@@ -336,6 +340,9 @@ pub struct RobustTally {
     cross: Vec<CrossChecks>,
     keep: usize,
     kept: Vec<Vec<AdvPair>>,
+    /// Examples (data positions, sorted) whose adversarial examples are kept as well.
+    watch: Vec<u64>,
+    watched: Vec<Vec<AdvPair>>,
     /// Per attacked example (data position), its outcomes per eps, in data order.
     outcomes: Vec<(u64, Vec<EpsOutcome>)>,
 }
@@ -359,6 +366,8 @@ impl RobustTally {
             cross: vec![CrossChecks::default(); eps.len()],
             keep: 8,
             kept: vec![vec![]; eps.len()],
+            watch: vec![],
+            watched: vec![vec![]; eps.len()],
             outcomes: vec![],
             attacks,
         }
@@ -367,6 +376,14 @@ impl RobustTally {
     /// Keep the first `n` adversarial examples per eps for the report (default 8).
     pub fn keep_examples(&mut self, n: usize) {
         self.keep = n;
+    }
+
+    /// Also keep the adversarial examples found for these examples (data positions),
+    /// one per eps: the examples a comparison with a baseline may show.
+    pub fn watch_examples(&mut self, mut ids: Vec<u64>) {
+        ids.sort_unstable();
+        ids.dedup();
+        self.watch = ids;
     }
 
     /// Attacks one batch (`x` in the model's raw input space; `ids` the examples'
@@ -445,6 +462,19 @@ impl RobustTally {
                                     o.broken = true;
                                     o.adversarial_prediction = Some(preds[m]);
                                     o.distance = Some(distance(norm, xa, xc));
+                                }
+                                let watched = self.watch.binary_search(&id).is_ok()
+                                    && !self.watched[e].iter().any(|p| p.example == id);
+                                if watched {
+                                    self.watched[e].push(AdvPair {
+                                        example: id,
+                                        label: y[j],
+                                        adversarial_prediction: preds[m],
+                                        attack: spec.name().to_string(),
+                                        distance: distance(norm, xa, xc),
+                                        clean: xc.to_vec(),
+                                        adversarial: xa.to_vec(),
+                                    });
                                 }
                                 if self.kept[e].len() < self.keep
                                     && !self.kept[e].iter().any(|p| p.example == id)
@@ -553,6 +583,7 @@ impl RobustTally {
                     .collect(),
                 cross_checks: self.cross[e].clone(),
                 examples: self.kept[e].clone(),
+                watched: self.watched[e].clone(),
             })
             .collect()
     }

@@ -149,6 +149,21 @@ fn perturbed_weight_fails_other_seed_passes() {
     assert!(md.contains("90.00% → "), "{md}");
     let html = std::fs::read_to_string(new.join("report.html")).unwrap();
     assert!(html.contains("<h2>Compared with the baseline</h2>"));
+    // The lost robust examples with their images (clean, adversarial, perturbation).
+    let robust_lost = metric(&r, "robust-accuracy@0.05")["lost"].as_array().unwrap();
+    let grid = html
+        .split("Robust in the baseline, broken now at eps 0.05")
+        .nth(1)
+        .expect("the lost examples' images")
+        .split("</div>\n</div>")
+        .next()
+        .unwrap();
+    for x in robust_lost.iter().take(harden::report::compare::FLIPS_SHOWN) {
+        if x["attack"].is_string() {
+            let alt = format!("alt=\"adversarial example {}\"", x["example"]);
+            assert!(grid.contains(&alt), "{alt}");
+        }
+    }
     let xml = std::fs::read_to_string(&junit).unwrap();
     let doc = roxmltree::Document::parse(&xml).unwrap();
     let cases: Vec<_> = doc

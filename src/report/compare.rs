@@ -159,15 +159,9 @@ impl Side {
                 .ok()
                 .and_then(Value::as_array)
                 .ok_or_else(|| anyhow!("{file}: field `{}` is missing", p("robust.attacks")))?;
-            for at in attacks {
-                let mut at = at.clone();
-                if let Some(o) = at.as_object_mut() {
-                    if let Some(s) = o.remove("seed").and_then(|s| s.as_u64()) {
-                        side.seed.get_or_insert(s);
-                    }
-                }
-                side.attacks.push(at);
-            }
+            let (attacks, seed) = without_seeds(attacks);
+            side.attacks = attacks;
+            side.seed = seed;
             let results = field(file, rb, "results")
                 .ok()
                 .and_then(Value::as_array)
@@ -240,6 +234,48 @@ impl Side {
             .filter(|o| o.label.is_some())
             .count() as u64
     }
+}
+
+/// The attacks' settings without their `seed`s, and the first seed.
+fn without_seeds(attacks: &[Value]) -> (Vec<Value>, Option<u64>) {
+    let mut seed = None;
+    let v = attacks
+        .iter()
+        .map(|at| {
+            let mut at = at.clone();
+            if let Some(o) = at.as_object_mut() {
+                if let Some(s) = o.remove("seed").and_then(|s| s.as_u64()) {
+                    seed.get_or_insert(s);
+                }
+            }
+            at
+        })
+        .collect();
+    (v, seed)
+}
+
+/// Checks, before a run, what the flags already say against the baseline: the norm,
+/// eps, attacks and their settings (the seed may differ). The error names the field.
+pub fn check_plan(before: &Side, plan: Option<&crate::audit::RobustPlan>) -> Result<()> {
+    let mut probe = before.clone();
+    match plan {
+        None => {
+            probe.norm = None;
+            probe.eps = vec![];
+            probe.attacks = vec![];
+            probe.cascade = None;
+        }
+        Some(p) => {
+            // Through JSON text, as the report will hold them.
+            let text = serde_json::to_string(&(&p.norm, &p.attacks))?;
+            let (norm, attacks): (Value, Vec<Value>) = serde_json::from_str(&text)?;
+            probe.norm = norm.as_str().map(str::to_string);
+            probe.eps = p.eps.clone();
+            probe.attacks = without_seeds(&attacks).0;
+            probe.cascade = Some(p.cascade);
+        }
+    }
+    check_compatible(before, &probe)
 }
 
 /// Checks that `after` was measured like `before`: same data and examples (labels),
@@ -481,8 +517,9 @@ pub fn compare(before: &Side, after: &Side, max_drop: f64, alpha: f64) -> Result
     })
 }
 
-/// The report section "Compared with the baseline".
-pub fn section(c: &Comparison, model_now: &str) -> Section {
+/// The report section "Compared with the baseline"; `audit` the index (in
+/// `Report::audits`) of the compared audit, for the images of the lost examples.
+pub fn section(c: &Comparison, model_now: &str, audit: Option<usize>) -> Section {
     let mut blocks = vec![Block::Para(format!(
         "Baseline {} (model {}, sha256 {}…) against this model ({}), on the same {} labelled examples, data, threat model, eps and attacks; attack seed {} there, {} here. Paired per example: lost = right in the baseline and wrong now, gained = the reverse; McNemar's exact test on them (two-sided). A metric fails when it drops by more than {:.2} points and p < {}.",
         c.baseline,
@@ -570,6 +607,17 @@ pub fn section(c: &Comparison, model_now: &str) -> Section {
             ],
             rows,
         });
+        if let Some(audit) = audit {
+            for m in &c.metrics {
+                if let (Some(eps), false) = (m.eps, m.lost.is_empty()) {
+                    blocks.push(Block::Pairs {
+                        audit,
+                        eps,
+                        examples: m.lost.iter().take(FLIPS_SHOWN).map(|f| f.example).collect(),
+                    });
+                }
+            }
+        }
     }
     Section {
         title: SECTION_TITLE.into(),
@@ -583,7 +631,7 @@ pub const SECTION_TITLE: &str = "Compared with the baseline";
 /// The comparison alone as Markdown (`harden report diff`).
 pub fn markdown(c: &Comparison, model_now: &str) -> String {
     let mut s = String::new();
-    super::markdown::render_section(&mut s, &section(c, model_now));
+    super::markdown::render_section(&mut s, &section(c, model_now, None));
     s
 }
 

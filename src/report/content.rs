@@ -23,6 +23,13 @@ pub enum Block {
     Plot,
     /// The clean/adversarial image grid of audit `.0` (index into `Report::audits`).
     Grid(usize),
+    /// The images of `examples` at `eps` that audit `audit` kept (the examples a
+    /// comparison with a baseline lost; HTML only).
+    Pairs {
+        audit: usize,
+        eps: f32,
+        examples: Vec<u64>,
+    },
 }
 
 pub struct Section {
@@ -145,7 +152,11 @@ pub fn sections(r: &Report) -> Vec<Section> {
         blocks,
     });
     if let Some(c) = &r.baseline {
-        out.push(super::compare::section(c, &r.primary().model.path));
+        out.push(super::compare::section(
+            c,
+            &r.primary().model.path,
+            Some(audits.len() - 1),
+        ));
     }
 
     // Model.

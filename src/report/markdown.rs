@@ -65,7 +65,8 @@ fn block(s: &mut String, b: &Block) {
         Block::Plot => {
             s.push_str("The plot of robust accuracy against eps is in report.html.\n\n");
         }
-        Block::Grid(_) => {}
+        // The images are in the HTML; the table above lists the examples.
+        Block::Grid(_) | Block::Pairs { .. } => {}
     }
 }
 

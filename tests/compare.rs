@@ -150,7 +150,9 @@ fn perturbed_weight_fails_other_seed_passes() {
     let html = std::fs::read_to_string(new.join("report.html")).unwrap();
     assert!(html.contains("<h2>Compared with the baseline</h2>"));
     // The lost robust examples with their images (clean, adversarial, perturbation).
-    let robust_lost = metric(&r, "robust-accuracy@0.05")["lost"].as_array().unwrap();
+    let robust_lost = metric(&r, "robust-accuracy@0.05")["lost"]
+        .as_array()
+        .unwrap();
     let grid = html
         .split("Robust in the baseline, broken now at eps 0.05")
         .nth(1)
@@ -158,7 +160,10 @@ fn perturbed_weight_fails_other_seed_passes() {
         .split("</div>\n</div>")
         .next()
         .unwrap();
-    for x in robust_lost.iter().take(harden::report::compare::FLIPS_SHOWN) {
+    for x in robust_lost
+        .iter()
+        .take(harden::report::compare::FLIPS_SHOWN)
+    {
         if x["attack"].is_string() {
             let alt = format!("alt=\"adversarial example {}\"", x["example"]);
             assert!(grid.contains(&alt), "{alt}");

@@ -1,16 +1,17 @@
 //! The report's JSON layout: pretty-printed (two-space indent, keys in declaration
-//! order) except inside the arrays named `per_example`, whose elements are written one
-//! per line, compact, so a report of thousands of examples stays readable and small.
+//! order) except inside the arrays of per-example records (`per_example`, and a
+//! comparison's `lost` examples), whose elements are written one per line, compact, so a
+//! report of thousands of examples stays readable and small.
 
 use std::io;
 
 use serde::Serialize;
 use serde_json::ser::{CompactFormatter, Formatter, PrettyFormatter};
 
-/// The key whose array elements are written compact, one per line.
-pub const ROWS_KEY: &str = "per_example";
+/// The keys whose array elements are written compact, one per line.
+pub const ROWS_KEYS: [&str; 2] = ["per_example", "lost"];
 
-/// `value` as pretty JSON with the elements of [`ROWS_KEY`] arrays one per line.
+/// `value` as pretty JSON with the elements of [`ROWS_KEYS`] arrays one per line.
 pub fn to_string(value: &impl Serialize) -> serde_json::Result<String> {
     let mut out = Vec::new();
     let mut ser = serde_json::Serializer::with_formatter(&mut out, RowsFormatter::default());
@@ -19,8 +20,7 @@ pub fn to_string(value: &impl Serialize) -> serde_json::Result<String> {
     Ok(String::from_utf8(out).unwrap_or_default())
 }
 
-/// A `PrettyFormatter` that hands over to a `CompactFormatter` below a `per_example`
-/// array.
+/// A `PrettyFormatter` that hands over to a `CompactFormatter` below a rows array.
 #[derive(Default)]
 struct RowsFormatter {
     pretty: PrettyFormatter<'static>,
@@ -138,7 +138,7 @@ impl Formatter for RowsFormatter {
 
     fn end_object_key<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
         if let Some(k) = self.key.take() {
-            self.rows_next = k == ROWS_KEY;
+            self.rows_next = ROWS_KEYS.contains(&k.as_str());
         }
         if self.inside_row() {
             self.compact.end_object_key(w)

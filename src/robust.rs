@@ -76,20 +76,21 @@ impl AttackSpec {
         }
     }
 
-    /// The attack's budget per example: forward or gradient evaluations it may spend on
-    /// one example (FGSM 1, PGD steps x restarts, APGD steps x restarts, times the
-    /// targets for APGD-T, Square its queries).
+    /// The attack's budget per example: the most forward or gradient evaluations it may
+    /// spend on one example (FGSM 2: the gradient and the re-check; PGD (steps + 1) x
+    /// restarts; APGD (1 + steps) x restarts, for APGD-T times the targets plus the clean
+    /// pass that ranks them; Square its queries).
     pub fn budget_per_example(&self) -> u64 {
         match self {
-            AttackSpec::Fgsm => 1,
-            AttackSpec::Pgd(c) => (c.steps * c.restarts) as u64,
-            AttackSpec::ApgdCe(c) | AttackSpec::ApgdDlr(c) => (c.steps * c.restarts) as u64,
+            AttackSpec::Fgsm => 2,
+            AttackSpec::Pgd(c) => ((c.steps + 1) * c.restarts) as u64,
+            AttackSpec::ApgdCe(c) | AttackSpec::ApgdDlr(c) => ((c.steps + 1) * c.restarts) as u64,
             AttackSpec::ApgdT(c) => {
                 let targets = match c.loss {
                     ApgdLoss::DlrTargeted { n_targets } => n_targets,
                     _ => 1,
                 };
-                (c.steps * c.restarts * targets) as u64
+                (1 + (c.steps + 1) * c.restarts * targets) as u64
             }
             AttackSpec::Square(c) => c.queries as u64,
         }
@@ -301,7 +302,10 @@ pub struct AttackOutcome {
     pub adversarial_prediction: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distance: Option<f32>,
-    /// The attack's budget for this example ([`AttackSpec::budget_per_example`]).
+    /// Forward or gradient evaluations the attack spent on this example (it stops at the
+    /// first adversarial iterate)...
+    pub evaluations: u64,
+    /// ...of its budget for it ([`AttackSpec::budget_per_example`]).
     pub budget: u64,
 }
 
@@ -433,6 +437,7 @@ impl RobustTally {
                         broken: false,
                         adversarial_prediction: None,
                         distance: None,
+                        evaluations: 0,
                         budget: spec.budget_per_example(),
                     });
                 }
@@ -441,6 +446,11 @@ impl RobustTally {
                     let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
                     let out = run_attack(spec, oracle, &x0, &y, &threat, geometry)?;
                     self.evaluations[e][a] += out.evaluations;
+                    for (j, &i) in idx.iter().enumerate() {
+                        if let Some(o) = found_by[i].last_mut() {
+                            o.evaluations = out.spent[j];
+                        }
+                    }
                     let found: Vec<usize> = (0..idx.len()).filter(|j| out.success[*j]).collect();
                     if !found.is_empty() {
                         let adv = gather(&out.x_adv, &found, len);
@@ -685,6 +695,17 @@ mod tests {
                     .filter(|(_, o)| o[e].attacks.iter().any(|x| &x.attack == name && x.broken))
                     .count() as u64;
                 assert_eq!(broken, att.broken, "{name}");
+            }
+            for att in &res.attacks {
+                // The per-example spending adds up to the attack's, within its budget.
+                let spent: u64 = outcomes
+                    .iter()
+                    .flat_map(|(_, o)| o[e].attacks.iter())
+                    .filter(|x| x.attack == att.attack)
+                    .inspect(|x| assert!(x.evaluations >= 1 && x.evaluations <= x.budget))
+                    .map(|x| x.evaluations)
+                    .sum();
+                assert_eq!(spent, att.evaluations, "{}", att.attack);
             }
             for (i, o) in &outcomes {
                 for x in o[e].attacks.iter().filter(|x| x.broken) {

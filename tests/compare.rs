@@ -381,7 +381,7 @@ fn per_example_files_agree_with_the_report() {
         .sum();
     let rows: Vec<Vec<&str>> = rows.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), attacked);
-    assert!(rows.iter().all(|r| r.len() == 11));
+    assert!(rows.iter().all(|r| r.len() == 12));
     let broken: Vec<&Vec<&str>> = rows.iter().filter(|r| r[7] == "true").collect();
     assert!(!broken.is_empty());
     for r in broken {
@@ -389,6 +389,20 @@ fn per_example_files_agree_with_the_report() {
         assert!(d > 0.0 && d <= 0.05 * 1.0001, "{r:?}");
         assert_ne!(r[8], r[2], "{r:?}");
     }
+    // Evaluations spent within the budget: FGSM 2 (gradient, check); 5-step PGD at most 6,
+    // fewer when it broke the example early.
+    for r in rows.iter().filter(|r| !r[6].is_empty()) {
+        let (spent, budget): (u64, u64) = (r[10].parse().unwrap(), r[11].parse().unwrap());
+        assert!(spent >= 1 && spent <= budget, "{r:?}");
+        match r[6] {
+            "fgsm" => assert_eq!((spent, budget), (2, 2)),
+            "pgd" => assert_eq!(budget, 6),
+            other => panic!("{other}"),
+        }
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r[6] == "pgd" && r[7] == "true" && r[10].parse::<u64>().unwrap() < 6));
     fails_with(
         &[
             "audit",

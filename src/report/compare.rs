@@ -671,7 +671,8 @@ mod tests {
                             broken: !r,
                             adversarial_prediction: (!r).then_some(3),
                             distance: (!r).then_some(0.1),
-                            budget: 1,
+                            evaluations: 2,
+                            budget: 2,
                         }],
                     }],
                 })

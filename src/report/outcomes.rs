@@ -37,7 +37,7 @@ pub fn format_of(path: &Path) -> Result<Format> {
 
 /// The CSV columns.
 pub const CSV_HEAD: &str =
-    "audit,example,label,clean_prediction,eps,robust,attack,broken,adversarial_prediction,distance,budget";
+    "audit,example,label,clean_prediction,eps,robust,attack,broken,adversarial_prediction,distance,evaluations,budget";
 
 #[derive(Serialize)]
 struct Line<'a> {
@@ -73,22 +73,23 @@ pub fn render(r: &Report, format: Format) -> Result<String> {
                         o.clean_prediction
                     );
                     if o.eps.is_empty() {
-                        let _ = writeln!(s, "{head},,,,,,,");
+                        let _ = writeln!(s, "{head},,,,,,,,");
                     }
                     for e in &o.eps {
                         if e.attacks.is_empty() {
-                            let _ = writeln!(s, "{head},{},{},,,,,", e.eps, e.robust);
+                            let _ = writeln!(s, "{head},{},{},,,,,,", e.eps, e.robust);
                         }
                         for t in &e.attacks {
                             let _ = writeln!(
                                 s,
-                                "{head},{},{},{},{},{},{},{}",
+                                "{head},{},{},{},{},{},{},{},{}",
                                 e.eps,
                                 e.robust,
                                 t.attack,
                                 t.broken,
                                 opt(t.adversarial_prediction),
                                 t.distance.map(|d| d.to_string()).unwrap_or_default(),
+                                t.evaluations,
                                 t.budget
                             );
                         }

@@ -577,6 +577,9 @@ fn card_in_the_hardened_model_and_files_follow_the_umask() {
     let file = std::fs::read_to_string(rep.join("card.md")).unwrap();
     assert_eq!(card, file);
     assert!(card.contains("## Hardening") && card.contains("Before hardening"));
+    // The settings, nested keys by dots, f32 values as written.
+    assert!(card.contains("\n- optim.kind: adam\n"), "{card}");
+    assert!(card.contains("\n- eps: 0.1\n"), "{card}");
     assert!(card.contains("--card-in-model"), "the command line: {card}");
     // The report records the sha256 of the file as written (with its card).
     let r = read_json(&rep.join("report.json"));

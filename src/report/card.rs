@@ -374,18 +374,21 @@ pub fn render(r: &Report) -> String {
         s.push_str("## Hardening\n\n");
         let _ = writeln!(
             s,
-            "Adversarially fine-tuned by harden: method {}, eps {}, {} epoch{}. Settings:\n",
+            "Adversarially fine-tuned by harden: method {}, eps {}, {} epoch{}.\n",
             h.method,
             h.eps,
             h.epochs,
             if h.epochs == 1 { "" } else { "s" }
         );
-        let mut lines = vec![];
-        settings_lines("", &h.settings, &mut lines);
-        for l in &lines {
-            let _ = writeln!(s, "- {l}");
+        if !h.settings.is_null() {
+            let mut lines = vec![];
+            settings_lines("", &h.settings, &mut lines);
+            s.push_str("Settings:\n\n");
+            for l in &lines {
+                let _ = writeln!(s, "- {l}");
+            }
+            s.push('\n');
         }
-        s.push('\n');
         s.push_str("Before hardening (the original model, same data and attacks):\n\n");
         table(&mut s, &h.before);
     }

@@ -100,12 +100,7 @@ impl Side {
                     p("per_example")
                 )
             })?;
-        let examples = u64_field(file, a, "data.examples").map_err(|_| {
-            anyhow!(
-                "{file}: field `{}` is missing or not a number",
-                p("data.examples")
-            )
-        })?;
+        let examples = u64_field(file, &v, &p("data.examples"))?;
         if per_example.len() as u64 != examples {
             bail!(
                 "{file}: field `{}` holds {} examples but `{}` says {examples} (a truncated or hand-edited report?)",
@@ -129,12 +124,9 @@ impl Side {
         let mut side = Side {
             file: file.to_string(),
             role: role.to_string(),
-            model_path: str_field(file, a, "model.path")
-                .map_err(|_| anyhow!("{file}: field `{}` is missing", p("model.path")))?,
-            sha256: str_field(file, a, "model.sha256")
-                .map_err(|_| anyhow!("{file}: field `{}` is missing", p("model.sha256")))?,
-            data_spec: str_field(file, a, "data.spec")
-                .map_err(|_| anyhow!("{file}: field `{}` is missing", p("data.spec")))?,
+            model_path: str_field(file, &v, &p("model.path"))?,
+            sha256: str_field(file, &v, &p("model.sha256"))?,
+            data_spec: str_field(file, &v, &p("data.spec"))?,
             examples,
             class_names: a
                 .get("class_names")
@@ -149,23 +141,18 @@ impl Side {
             per_example,
         };
         if let Some(rb) = robust {
-            side.norm = Some(
-                str_field(file, rb, "norm")
-                    .map_err(|_| anyhow!("{file}: field `{}` is missing", p("robust.norm")))?,
-            );
+            side.norm = Some(str_field(file, &v, &p("robust.norm"))?);
             side.range = rb.get("range").cloned();
             side.cascade = rb.get("cascade").and_then(Value::as_bool);
-            let attacks = field(file, rb, "attacks")
-                .ok()
-                .and_then(Value::as_array)
-                .ok_or_else(|| anyhow!("{file}: field `{}` is missing", p("robust.attacks")))?;
+            let attacks = field(file, &v, &p("robust.attacks"))?
+                .as_array()
+                .ok_or_else(|| anyhow!("{file}: field `{}` is not a list", p("robust.attacks")))?;
             let (attacks, seed) = without_seeds(attacks);
             side.attacks = attacks;
             side.seed = seed;
-            let results = field(file, rb, "results")
-                .ok()
-                .and_then(Value::as_array)
-                .ok_or_else(|| anyhow!("{file}: field `{}` is missing", p("robust.results")))?;
+            let results = field(file, &v, &p("robust.results"))?
+                .as_array()
+                .ok_or_else(|| anyhow!("{file}: field `{}` is not a list", p("robust.results")))?;
             for (e, r) in results.iter().enumerate() {
                 let what = p(&format!("robust.results[{e}]"));
                 let eps = r
@@ -200,18 +187,13 @@ impl Side {
             }
         }
         let correct = side.per_example.iter().filter(|o| o.correct()).count() as u64;
-        if let Some(c) = a
-            .get("clean")
-            .and_then(|c| c.get("correct"))
-            .and_then(Value::as_u64)
-        {
-            if c != correct {
-                bail!(
-                    "{file}: field `{}` says {c} correct but `{}` has {correct} (a hand-edited report?)",
-                    p("clean.correct"),
-                    p("per_example")
-                );
-            }
+        let c = u64_field(file, &v, &p("clean.correct"))?;
+        if c != correct {
+            bail!(
+                "{file}: field `{}` says {c} correct but `{}` has {correct} (a hand-edited report?)",
+                p("clean.correct"),
+                p("per_example")
+            );
         }
         Ok(side)
     }

@@ -1041,6 +1041,9 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         &a.run,
         env,
     )?;
+    if let Some(b) = &baseline {
+        crate::report::compare::check_data(b, &s.data_spec)?;
+    }
     if let Some(p) = &plan {
         for &eps in &p.eps {
             crate::attack::Threat::new(p.norm, eps, s.spec.range)?;

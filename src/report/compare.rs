@@ -260,6 +260,13 @@ pub fn check_plan(before: &Side, plan: Option<&crate::audit::RobustPlan>) -> Res
     check_compatible(before, &probe)
 }
 
+/// Checks, once the data is open and before the run, the data against the baseline's.
+pub fn check_data(before: &Side, data_spec: &str) -> Result<()> {
+    let mut probe = before.clone();
+    probe.data_spec = data_spec.to_string();
+    check_compatible(before, &probe)
+}
+
 /// Checks that `after` was measured like `before`: same data and examples (labels),
 /// threat model, eps and attacks (the seed may differ). The error names the field.
 pub fn check_compatible(before: &Side, after: &Side) -> Result<()> {

@@ -12,11 +12,12 @@ use crate::data::DataSource;
 use crate::metrics::{argmax, CleanMetrics, Confusion};
 use crate::model::{OnnxModel, OutputKind, TensorInfo};
 use crate::oracle::ModelOracle;
-use crate::robust::{AttackSpec, EpsResult, RobustTally};
+use crate::robust::{AttackSpec, EpsResult, ExampleOutcome, RobustTally};
 use crate::spec::{DataMapping, InputSpec, Layout};
 
 /// The version of the report's JSON (`report::Report`), which holds `AuditReport`s.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: `per_example` (one line per example) and `model_card`.
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelFacts {
@@ -90,6 +91,9 @@ pub struct AuditReport {
     pub sanity: Vec<crate::report::sanity::Check>,
     /// The shape of one example as the model sees it (for the image grid).
     pub example_shape: Vec<usize>,
+    /// Every example's outcome, in data order (`report::Report::to_json` writes one line
+    /// per example).
+    pub per_example: Vec<ExampleOutcome>,
     #[serde(skip)]
     pub predictions: Vec<usize>,
     /// Volatile facts; a `report::Report` gathers them under its one `meta` key.
@@ -104,6 +108,9 @@ pub struct AuditOptions {
     pub sanity: bool,
     /// Adversarial examples kept per eps for the image grid.
     pub keep_examples: usize,
+    /// Examples (data positions) whose adversarial examples are kept too, for the images
+    /// of a comparison with a baseline (`EpsResult::watched`).
+    pub watch: Vec<u64>,
 }
 
 impl Default for AuditOptions {
@@ -111,6 +118,7 @@ impl Default for AuditOptions {
         AuditOptions {
             sanity: true,
             keep_examples: 8,
+            watch: vec![],
         }
     }
 }
@@ -205,12 +213,14 @@ pub fn run_audit_with(
     let mut probe = crate::report::sanity::Probe::new(opts.sanity);
     let mut confusion = Confusion::new(k);
     let mut predictions = vec![];
+    let mut all_labels: Vec<Option<usize>> = vec![];
     let mut like_probs = 0u64;
     let chunk = oracle.classifier().batch().max(64);
     let geo = geometry(spec.layout, &mapping.example_shape);
     let mut tally = plan.map(|p| {
         let mut t = RobustTally::new(k, &p.eps, p.attacks.clone(), p.cascade);
         t.keep_examples(opts.keep_examples);
+        t.watch_examples(opts.watch.clone());
         t
     });
     let (mut raw, mut labels, mut mapped) = (vec![], vec![], vec![]);
@@ -223,6 +233,7 @@ pub fn run_audit_with(
             break;
         }
         mapping.map_batch(&raw, &mut mapped, seen)?;
+        all_labels.extend_from_slice(&labels[..n]);
         let logits = oracle.classifier().logits(&mapped)?;
         crate::classifier::check_finite(&logits, seen)?;
         let mut batch_preds = Vec::with_capacity(n);
@@ -259,7 +270,8 @@ pub fn run_audit_with(
                 let x = crate::attack::gather(&mapped, &idx, len);
                 let y: Vec<usize> = idx.iter().filter_map(|i| labels[*i]).collect();
                 let pr: Vec<usize> = idx.iter().map(|i| batch_preds[*i]).collect();
-                t.add_batch(oracle, &x, &y, &pr, p.norm, spec.range, geo)?;
+                let ids: Vec<u64> = idx.iter().map(|i| (seen + i) as u64).collect();
+                t.add_batch(oracle, &x, &ids, &y, &pr, p.norm, spec.range, geo)?;
             }
         }
         seen += n;
@@ -269,6 +281,30 @@ pub fn run_audit_with(
         bail!("the data holds no examples");
     }
     let clean = confusion.metrics();
+    let mut attacked = tally
+        .as_mut()
+        .map(|t| t.take_outcomes())
+        .unwrap_or_default()
+        .into_iter()
+        .peekable();
+    let per_example: Vec<ExampleOutcome> = predictions
+        .iter()
+        .zip(&all_labels)
+        .enumerate()
+        .map(|(i, (&p, &label))| {
+            let i = i as u64;
+            let eps = match attacked.peek() {
+                Some((id, _)) if *id == i => attacked.next().map(|x| x.1).unwrap_or_default(),
+                _ => vec![],
+            };
+            ExampleOutcome {
+                example: i,
+                label,
+                clean_prediction: p,
+                eps,
+            }
+        })
+        .collect();
     let robust = match (tally, plan) {
         (Some(t), Some(p)) => {
             if clean.labelled == 0 {
@@ -320,6 +356,7 @@ pub fn run_audit_with(
         robust,
         sanity,
         example_shape: mapping.example_shape.clone(),
+        per_example,
         predictions,
         meta: Meta::default(),
     })

@@ -166,6 +166,10 @@ pub struct HardenArgs {
     /// The hardened model (default: MODEL.hardened.onnx next to MODEL).
     #[arg(short, long, value_name = "OUT.onnx")]
     pub output: Option<PathBuf>,
+    /// Also write the robustness card (card.md) into the hardened model's metadata_props,
+    /// under the key harden.robustness_card.
+    #[arg(long)]
+    pub card_in_model: bool,
     /// The before/after report (`--report DIR`), its gates on the hardened model and the
     /// sanity checks.
     #[command(flatten)]
@@ -210,6 +214,43 @@ pub enum Command {
     Falsify(FalsifyArgs),
     /// Write the gradient graph of a model (loss and input gradient, standard ONNX ops).
     Grad(GradArgs),
+    /// Work on existing reports (report.json files) without running anything.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportCommand {
+    /// Compare report B with baseline report A (as `audit --baseline`): the same data,
+    /// examples, threat model and attacks, per example, with McNemar's exact test. Prints
+    /// the comparison as Markdown; exits 1 when a metric drops by more than --max-drop
+    /// and significantly at --alpha.
+    Diff(DiffArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The baseline report.json.
+    pub baseline: PathBuf,
+    /// The report.json to compare with it.
+    pub report: PathBuf,
+    #[command(flatten)]
+    pub compare: CompareArgs,
+    /// Write the compared metrics as a JUnit XML file (one test case per metric).
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+}
+
+/// How a report is compared with its baseline (`audit --baseline`, `report diff`).
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// Fail (exit 1) when clean or worst-case robust accuracy drops by more than X (a
+    /// fraction: 0.02 for 2 points) and the drop is significant at --alpha.
+    #[arg(long, value_name = "X", default_value_t = crate::report::compare::MAX_DROP, allow_hyphen_values = true)]
+    pub max_drop: f64,
+    /// Significance level of McNemar's exact test on the examples that changed.
+    #[arg(long, value_name = "A", default_value_t = crate::report::compare::ALPHA, allow_hyphen_values = true)]
+    pub alpha: f64,
 }
 
 /// Attack settings shared by `audit` and `attack`.
@@ -354,6 +395,13 @@ pub struct AuditArgs {
     pub attack_opts: AttackOpts,
     #[command(flatten)]
     pub report: ReportArgs,
+    /// Compare with this earlier report.json (same data, examples, threat model and
+    /// attacks; the seed may differ): paired per example, McNemar's exact test; exit 1 on
+    /// a significant drop larger than --max-drop.
+    #[arg(long, value_name = "REPORT.json")]
+    pub baseline: Option<PathBuf>,
+    #[command(flatten)]
+    pub compare: CompareArgs,
     #[command(flatten)]
     pub input: InputArgs,
     #[command(flatten)]
@@ -378,11 +426,25 @@ pub struct ReportArgs {
     /// Skip the sanity checks (they attack a few examples again).
     #[arg(long)]
     pub no_sanity_checks: bool,
+    /// Write every example's outcome (label, clean prediction, per eps and attack: broken,
+    /// adversarial prediction, distance, budget) to FILE: .jsonl (JSON Lines) or .csv.
+    #[arg(long, value_name = "FILE")]
+    pub per_example: Option<PathBuf>,
 }
 
 impl ReportArgs {
     /// Checks the flags before any work: thresholds, and that the outputs can be written.
     pub fn validate(&self, has_eps: bool) -> Result<()> {
+        self.validate_with(has_eps, false)
+    }
+
+    /// [`ReportArgs::validate`], with a baseline comparison (whose metrics also go to
+    /// `--junit`) when `has_baseline`.
+    pub fn validate_with(&self, has_eps: bool, has_baseline: bool) -> Result<()> {
+        if let Some(p) = &self.per_example {
+            crate::report::outcomes::format_of(p)?;
+            check_writable("--per-example", p)?;
+        }
         use crate::report::gate::check_threshold;
         if let Some(v) = self.min_clean_accuracy {
             check_threshold("--min-clean-accuracy", v)?;
@@ -394,9 +456,12 @@ impl ReportArgs {
             }
         }
         if let Some(j) = &self.junit {
-            if self.min_clean_accuracy.is_none() && self.min_robust_accuracy.is_none() {
+            if self.min_clean_accuracy.is_none()
+                && self.min_robust_accuracy.is_none()
+                && !has_baseline
+            {
                 bail!(
-                    "--junit writes the gates: pass --min-clean-accuracy or --min-robust-accuracy"
+                    "--junit writes the gates: pass --min-clean-accuracy, --min-robust-accuracy or --baseline"
                 );
             }
             check_writable("--junit", j)?;
@@ -407,21 +472,26 @@ impl ReportArgs {
         Ok(())
     }
 
-    /// Evaluates the gates on the report's audit and writes the report folder and JUnit
-    /// file; returns the exit code (0 all gates passed, 1 one failed).
+    /// Evaluates the gates on the report's audit, adds the robustness card and writes the
+    /// report folder, JUnit file and per-example file; returns the exit code (0 all gates
+    /// passed and no significant drop from the baseline, 1 otherwise).
     pub fn finish(&self, report: &mut crate::report::Report) -> Result<i32> {
         report.gates = crate::report::gate::evaluate(
             report.primary(),
             self.min_clean_accuracy,
             self.min_robust_accuracy,
         )?;
+        report.add_card();
         if let Some(d) = &self.report {
             crate::report::write_dir(d, report)?;
         }
         if let Some(j) = &self.junit {
             write_atomic(j, crate::report::junit::render(report).as_bytes())?;
         }
-        Ok(if report.gates_passed() {
+        if let Some(p) = &self.per_example {
+            crate::report::outcomes::write(p, report)?;
+        }
+        Ok(if report.passed() {
             EXIT_OK
         } else {
             EXIT_GATE_FAILED
@@ -670,6 +740,8 @@ pub struct Env {
     pub ort: OrtLocator,
     /// How the command's `--data` is opened (`--resize`, `--crop`, `--class-names`).
     pub data: data::OpenOptions,
+    /// The command line, `harden` and its arguments (for the report's `meta.command`).
+    pub command: Vec<String>,
 }
 
 impl Env {
@@ -688,6 +760,9 @@ impl Env {
             harden_data: std::env::var_os("HARDEN_DATA").map(PathBuf::from),
             home,
             data: data::OpenOptions::default(),
+            command: std::iter::once("harden".to_string())
+                .chain(std::env::args().skip(1))
+                .collect(),
         }
     }
 }
@@ -778,6 +853,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Attack(a) => attack_command(a, &env),
         Command::Falsify(a) => falsify_command(a, &env),
         Command::Grad(a) => grad_command(a),
+        Command::Report(ReportCommand::Diff(a)) => diff_command(a),
     }
 }
 
@@ -920,10 +996,19 @@ fn parse_eps_list(s: &str) -> Result<Vec<f32>> {
 fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
     let started = Instant::now();
     let started_unix = unix_now();
-    a.report.validate(a.eps.is_some())?;
+    a.report
+        .validate_with(a.eps.is_some(), a.baseline.is_some())?;
     if let Some(p) = a.json.as_deref().filter(|p| *p != Path::new("-")) {
         check_writable("--json", p)?;
     }
+    // The baseline is read and checked as far as the flags allow before any work.
+    let baseline = match &a.baseline {
+        Some(p) => {
+            crate::report::compare::check_settings(a.compare.max_drop, a.compare.alpha)?;
+            Some(crate::report::compare::Side::read(p)?)
+        }
+        None => None,
+    };
     let plan = match &a.eps {
         None => None,
         Some(e) => {
@@ -940,6 +1025,9 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
             })
         }
     };
+    if let Some(b) = &baseline {
+        crate::report::compare::check_plan(b, plan.as_ref())?;
+    }
     // A clean audit and gradient attacks need every op supported; Square alone does not.
     let gradient_free = plan
         .as_ref()
@@ -953,6 +1041,9 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         &a.run,
         env,
     )?;
+    if let Some(b) = &baseline {
+        crate::report::compare::check_data(b, &s.data_spec)?;
+    }
     if let Some(p) = &plan {
         for &eps in &p.eps {
             crate::attack::Threat::new(p.norm, eps, s.spec.range)?;
@@ -974,6 +1065,17 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         plan.as_ref(),
         &audit::AuditOptions {
             sanity: !a.report.no_sanity_checks,
+            // The baseline's robust examples: those that break now are shown with images.
+            watch: baseline
+                .as_ref()
+                .map(|b| {
+                    b.per_example
+                        .iter()
+                        .filter(|o| o.eps.iter().any(|e| e.robust))
+                        .map(|o| o.example)
+                        .collect()
+                })
+                .unwrap_or_default(),
             ..Default::default()
         },
         &mut |n| bar.set_position(n),
@@ -994,6 +1096,16 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         started.elapsed().as_secs_f64(),
     );
     stamp_device(&mut report, &s.ort);
+    report.meta.command = env.command.clone();
+    if let Some(b) = &baseline {
+        let now = crate::report::compare::Side::of_report(&report)?;
+        report.baseline = Some(crate::report::compare::compare(
+            b,
+            &now,
+            a.compare.max_drop,
+            a.compare.alpha,
+        )?);
+    }
     let code = a.report.finish(&mut report)?;
     let json = report.to_json()?;
     let summary = crate::report::summary(&report);
@@ -1010,6 +1122,39 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         print_stdout(&format!("report   {}\n", d.join("report.html").display()))?;
     }
     Ok(code)
+}
+
+/// `harden report diff A B`: the comparison of two existing reports.
+fn diff_command(a: DiffArgs) -> Result<i32> {
+    use crate::report::compare;
+    compare::check_settings(a.compare.max_drop, a.compare.alpha)?;
+    if let Some(j) = &a.junit {
+        check_writable("--junit", j)?;
+    }
+    let before = compare::Side::read(&a.baseline)?;
+    let after = compare::Side::read(&a.report)?;
+    let c = compare::compare(&before, &after, a.compare.max_drop, a.compare.alpha)?;
+    if let Some(j) = &a.junit {
+        let props = [
+            ("model", after.model_path.as_str()),
+            ("sha256", after.sha256.as_str()),
+            ("baseline", before.file.as_str()),
+        ];
+        let xml = crate::report::junit::render_parts(
+            &props,
+            &[],
+            Some(&c),
+            &crate::report::Meta::default(),
+        );
+        write_atomic(j, xml.as_bytes())?;
+    }
+    let mut out = compare::markdown(&c, &after.model_path);
+    for m in &c.metrics {
+        out += &m.line();
+        out.push('\n');
+    }
+    print_stdout(&out)?;
+    Ok(if c.passed { EXIT_OK } else { EXIT_GATE_FAILED })
 }
 
 fn attack_command(a: AttackArgs, env: &Env) -> Result<i32> {

@@ -4,7 +4,7 @@
 //! reports robust accuracy per attack and the per-example worst case over all attacks.
 
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::attack::apgd::{apgd, ApgdConfig, ApgdLoss};
 use crate::attack::fgsm::fgsm;
@@ -73,6 +73,26 @@ impl AttackSpec {
                 })
             }
             _ => None,
+        }
+    }
+
+    /// The attack's budget per example: the most forward or gradient evaluations it may
+    /// spend on one example (FGSM 2: the gradient and the re-check; PGD (steps + 1) x
+    /// restarts; APGD (1 + steps) x restarts, for APGD-T times the targets plus the clean
+    /// pass that ranks them; Square its queries).
+    pub fn budget_per_example(&self) -> u64 {
+        match self {
+            AttackSpec::Fgsm => 2,
+            AttackSpec::Pgd(c) => ((c.steps + 1) * c.restarts) as u64,
+            AttackSpec::ApgdCe(c) | AttackSpec::ApgdDlr(c) => ((c.steps + 1) * c.restarts) as u64,
+            AttackSpec::ApgdT(c) => {
+                let targets = match c.loss {
+                    ApgdLoss::DlrTargeted { n_targets } => n_targets,
+                    _ => 1,
+                };
+                (1 + (c.steps + 1) * c.restarts * targets) as u64
+            }
+            AttackSpec::Square(c) => c.queries as u64,
         }
     }
 
@@ -209,6 +229,10 @@ pub struct EpsResult {
     pub cross_checks: CrossChecks,
     /// The first adversarial examples found (re-checked), for the report's image grid.
     pub examples: Vec<AdvPair>,
+    /// The adversarial examples found for the watched examples
+    /// ([`RobustTally::watch_examples`]; in memory only, for the comparison's images).
+    #[serde(skip)]
+    pub watched: Vec<AdvPair>,
 }
 
 /// Per-example comparisons between kinds of attack at one eps, over clean-correct
@@ -225,11 +249,71 @@ pub struct CrossChecks {
     pub examples: u64,
 }
 
+/// One example's outcome in an audit: its label, the clean prediction and, per eps,
+/// what each attack that ran on it found. The one per-example record of an audit: the
+/// report's JSON (`per_example`), `--per-example` files and the baseline comparison
+/// (`report::compare`) all read it; keyed by `example`, the position in the data, so
+/// partial audits of the same data merge by it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExampleOutcome {
+    /// Position of the example in the data (data order, from 0).
+    pub example: u64,
+    /// `None` for an unlabelled example (never attacked).
+    pub label: Option<usize>,
+    pub clean_prediction: usize,
+    /// Per eps of the audit, in its order (empty without attacks or label).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eps: Vec<EpsOutcome>,
+}
+
+impl ExampleOutcome {
+    /// Labelled and classified correctly.
+    pub fn correct(&self) -> bool {
+        self.label == Some(self.clean_prediction)
+    }
+
+    /// The outcome at `eps`, if the audit attacked at that eps.
+    pub fn at(&self, eps: f32) -> Option<&EpsOutcome> {
+        self.eps.iter().find(|e| e.eps == eps)
+    }
+}
+
+/// One example at one eps.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpsOutcome {
+    pub eps: f32,
+    /// Per-example worst case: classified correctly and broken by no attack.
+    pub robust: bool,
+    /// The attacks that ran on the example, in the audit's order (a cascade skips the
+    /// attacks after the one that broke it; misclassified examples are not attacked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attacks: Vec<AttackOutcome>,
+}
+
+/// What one attack did to one example.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AttackOutcome {
+    pub attack: String,
+    /// An adversarial example was found and confirmed by a plain forward pass.
+    pub broken: bool,
+    /// The confirmed adversarial example's class and the threat model's norm of its
+    /// perturbation (when broken).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adversarial_prediction: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distance: Option<f32>,
+    /// Forward or gradient evaluations the attack spent on this example (it stops at the
+    /// first adversarial iterate)...
+    pub evaluations: u64,
+    /// ...of its budget for it ([`AttackSpec::budget_per_example`]).
+    pub budget: u64,
+}
+
 /// One clean example and the adversarial example an attack found for it (confirmed by a
 /// plain forward pass). The values are kept in memory for the HTML image grid only.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct AdvPair {
-    /// Position of the example among the labelled examples (data order).
+    /// Position of the example in the data (data order, as [`ExampleOutcome::example`]).
     pub example: u64,
     pub label: usize,
     pub adversarial_prediction: usize,
@@ -260,6 +344,11 @@ pub struct RobustTally {
     cross: Vec<CrossChecks>,
     keep: usize,
     kept: Vec<Vec<AdvPair>>,
+    /// Examples (data positions, sorted) whose adversarial examples are kept as well.
+    watch: Vec<u64>,
+    watched: Vec<Vec<AdvPair>>,
+    /// Per attacked example (data position), its outcomes per eps, in data order.
+    outcomes: Vec<(u64, Vec<EpsOutcome>)>,
 }
 
 impl RobustTally {
@@ -281,6 +370,9 @@ impl RobustTally {
             cross: vec![CrossChecks::default(); eps.len()],
             keep: 8,
             kept: vec![vec![]; eps.len()],
+            watch: vec![],
+            watched: vec![vec![]; eps.len()],
+            outcomes: vec![],
             attacks,
         }
     }
@@ -290,14 +382,24 @@ impl RobustTally {
         self.keep = n;
     }
 
-    /// Attacks one batch (`x` in the model's raw input space) and re-checks every
-    /// adversarial example with `oracle.logits` (a plain forward pass of the original
-    /// model, not a gradient graph).
+    /// Also keep the adversarial examples found for these examples (data positions),
+    /// one per eps: the examples a comparison with a baseline may show.
+    pub fn watch_examples(&mut self, mut ids: Vec<u64>) {
+        ids.sort_unstable();
+        ids.dedup();
+        self.watch = ids;
+    }
+
+    /// Attacks one batch (`x` in the model's raw input space; `ids` the examples'
+    /// positions in the data) and re-checks every adversarial example with
+    /// `oracle.logits` (a plain forward pass of the original model, not a gradient
+    /// graph).
     #[allow(clippy::too_many_arguments)]
     pub fn add_batch(
         &mut self,
         oracle: &mut dyn Oracle,
         x: &[f32],
+        ids: &[u64],
         labels: &[usize],
         clean_pred: &[usize],
         norm: Norm,
@@ -306,8 +408,11 @@ impl RobustTally {
     ) -> Result<()> {
         let len = oracle.example_len();
         let n = labels.len();
-        let first_id = self.total;
+        if ids.len() != n {
+            bail!("{} example ids for {n} labels", ids.len());
+        }
         self.total += n as u64;
+        let mut per_example: Vec<Vec<EpsOutcome>> = vec![vec![]; n];
         for &y in labels {
             self.class_support[y] += 1;
         }
@@ -318,6 +423,8 @@ impl RobustTally {
             // Per attack and example: tried, broken.
             let mut tried = vec![vec![false; n]; self.attacks.len()];
             let mut broke = vec![vec![false; n]; self.attacks.len()];
+            // Per example: what each attack that ran on it found.
+            let mut found_by: Vec<Vec<AttackOutcome>> = vec![vec![]; n];
             for (a, spec) in self.attacks.iter().enumerate() {
                 let idx: Vec<usize> = (0..n)
                     .filter(|&i| if self.cascade { robust[i] } else { correct[i] })
@@ -325,12 +432,25 @@ impl RobustTally {
                 self.attacked[e][a] += idx.len() as u64;
                 for &i in &idx {
                     tried[a][i] = true;
+                    found_by[i].push(AttackOutcome {
+                        attack: spec.name().to_string(),
+                        broken: false,
+                        adversarial_prediction: None,
+                        distance: None,
+                        evaluations: 0,
+                        budget: spec.budget_per_example(),
+                    });
                 }
                 if !idx.is_empty() {
                     let x0 = gather(x, &idx, len);
                     let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
                     let out = run_attack(spec, oracle, &x0, &y, &threat, geometry)?;
                     self.evaluations[e][a] += out.evaluations;
+                    for (j, &i) in idx.iter().enumerate() {
+                        if let Some(o) = found_by[i].last_mut() {
+                            o.evaluations = out.spent[j];
+                        }
+                    }
                     let found: Vec<usize> = (0..idx.len()).filter(|j| out.success[*j]).collect();
                     if !found.is_empty() {
                         let adv = gather(&out.x_adv, &found, len);
@@ -345,12 +465,30 @@ impl RobustTally {
                                 self.broken[e][a] += 1;
                                 robust[idx[j]] = false;
                                 broke[a][idx[j]] = true;
-                                let id = first_id + idx[j] as u64;
+                                let id = ids[idx[j]];
+                                let (xa, xc) =
+                                    (&adv[m * len..(m + 1) * len], &x0[j * len..(j + 1) * len]);
+                                if let Some(o) = found_by[idx[j]].last_mut() {
+                                    o.broken = true;
+                                    o.adversarial_prediction = Some(preds[m]);
+                                    o.distance = Some(distance(norm, xa, xc));
+                                }
+                                let watched = self.watch.binary_search(&id).is_ok()
+                                    && !self.watched[e].iter().any(|p| p.example == id);
+                                if watched {
+                                    self.watched[e].push(AdvPair {
+                                        example: id,
+                                        label: y[j],
+                                        adversarial_prediction: preds[m],
+                                        attack: spec.name().to_string(),
+                                        distance: distance(norm, xa, xc),
+                                        clean: xc.to_vec(),
+                                        adversarial: xa.to_vec(),
+                                    });
+                                }
                                 if self.kept[e].len() < self.keep
                                     && !self.kept[e].iter().any(|p| p.example == id)
                                 {
-                                    let (xa, xc) =
-                                        (&adv[m * len..(m + 1) * len], &x0[j * len..(j + 1) * len]);
                                     self.kept[e].push(AdvPair {
                                         example: id,
                                         label: y[j],
@@ -378,6 +516,11 @@ impl RobustTally {
                     self.robust[e] += 1;
                     self.class_robust[e][labels[i]] += 1;
                 }
+                per_example[i].push(EpsOutcome {
+                    eps,
+                    robust: robust[i],
+                    attacks: std::mem::take(&mut found_by[i]),
+                });
             }
             let kinds: Vec<AttackKind> = self.attacks.iter().map(|s| s.kind()).collect();
             let c = &mut self.cross[e];
@@ -401,7 +544,13 @@ impl RobustTally {
                 }
             }
         }
+        self.outcomes.extend(ids.iter().copied().zip(per_example));
         Ok(())
+    }
+
+    /// The attacked examples' outcomes per eps, by data position, in data order.
+    pub fn take_outcomes(&mut self) -> Vec<(u64, Vec<EpsOutcome>)> {
+        std::mem::take(&mut self.outcomes)
     }
 
     pub fn results(&self, correct_total: u64) -> Vec<EpsResult> {
@@ -444,6 +593,7 @@ impl RobustTally {
                     .collect(),
                 cross_checks: self.cross[e].clone(),
                 examples: self.kept[e].clone(),
+                watched: self.watched[e].clone(),
             })
             .collect()
     }
@@ -519,9 +669,11 @@ mod tests {
         let correct = clean.iter().zip(&y).filter(|(a, b)| a == b).count() as u64;
         let (attacks, cascade) = parse_attacks("fgsm,pgd,square", &knobs()).unwrap();
         let mut t = RobustTally::new(5, &[0.02, 0.1], attacks, cascade);
+        let ids: Vec<u64> = (0..96).collect();
         t.add_batch(
             &mut net,
             &x,
+            &ids,
             &y,
             &clean,
             Norm::Linf,
@@ -530,6 +682,38 @@ mod tests {
         )
         .unwrap();
         let r = t.results(correct);
+        let outcomes = t.take_outcomes();
+        assert_eq!(outcomes.len(), 96);
+        for (e, res) in r.iter().enumerate() {
+            // The per-example records add up to the tallies.
+            let robust = outcomes.iter().filter(|(_, o)| o[e].robust).count() as u64;
+            assert_eq!(robust, res.robust);
+            for att in &res.attacks {
+                let name = &att.attack;
+                let broken = outcomes
+                    .iter()
+                    .filter(|(_, o)| o[e].attacks.iter().any(|x| &x.attack == name && x.broken))
+                    .count() as u64;
+                assert_eq!(broken, att.broken, "{name}");
+            }
+            for att in &res.attacks {
+                // The per-example spending adds up to the attack's, within its budget.
+                let spent: u64 = outcomes
+                    .iter()
+                    .flat_map(|(_, o)| o[e].attacks.iter())
+                    .filter(|x| x.attack == att.attack)
+                    .inspect(|x| assert!(x.evaluations >= 1 && x.evaluations <= x.budget))
+                    .map(|x| x.evaluations)
+                    .sum();
+                assert_eq!(spent, att.evaluations, "{}", att.attack);
+            }
+            for (i, o) in &outcomes {
+                for x in o[e].attacks.iter().filter(|x| x.broken) {
+                    assert!(x.distance.unwrap() <= res.eps * 1.0001, "{i}");
+                    assert_ne!(x.adversarial_prediction, Some(y[*i as usize]));
+                }
+            }
+        }
         let clean_acc = correct as f64 / 96.0;
         for e in &r {
             for a in &e.attacks {

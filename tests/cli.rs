@@ -118,7 +118,7 @@ fn audit_json_report() {
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     // The report: schema_version and kind at the top, the audit under `audit`, timings
     // only under `meta`.
-    assert_eq!(report["schema_version"], 2);
+    assert_eq!(report["schema_version"], 3);
     assert_eq!(report["kind"], "audit");
     assert!(report["meta"]["seconds"].as_f64().unwrap() > 0.0);
     let r = &report["audit"];

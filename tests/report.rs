@@ -96,7 +96,7 @@ const MLP_ARGS: &[&str] = &[
 fn golden_json_and_markdown() {
     let (code, json, md, html) = report(MLP_ARGS);
     assert_eq!(code, 0);
-    assert_eq!(json["schema_version"], 2);
+    assert_eq!(json["schema_version"], 3);
     assert_eq!(json["kind"], "audit");
     // Everything volatile is under meta, and only there.
     let meta = &json["meta"];
@@ -105,7 +105,7 @@ fn golden_json_and_markdown() {
     assert!(meta["started"].as_str().unwrap().ends_with('Z'));
     golden(
         "audit_mlp.json",
-        &(serde_json::to_string_pretty(&without_meta(json.clone())).unwrap() + "\n"),
+        &(harden::report::json::to_string(&without_meta(json.clone())).unwrap() + "\n"),
     );
     golden("audit_mlp.md", markdown_body(&md));
     // The Markdown and HTML tell the same numbers as the JSON.
@@ -557,6 +557,15 @@ fn before_and_after_side_by_side() {
     assert!(json["training"]["rows"][0].get("seconds").is_none());
     let md = harden::report::markdown::render(&r);
     golden("hardening.md", markdown_body(&md));
+    // The robustness card of a hardening: the hardened model's numbers, the original's.
+    r.meta.command = vec![
+        "harden".into(),
+        "model.onnx".into(),
+        "--eps".into(),
+        "0.05".into(),
+    ];
+    r.add_card();
+    golden("card_hardening.md", &harden::report::card::render(&r));
     // Side by side: one column per model in the facts, before → after in the metrics.
     assert!(md.contains("| fact | before | after |"), "{md}");
     assert!(md.contains(" → "), "{md}");

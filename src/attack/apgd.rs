@@ -97,16 +97,12 @@ pub fn apgd(
     cfg.check(oracle.num_classes())?;
     check_batch(oracle, x0, labels, 2)?;
     let n = labels.len();
-    let mut out = Outcome {
-        x_adv: x0.to_vec(),
-        success: vec![false; n],
-        evaluations: 0,
-    };
+    let mut out = Outcome::start(x0.to_vec(), n);
     match cfg.loss {
         ApgdLoss::DlrTargeted { n_targets } => {
             // Targets: the classes ranked 2nd, 3rd, ... by the clean logits.
             let clean = oracle.logits(x0)?;
-            out.evaluations += n as u64;
+            out.spend_all();
             let k = oracle.num_classes();
             let ranked: Vec<Vec<usize>> = clean
                 .rows()
@@ -189,8 +185,8 @@ fn run_once(
             (ApgdLoss::DlrTargeted { .. }, None) => bail!("APGD-T needs targets"),
         };
         let lg = oracle.loss_grad(&xa, head)?;
-        out.evaluations += act.len() as u64;
         let ia: Vec<usize> = act.iter().map(|j| idx[*j]).collect();
+        out.spend(&ia);
         record(out, &lg.logits, &xa, &ia, labels, None, len);
         for (r, &j) in act.iter().enumerate() {
             f[j] = lg.loss[r];

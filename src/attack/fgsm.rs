@@ -21,11 +21,10 @@ pub fn fgsm(
     threat.ascend(&mut x, &lg.grad, &vec![threat.eps; n], len);
     threat.project(&mut x, x0, len);
     let logits = oracle.logits(&x)?;
-    let mut out = Outcome {
-        x_adv: x.clone(),
-        success: vec![false; n],
-        evaluations: 2 * n as u64,
-    };
+    let mut out = Outcome::start(x.clone(), n);
+    // The gradient and the re-check.
+    out.spend_all();
+    out.spend_all();
     let idx: Vec<usize> = (0..n).collect();
     record(&mut out, &logits, &x, &idx, labels, None, len);
     Ok(out)

@@ -220,6 +220,36 @@ pub struct Outcome {
     pub success: Vec<bool>,
     /// Forward (or forward+gradient) evaluations per example, summed.
     pub evaluations: u64,
+    /// Per example: the evaluations spent on it (they add up to `evaluations`).
+    pub spent: Vec<u64>,
+}
+
+impl Outcome {
+    /// An attack's start on `n` examples at `x_adv`: nothing found, nothing spent.
+    pub fn start(x_adv: Vec<f32>, n: usize) -> Outcome {
+        Outcome {
+            x_adv,
+            success: vec![false; n],
+            evaluations: 0,
+            spent: vec![0; n],
+        }
+    }
+
+    /// Counts one evaluation of each example of `idx`.
+    pub fn spend(&mut self, idx: &[usize]) {
+        for &i in idx {
+            self.spent[i] += 1;
+        }
+        self.evaluations += idx.len() as u64;
+    }
+
+    /// Counts one evaluation of every example.
+    pub fn spend_all(&mut self) {
+        for s in &mut self.spent {
+            *s += 1;
+        }
+        self.evaluations += self.spent.len() as u64;
+    }
 }
 
 /// Whether logits row `row` counts as a success for the example's label (or target).

@@ -71,11 +71,7 @@ pub fn pgd(
     let len = check_batch(oracle, x0, labels, 2)?;
     let n = labels.len();
     let alpha = cfg.step_size.unwrap_or(2.5 * threat.eps / cfg.steps as f32);
-    let mut out = Outcome {
-        x_adv: x0.to_vec(),
-        success: vec![false; n],
-        evaluations: 0,
-    };
+    let mut out = Outcome::start(x0.to_vec(), n);
     for restart in 0..cfg.restarts {
         let mut idx: Vec<usize> = (0..n).filter(|i| !out.success[*i]).collect();
         if idx.is_empty() {
@@ -96,7 +92,7 @@ pub fn pgd(
                 (None, false) => Head::CrossEntropy { labels: &y },
             };
             let lg = oracle.loss_grad(&x, head)?;
-            out.evaluations += idx.len() as u64;
+            out.spend(&idx);
             // The logits belong to the current iterate: a random start, or the last step.
             if step > 0 || cfg.random_start {
                 record(&mut out, &lg.logits, &x, &idx, labels, targets, len);
@@ -123,7 +119,7 @@ pub fn pgd(
             continue;
         }
         let logits = oracle.logits(&x)?;
-        out.evaluations += idx.len() as u64;
+        out.spend(&idx);
         record(&mut out, &logits, &x, &idx, labels, targets, len);
         // Examples not broken keep the last iterate of the last restart.
         for (j, &i) in idx.iter().enumerate() {

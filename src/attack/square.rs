@@ -105,11 +105,7 @@ pub fn square(
     let n = labels.len();
     let eps = threat.eps;
     let mut rng = Rng::derive(cfg.seed, 0x5175);
-    let mut out = Outcome {
-        x_adv: x0.to_vec(),
-        success: vec![false; n],
-        evaluations: 0,
-    };
+    let mut out = Outcome::start(x0.to_vec(), n);
     // Init: vertical stripes, one random sign per (channel, column).
     let mut x_best = x0.to_vec();
     for ex in x_best.chunks_mut(len) {
@@ -143,7 +139,7 @@ pub fn square(
     }
     threat.project(&mut x_best, x0, len);
     let mut m_best = margins(oracle, &x_best, labels)?;
-    out.evaluations += n as u64;
+    out.spend_all();
 
     for q in 1..cfg.queries {
         let idx: Vec<usize> = (0..n).filter(|i| m_best[*i] >= 0.0).collect();
@@ -161,7 +157,7 @@ pub fn square(
         threat.project(&mut cand, &c0, len);
         let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
         let m = margins(oracle, &cand, &y)?;
-        out.evaluations += idx.len() as u64;
+        out.spend(&idx);
         for (j, &i) in idx.iter().enumerate() {
             if m[j] < m_best[i] {
                 m_best[i] = m[j];

@@ -500,12 +500,6 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         ));
     }
     let hardened = hardened.with_updates(&[], &metadata)?;
-    let bytes = hardened.to_bytes();
-    write_atomic(&out_path, &bytes)?;
-    let out_sha: String = Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
 
     let trained_values: usize = updates
         .iter()
@@ -515,7 +509,8 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
     let facts = RunFacts {
         input_model: model_path.display().to_string(),
         output_model: out_path.display().to_string(),
-        output_sha256: out_sha,
+        // Set once the model is written (after its card).
+        output_sha256: String::new(),
         config: cfg.clone(),
         data: data_desc,
         train_examples: train_set.len(),
@@ -538,12 +533,31 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
     let text = headline(&facts, &training, &before, train_seconds);
     let mut report = Report::hardening(before, after, training);
     super::stamp_device(&mut report, &ort);
+    report.meta.command = env.command.clone();
     report.stamp(
         env!("CARGO_PKG_VERSION"),
         started_unix,
         &super::host_name(),
         started.elapsed().as_secs_f64(),
     );
+    // The model is written once its card (--card-in-model) is known; the report then
+    // records the written file's sha256.
+    let hardened = if a.card_in_model {
+        report.add_card();
+        let card = crate::report::card::render(&report);
+        hardened.with_updates(&[], &[(CARD_KEY.to_string(), card)])?
+    } else {
+        hardened
+    };
+    let bytes = hardened.to_bytes();
+    write_atomic(&out_path, &bytes)?;
+    let out_sha: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if let Some(t) = report.training.as_mut() {
+        t.details["output_sha256"] = serde_json::Value::String(out_sha);
+    }
     let code = a.report.finish(&mut report)?;
     let mut text = text + &crate::report::summary(&report);
     if let Some(d) = &a.report.report {
@@ -552,6 +566,9 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
     print_stdout(&text)?;
     Ok(code)
 }
+
+/// The `metadata_props` key of the robustness card (`--card-in-model`).
+pub const CARD_KEY: &str = "harden.robustness_card";
 
 fn pct(v: Option<f64>) -> String {
     match v {

@@ -23,6 +23,13 @@ pub enum Block {
     Plot,
     /// The clean/adversarial image grid of audit `.0` (index into `Report::audits`).
     Grid(usize),
+    /// The images of `examples` at `eps` that audit `audit` kept (the examples a
+    /// comparison with a baseline lost; HTML only).
+    Pairs {
+        audit: usize,
+        eps: f32,
+        examples: Vec<u64>,
+    },
 }
 
 pub struct Section {
@@ -144,6 +151,13 @@ pub fn sections(r: &Report) -> Vec<Section> {
         title: "Summary".into(),
         blocks,
     });
+    if let Some(c) = &r.baseline {
+        out.push(super::compare::section(
+            c,
+            &r.primary().model.path,
+            Some(audits.len() - 1),
+        ));
+    }
 
     // Model.
     let fact = |name: &str, f: &dyn Fn(&AuditReport) -> String| {
@@ -415,21 +429,7 @@ pub fn sections(r: &Report) -> Vec<Section> {
         let mut blocks = vec![];
         for (role, a) in &audits {
             let Some(rb) = &a.robust else { continue };
-            let attacks: Vec<String> = rb
-                .attacks
-                .iter()
-                .map(|s| match (s.budget(), s) {
-                    (Some((st, re)), _) => format!(
-                        "{} ({st} steps, {re} restart{})",
-                        s.name(),
-                        if re == 1 { "" } else { "s" }
-                    ),
-                    (None, crate::robust::AttackSpec::Square(c)) => {
-                        format!("square ({} queries)", c.queries)
-                    }
-                    _ => s.name().to_string(),
-                })
-                .collect();
+            let attacks: Vec<String> = rb.attacks.iter().map(attack_desc).collect();
             blocks.push(Block::Para(format!(
                 "{}Threat model: {:?} ball of radius eps intersected with the input range [{}, {}]; attacks {}{}. Every clean-correct labelled example is attacked ({} labelled); misclassified ones count as not robust. Every adversarial example was re-checked by a plain forward pass of the original model.",
                 if two { format!("{role}: ") } else { String::new() },
@@ -673,8 +673,9 @@ pub fn sections(r: &Report) -> Vec<Section> {
         blocks: vec![Block::List(limits)],
     });
     // What a reviewer reads first comes first; the facts behind it follow.
-    const ORDER: [&str; 10] = [
+    const ORDER: [&str; 11] = [
         "Summary",
+        super::compare::SECTION_TITLE,
         "Training",
         "Robust accuracy",
         "Adversarial examples",
@@ -692,6 +693,19 @@ pub fn sections(r: &Report) -> Vec<Section> {
             .unwrap_or(ORDER.len())
     });
     out
+}
+
+/// An attack with its budget: `pgd (10 steps, 1 restart)`, `square (5000 queries)`.
+pub fn attack_desc(s: &crate::robust::AttackSpec) -> String {
+    match (s.budget(), s) {
+        (Some((st, re)), _) => format!(
+            "{} ({st} steps, {re} restart{})",
+            s.name(),
+            if re == 1 { "" } else { "s" }
+        ),
+        (None, crate::robust::AttackSpec::Square(c)) => format!("square ({} queries)", c.queries),
+        _ => s.name().to_string(),
+    }
 }
 
 /// The run's volatile facts as one line (kept last, apart, so comparisons can drop it).

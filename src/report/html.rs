@@ -71,6 +71,11 @@ pub fn render(r: &Report) -> String {
                     }
                 }
                 Block::Grid(i) => grid(&mut s, audits[*i].1),
+                Block::Pairs {
+                    audit,
+                    eps,
+                    examples,
+                } => pairs(&mut s, audits[*audit].1, *eps, examples),
             }
         }
     }
@@ -89,7 +94,6 @@ fn grid(s: &mut String, a: &AuditReport) {
         s.push_str("<p>The inputs are not images; the Markdown report lists the examples.</p>\n");
         return;
     };
-    let (lo, hi) = a.input_spec.range;
     let mut any = false;
     for e in &rb.results {
         if e.examples.is_empty() {
@@ -102,36 +106,79 @@ fn grid(s: &mut String, a: &AuditReport) {
             e.eps
         );
         for p in &e.examples {
-            let clean = images::png_uri(&p.clean, shape, lo, hi).unwrap_or_default();
-            let adv = images::png_uri(&p.adversarial, shape, lo, hi).unwrap_or_default();
-            let scale = match rb.norm {
-                crate::attack::Norm::Linf => e.eps,
-                crate::attack::Norm::L2 => p
-                    .adversarial
-                    .iter()
-                    .zip(&p.clean)
-                    .fold(0f32, |m, (x, y)| m.max((x - y).abs())),
-            };
-            let diff = images::perturbation_uri(&p.adversarial, &p.clean, shape, scale)
-                .unwrap_or_default();
-            let _ = writeln!(
-                s,
-                "<div class=\"pair\"><img src=\"{clean}\" alt=\"clean example {}\"><img src=\"{adv}\" alt=\"adversarial example {}\"><img src=\"{diff}\" alt=\"perturbation\"><br>#{}: label {} → {} ({}, {})</div>",
-                p.example,
-                p.example,
-                p.example,
-                esc(&crate::data::classes::label(p.label, &a.class_names)),
-                esc(&crate::data::classes::label(
-                    p.adversarial_prediction,
-                    &a.class_names
-                )),
-                esc(&p.attack),
-                super::sanity::fmt_g(p.distance)
-            );
+            pair(s, a, rb.norm, e.eps, shape, p);
         }
         s.push_str("</div>\n");
     }
     if !any {
         s.push_str("<p>No adversarial example was found.</p>\n");
     }
+}
+
+/// One kept example: clean image, adversarial image, perturbation and caption.
+fn pair(
+    s: &mut String,
+    a: &AuditReport,
+    norm: crate::attack::Norm,
+    eps: f32,
+    shape: images::ImageShape,
+    p: &crate::robust::AdvPair,
+) {
+    let (lo, hi) = a.input_spec.range;
+    let clean = images::png_uri(&p.clean, shape, lo, hi).unwrap_or_default();
+    let adv = images::png_uri(&p.adversarial, shape, lo, hi).unwrap_or_default();
+    let scale = match norm {
+        crate::attack::Norm::Linf => eps,
+        crate::attack::Norm::L2 => p
+            .adversarial
+            .iter()
+            .zip(&p.clean)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs())),
+    };
+    let diff = images::perturbation_uri(&p.adversarial, &p.clean, shape, scale).unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "<div class=\"pair\"><img src=\"{clean}\" alt=\"clean example {}\"><img src=\"{adv}\" alt=\"adversarial example {}\"><img src=\"{diff}\" alt=\"perturbation\"><br>#{}: label {} → {} ({}, {})</div>",
+        p.example,
+        p.example,
+        p.example,
+        esc(&crate::data::classes::label(p.label, &a.class_names)),
+        esc(&crate::data::classes::label(
+            p.adversarial_prediction,
+            &a.class_names
+        )),
+        esc(&p.attack),
+        super::sanity::fmt_g(p.distance)
+    );
+}
+
+/// The images of `examples` at `eps` that `a` kept (watched or in the grid).
+fn pairs(s: &mut String, a: &AuditReport, eps: f32, examples: &[u64]) {
+    let Some(rb) = &a.robust else { return };
+    let Some(shape) = images::image_shape(a) else {
+        return;
+    };
+    let Some(e) = rb.results.iter().find(|e| e.eps == eps) else {
+        return;
+    };
+    let found: Vec<&crate::robust::AdvPair> = examples
+        .iter()
+        .filter_map(|id| {
+            e.watched
+                .iter()
+                .chain(&e.examples)
+                .find(|p| p.example == *id)
+        })
+        .collect();
+    if found.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "<div class=\"eps\">Robust in the baseline, broken now at eps {eps} (clean | adversarial | perturbation)</div>\n<div class=\"grid\">"
+    );
+    for p in found {
+        pair(s, a, rb.norm, eps, shape, p);
+    }
+    s.push_str("</div>\n");
 }

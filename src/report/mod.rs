@@ -12,14 +12,19 @@ use serde::Serialize;
 use crate::audit::{self, AuditReport};
 pub use crate::train::EpochRow;
 
+pub mod card;
+pub mod compare;
 pub mod content;
 pub mod gate;
 pub mod html;
 pub mod images;
+pub mod json;
 pub mod junit;
 pub mod markdown;
+pub mod outcomes;
 pub mod plot;
 pub mod sanity;
+pub mod stats;
 
 pub use gate::Gate;
 
@@ -89,6 +94,9 @@ pub struct Meta {
     /// On CUDA, `fp32` or `tf32` (`--precision`).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub precision: String,
+    /// The command line of the run (the CLI passes its arguments in), to reproduce it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -116,6 +124,12 @@ pub struct Report {
     /// The gates asked for (`--min-clean-accuracy`, `--min-robust-accuracy`), evaluated
     /// on the audit (or on the hardened model).
     pub gates: Vec<Gate>,
+    /// The comparison with a baseline report (`--baseline`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<compare::Comparison>,
+    /// The robustness card's facts (`card.md` renders them), set by [`Report::add_card`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_card: Option<card::ModelCard>,
     pub meta: Meta,
 }
 
@@ -144,6 +158,8 @@ impl Report {
             after: None,
             training: None,
             gates: vec![],
+            baseline: None,
+            model_card: None,
         }
     }
 
@@ -167,6 +183,8 @@ impl Report {
             after: Some(after),
             training: Some(training),
             gates: vec![],
+            baseline: None,
+            model_card: None,
         }
     }
 
@@ -206,19 +224,35 @@ impl Report {
         self.gates.iter().all(|g| g.passed)
     }
 
-    /// The JSON (pretty, keys in declaration order, newline at the end).
+    /// Whether every gate passed and the comparison with the baseline (if any) too.
+    pub fn passed(&self) -> bool {
+        self.gates_passed() && self.baseline.as_ref().is_none_or(|c| c.passed)
+    }
+
+    /// Sets `model_card` from the rest of the report (call after the gates and the
+    /// baseline comparison are in).
+    pub fn add_card(&mut self) {
+        self.model_card = Some(card::ModelCard::of(self));
+    }
+
+    /// The JSON (pretty, keys in declaration order, one line per example in
+    /// `per_example`, newline at the end).
     pub fn to_json(&self) -> Result<String> {
-        Ok(serde_json::to_string_pretty(self)? + "\n")
+        Ok(json::to_string(self)? + "\n")
     }
 }
 
-/// Writes `report.json`, `report.md` and `report.html` into `dir` (created if missing),
-/// each through a temporary file renamed into place.
+/// Writes `report.json`, `report.md`, `report.html` and, when the report has its card,
+/// `card.md` into `dir` (created if missing), each through a temporary file renamed
+/// into place.
 pub fn write_dir(dir: &Path, report: &Report) -> Result<()> {
     prepare_dir(dir)?;
     crate::files::write_atomic(&dir.join("report.json"), report.to_json()?.as_bytes())?;
     crate::files::write_atomic(&dir.join("report.md"), markdown::render(report).as_bytes())?;
     crate::files::write_atomic(&dir.join("report.html"), html::render(report).as_bytes())?;
+    if report.model_card.is_some() {
+        crate::files::write_atomic(&dir.join("card.md"), card::render(report).as_bytes())?;
+    }
     Ok(())
 }
 
@@ -292,6 +326,11 @@ pub fn summary(r: &Report) -> String {
     }
     for g in &r.gates {
         let _ = writeln!(s, "gate {}", g.line());
+    }
+    if let Some(c) = &r.baseline {
+        for m in &c.metrics {
+            let _ = writeln!(s, "{}", m.line());
+        }
     }
     s
 }

@@ -1159,7 +1159,7 @@ impl Runtime for OrtRuntime {
         let outputs = self
             .session
             .run(values)
-            .map_err(|e| anyhow!("onnxruntime failed to run the model: {e}"))?;
+            .map_err(|e| run_failure(&e.to_string(), inputs.first().map(|x| x.shape()[0])))?;
         let mut result = Vec::with_capacity(outputs.len());
         for (name, v) in outputs.iter() {
             let a = v
@@ -1168,6 +1168,28 @@ impl Runtime for OrtRuntime {
             result.push(a.to_owned());
         }
         Ok(result)
+    }
+}
+
+/// ONNX Runtime's failure to run a graph on `batch` examples: out of memory (the CPU
+/// arena's "Failed to allocate memory", CUDA's "out of memory", cuDNN's allocation
+/// failures) names `--batch-size`, the one setting that bounds it; anything else is
+/// passed on.
+fn run_failure(msg: &str, batch: Option<usize>) -> anyhow::Error {
+    let m = msg.to_ascii_lowercase();
+    let oom = [
+        "out of memory",
+        "failed to allocate",
+        "bad_alloc",
+        "alloc_failed",
+    ]
+    .iter()
+    .any(|p| m.contains(p));
+    let msg = msg.replace('\n', " ");
+    match (oom, batch) {
+        (true, Some(n)) => anyhow!("onnxruntime ran out of memory running {n} examples at once ({msg}); pass a smaller --batch-size"),
+        (true, None) => anyhow!("onnxruntime ran out of memory ({msg}); pass a smaller --batch-size"),
+        _ => anyhow!("onnxruntime failed to run the model: {msg}"),
     }
 }
 
@@ -1262,6 +1284,27 @@ impl Runtime for TractRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn out_of_memory_names_the_batch_size() {
+        let e = run_failure(
+            "Failed to allocate memory for requested buffer of size 123",
+            Some(64),
+        );
+        assert!(
+            e.to_string()
+                .contains("out of memory running 64 examples at once")
+                && e.to_string().contains("--batch-size"),
+            "{e}"
+        );
+        let e = run_failure("CUDA failure 2: out of memory ; GPU=0", Some(8));
+        assert!(e.to_string().contains("--batch-size"), "{e}");
+        let e = run_failure(
+            "Non-zero status code returned while running Conv node",
+            Some(8),
+        );
+        assert_eq!(e.to_string(), "onnxruntime failed to run the model: Non-zero status code returned while running Conv node");
+    }
 
     #[test]
     fn split_plan_cuts_big_batches_over_threads() {

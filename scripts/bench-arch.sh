@@ -8,6 +8,7 @@
 # Usage: scripts/bench-arch.sh [THREADS] [REPS] [ARCHS] [RUNTIMES]
 #   defaults: 2, 3, "resnet50 mobilenet_v3_large efficientnet_b0 convnext_tiny vit_b_16",
 #   "ort tract"; EXPORTER=legacy|dynamo (default legacy), BATCH (default 16),
+#   WORKS (default "forward input weight": which of the three to run),
 #   PYTHON (default /work/pyenv/bin/python: torch, torchvision, onnx, onnxscript).
 # A harden run that fails (an op without a rule, say) is reported with its error and
 # the table shows "-".
@@ -18,6 +19,7 @@ REPS="${2:-3}"
 ARCHS="${3:-resnet50 mobilenet_v3_large efficientnet_b0 convnext_tiny vit_b_16}"
 RUNTIMES="${4:-ort tract}"
 BATCH="${BATCH:-16}"
+WORKS="${WORKS:-forward input weight}"
 EXPORTER="${EXPORTER:-legacy}"
 ARCH_DIR="${ARCH_DIR:-/tmp/arch}"
 PYTHON="${PYTHON:-/work/pyenv/bin/python}"
@@ -34,7 +36,7 @@ for arch in $ARCHS; do
       && mv "$ARCH_DIR/tmp.$EXPORTER/$arch.onnx" "$model" \
       || { echo "export of $arch failed: $(tail -1 "$ARCH_DIR/export.log")"; continue; }
   fi
-  for work in forward input weight; do
+  for work in $WORKS; do
     line=$("$PYTHON" scripts/bench_arch_torch.py bench "$arch" --threads "$THREADS" --batch "$BATCH" --reps "$REPS" --work "$work" 2>/dev/null | tail -1)
     echo "$line" | tee -a "$RESULTS"
     for rt in $RUNTIMES; do

@@ -558,6 +558,9 @@ fn build(
     b.op_into("Identity", &[&loss], vec![], LOSS);
     let gz = b.reshape(&gz, &lshape);
 
+    // Recognised subgraphs (GELU, SiLU, standardisations written out) are differentiated
+    // as one node at their last node; their other nodes get no gradient of their own.
+    let fused = rules::find_fused(g0, opset, &shapes, &consts);
     let mut grads: HashMap<String, Vec<String>> = HashMap::new();
     grads.insert(logits.clone(), vec![gz]);
     for &idx in &path {
@@ -568,6 +571,21 @@ fn build(
             .map(|o| sum_grads(&mut b, grads.remove(o)))
             .collect();
         if dys.iter().all(Option::is_none) {
+            continue;
+        }
+        if let (Some(f), Some(dy)) = (fused.get(&idx), &dys[0]) {
+            let needs: Vec<bool> = f
+                .inputs
+                .iter()
+                .map(|i| depends.contains(i.as_str()) && needed.contains(i.as_str()))
+                .collect();
+            let dxs = (f.rule)(&mut b, f, dy, &needs, &shapes)
+                .map_err(|e| anyhow!("node '{}' ({} subgraph): {e}", node_label(n), f.pattern))?;
+            for ((i, dx), need) in f.inputs.iter().zip(dxs).zip(needs) {
+                if let (Some(dx), true) = (dx, need) {
+                    grads.entry(i.clone()).or_default().push(dx);
+                }
+            }
             continue;
         }
         let needs: Vec<bool> = n
@@ -640,6 +658,38 @@ fn build(
         num_classes: k,
         head_inputs,
     })
+}
+
+/// The subgraphs of `proto` (input `input`, examples of `example_shape`) that gradient
+/// graphs differentiate as one node (`rules/fused.rs`): (pattern, the name of its last
+/// node), in graph order.
+pub fn recognised_subgraphs(
+    proto: &pb::ModelProto,
+    input: &str,
+    example_shape: &[usize],
+) -> Result<Vec<(&'static str, String)>> {
+    let mut x_shape = vec![1];
+    x_shape.extend_from_slice(example_shape);
+    let mut fb = FixedBatch::of(proto, input, &x_shape, &[])?;
+    let shapes = std::mem::take(&mut fb.shapes);
+    let consts = Consts::of(&fb, &[]);
+    let g = fb
+        .proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| anyhow!("the model has no graph"))?;
+    let opset = proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .unwrap_or(0);
+    let mut out: Vec<(usize, &'static str, String)> = rules::find_fused(g, opset, &shapes, &consts)
+        .into_iter()
+        .map(|(root, f)| (root, f.pattern, node_label(&g.node[root])))
+        .collect();
+    out.sort();
+    Ok(out.into_iter().map(|(_, p, n)| (p, n)).collect())
 }
 
 /// The sum of gradient contributions (None when there are none).

@@ -2696,6 +2696,64 @@ fn recognised_subgraphs_match_their_ops_rules() {
     }
 }
 
+/// A tensor cut into pieces (Slice, scalar Gather: attention's q, k and v): the pieces'
+/// gradients put together by one Concat, gaps zero, no Pad left; overlapping pieces
+/// summed. Checked against finite differences.
+#[test]
+fn gradient_pieces_are_concatenated() {
+    let slice = |out: &str, st: &str, en: &str| node("Slice", &["h", st, en, "ax"], out, vec![]);
+    let pieces = |overlap: bool| {
+        (
+            vec![
+                node("Mul", &["x", "k"], "h", vec![]),
+                slice("a", "s0", "e0"),
+                slice("b", if overlap { "s0" } else { "s1" }, "e1"),
+                node("Gather", &["h", "i4"], "c", vec![attr_int("axis", 2)]),
+                node("Mul", &["a", "a"], "a2", vec![]),
+                node("Tanh", &["b"], "bt", vec![]),
+                node("Unsqueeze", &["c", "ax"], "cu", vec![]),
+                node(
+                    "Concat",
+                    &["a2", "bt", "cu"],
+                    "y",
+                    vec![attr_int("axis", 2)],
+                ),
+            ],
+            vec![
+                f32_scalar("k", 2.0),
+                i64_tensor("s0", &[0]),
+                i64_tensor("e0", &[2]),
+                i64_tensor("s1", &[2]),
+                i64_tensor("e1", &[3]),
+                i64_tensor("ax", &[2]),
+                i64_scalar("i4", 4),
+            ],
+        )
+    };
+    for overlap in [false, true] {
+        let (nodes, inits) = pieces(overlap);
+        let m = model_of(&[3, 6], unique_names(nodes), inits, 13);
+        let gg = gradient_graph(&m, "x", &[3, 6], 2, LossKind::CrossEntropy).unwrap();
+        let ops: Vec<&str> = gg
+            .proto
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type.as_str())
+            .collect();
+        let concats = ops.iter().filter(|o| **o == "Concat").count();
+        if overlap {
+            assert_eq!(concats, 1, "overlapping pieces are summed: {ops:?}");
+        } else {
+            assert!(!ops.contains(&"Pad") && concats == 2, "{ops:?}");
+        }
+        let name = format!("pieces (overlap {overlap})");
+        fd_check(&name, &m, &[3, 6], LossKind::CrossEntropy, -1.0, 1.0, 3e-2);
+    }
+}
+
 /// One finite-difference case of a backward rule: a model `x -> nodes -> y` (then
 /// Flatten to the logits) checked against finite differences on every runtime.
 struct Case {

@@ -568,7 +568,7 @@ fn build(
         let dys: Vec<Option<String>> = n
             .output
             .iter()
-            .map(|o| sum_grads(&mut b, grads.remove(o)))
+            .map(|o| sum_grads(&mut b, grads.remove(o), shapes.get(o)))
             .collect();
         if dys.iter().all(Option::is_none) {
             continue;
@@ -601,7 +601,7 @@ fn build(
             }
         }
     }
-    match sum_grads(&mut b, grads.remove(input)) {
+    match sum_grads(&mut b, grads.remove(input), Some(&x_shape)) {
         Some(gx) => b.op_into("Identity", &[&gx], vec![], GRAD),
         None => {
             let zeros = b.const_f32(&x_shape, vec![0.0; x_shape.iter().product()]);
@@ -615,7 +615,7 @@ fn build(
             .ok_or_else(|| anyhow!("no shape for the parameter '{p}'"))?
             .clone();
         let name = param_grad_name(p);
-        match sum_grads(&mut b, grads.remove(p.as_str())) {
+        match sum_grads(&mut b, grads.remove(p.as_str()), Some(&ps)) {
             Some(gp) => b.op_into("Identity", &[&gp], vec![], &name),
             None => {
                 let zeros = b.const_f32(&ps, vec![0.0; ps.iter().product()]);
@@ -693,9 +693,10 @@ pub fn recognised_subgraphs(
 }
 
 /// The sum of gradient contributions (None when there are none).
-fn sum_grads(b: &mut Builder, parts: Option<Vec<String>>) -> Option<String> {
-    let parts = parts?;
-    let mut it = parts.into_iter();
-    let first = it.next()?;
-    Some(it.fold(first, |acc, p| b.add(&acc, &p)))
+fn sum_grads(
+    b: &mut Builder,
+    parts: Option<Vec<String>>,
+    shape: Option<&Vec<usize>>,
+) -> Option<String> {
+    b.sum(parts?, shape.map(Vec::as_slice))
 }

@@ -1756,6 +1756,17 @@ fn parameter_gradients_of_rules() {
         vec![t(&mut r, "w", &[5, 3]), t(&mut r, "c", &[3])],
         &["w", "c"],
     );
+    // A Linear on tokens: its weight's gradient as one MatMul over all rows.
+    param_check(
+        "MatMul on tokens and bias add",
+        &[2, 4, 5],
+        vec![
+            node("MatMul", &["x", "w"], "h", vec![]),
+            node("Add", &["h", "c"], "y", vec![]),
+        ],
+        vec![t(&mut r, "w", &[5, 3]), t(&mut r, "c", &[3])],
+        &["w", "c"],
+    );
     param_check(
         "Sub Mul Div operands",
         &[4],

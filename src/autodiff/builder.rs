@@ -295,9 +295,18 @@ impl Builder {
         // The Pads are read by nothing else (fresh gradients): taken back. A MaxPool
         // gradient waiting to be re-emitted by a ReLU's rule counts nodes: it is dropped.
         let padded: std::collections::HashSet<&str> = parts.iter().map(String::as_str).collect();
-        self.nodes.retain(|n| {
-            !(n.op_type == "Pad" && n.output.iter().any(|o| padded.contains(o.as_str())))
-        });
+        let is_taken = |n: &pb::NodeProto| {
+            n.op_type == "Pad" && n.output.iter().any(|o| padded.contains(o.as_str()))
+        };
+        // With them their pads constants (read by nothing else).
+        let consts: std::collections::HashSet<String> = self
+            .nodes
+            .iter()
+            .filter(|n| is_taken(n))
+            .flat_map(|n| n.input.iter().skip(1).cloned())
+            .collect();
+        self.nodes.retain(|n| !is_taken(n));
+        self.inits.retain(|t| !consts.contains(&t.name));
         for p in parts {
             self.pads.remove(p);
         }

@@ -246,48 +246,17 @@ pub fn open(
     threads: usize,
     ort: &OrtLocator,
 ) -> Result<Box<dyn Runtime>> {
-    open_shared(choice, model_bytes, threads, ort, None)
-}
-
-/// [`open`], ONNX Runtime sessions keeping their prepacked weights (the weight layouts
-/// its matrix kernels prepare at load) in `shared`, so that sessions of the same weights
-/// (a [`Split`]'s, one per thread and run size) hold them once.
-fn open_shared(
-    choice: RuntimeChoice,
-    model_bytes: &[u8],
-    threads: usize,
-    ort: &OrtLocator,
-    shared: Option<&ort::session::builder::PrepackedWeights>,
-) -> Result<Box<dyn Runtime>> {
     if choice == RuntimeChoice::Tract && !ort.device.cuda_ids().is_empty() {
         bail!("--device {}: tract runs on the CPU only", ort.device);
     }
-    let ort_rt = || -> Result<Box<dyn Runtime>> {
-        Ok(Box::new(OrtRuntime::with_prepacked(
-            model_bytes,
-            threads,
-            ort,
-            shared,
-        )?))
-    };
     match choice {
         RuntimeChoice::Tract => Ok(Box::new(TractRuntime::new(model_bytes)?)),
-        RuntimeChoice::Ort => ort_rt(),
+        RuntimeChoice::Ort => Ok(Box::new(OrtRuntime::new(model_bytes, threads, ort)?)),
         RuntimeChoice::Auto => match ort_environment(ort) {
-            Ok(_) => ort_rt(),
+            Ok(_) => Ok(Box::new(OrtRuntime::new(model_bytes, threads, ort)?)),
             Err(_) => Ok(Box::new(TractRuntime::new(model_bytes)?)),
         },
     }
-}
-
-/// A container for the prepacked weights of a [`Split`]'s sessions (None on CUDA, where
-/// nothing is prepacked on the CPU, and for tract).
-fn shared_prepacking(
-    choice: RuntimeChoice,
-    ort: &OrtLocator,
-) -> Option<ort::session::builder::PrepackedWeights> {
-    (choice != RuntimeChoice::Tract && ort.device.cuda_ids().is_empty())
-        .then(ort::session::builder::PrepackedWeights::new)
 }
 
 /// The values of the first `n` entries along axis 0 of a runtime output, in order:
@@ -453,7 +422,6 @@ impl Split {
             }
         };
         let mut built: Vec<(usize, Vec<u8>)> = vec![];
-        let shared = shared_prepacking(choice, ort);
         let mut sessions = Vec::with_capacity(plan.parts.len());
         for (i, part) in plan.parts.iter().enumerate() {
             let loc = device_of(ort, i);
@@ -466,10 +434,7 @@ impl Split {
                     built.push((size, build(size)?));
                 }
                 if let Some((_, bytes)) = built.iter().find(|(s, _)| *s == size) {
-                    mine.push((
-                        size,
-                        open_shared(choice, bytes, plan.intra, &loc, shared.as_ref())?,
-                    ));
+                    mine.push((size, open(choice, bytes, plan.intra, &loc)?));
                 }
             }
             sessions.push(mine);
@@ -498,13 +463,11 @@ impl Split {
         } else {
             (1, threads)
         };
-        let shared = shared_prepacking(choice, ort);
         let sessions = (0..n)
             .map(|i| {
-                let loc = device_of(ort, i);
                 Ok(vec![(
                     0,
-                    open_shared(choice, model_bytes, each, &loc, shared.as_ref())?,
+                    open(choice, model_bytes, each, &device_of(ort, i))?,
                 )])
             })
             .collect::<Result<_>>()?;
@@ -531,15 +494,8 @@ impl Split {
         let gpus = ort.device.cuda_ids().len();
         let threads = if gpus > 0 { gpus } else { threads.max(1) };
         let bytes = build(size)?;
-        let shared = shared_prepacking(choice, ort);
         let sessions = (0..threads)
-            .map(|i| {
-                let loc = device_of(ort, i);
-                Ok(vec![(
-                    size,
-                    open_shared(choice, &bytes, 1, &loc, shared.as_ref())?,
-                )])
-            })
+            .map(|i| Ok(vec![(size, open(choice, &bytes, 1, &device_of(ort, i))?)]))
             .collect::<Result<_>>()?;
         Ok(Split {
             cut: Cut::Runs(size),
@@ -1148,17 +1104,6 @@ pub struct OrtRuntime {
 
 impl OrtRuntime {
     pub fn new(model_bytes: &[u8], threads: usize, loc: &OrtLocator) -> Result<Self> {
-        Self::with_prepacked(model_bytes, threads, loc, None)
-    }
-
-    /// [`OrtRuntime::new`], keeping prepacked weights in `shared` (see [`open`]'s
-    /// sibling `open_shared`).
-    pub fn with_prepacked(
-        model_bytes: &[u8],
-        threads: usize,
-        loc: &OrtLocator,
-        shared: Option<&ort::session::builder::PrepackedWeights>,
-    ) -> Result<Self> {
         let (env, _) = ort_environment(loc)?;
         use ort::session::builder::GraphOptimizationLevel;
         let err =
@@ -1177,10 +1122,6 @@ impl OrtRuntime {
             // (measured: PGD-10 1.5x, clean audit 1.2x faster).
             .with_intra_op_spinning(false)
             .map_err(err)?;
-        let builder = match shared {
-            Some(w) => builder.with_prepacked_weights(w).map_err(err)?,
-            None => builder,
-        };
         let mut builder = match loc.device.cuda_ids().first() {
             None => builder,
             Some(&id) => builder

@@ -2741,6 +2741,39 @@ fn gradient_pieces_are_concatenated() {
             ],
         )
     };
+    // A piece's gradient also passed on unchanged elsewhere (Add gives its gradient to
+    // both operands): its Pad stays, read by the other operand's rule.
+    let (nodes, inits) = (
+        vec![
+            node("Mul", &["x", "k"], "u", vec![]),
+            node("Mul", &["x", "k3"], "v", vec![]),
+            node("Add", &["u", "v"], "t", vec![]),
+            node("Slice", &["t", "s0", "e0", "ax"], "a", vec![]),
+            node("Slice", &["u", "s1", "e1", "ax"], "c", vec![]),
+            node("Tanh", &["a"], "at", vec![]),
+            node("Mul", &["c", "c"], "c2", vec![]),
+            node("Concat", &["at", "c2"], "y", vec![attr_int("axis", 2)]),
+        ],
+        vec![
+            f32_scalar("k", 2.0),
+            f32_scalar("k3", -3.0),
+            i64_tensor("s0", &[0]),
+            i64_tensor("e0", &[2]),
+            i64_tensor("s1", &[2]),
+            i64_tensor("e1", &[4]),
+            i64_tensor("ax", &[2]),
+        ],
+    );
+    let m = model_of(&[3, 4], unique_names(nodes), inits, 13);
+    fd_check(
+        "piece shared by Add's operands",
+        &m,
+        &[3, 4],
+        LossKind::CrossEntropy,
+        -1.0,
+        1.0,
+        3e-2,
+    );
     for overlap in [false, true] {
         let (nodes, inits) = pieces(overlap);
         let m = model_of(&[3, 6], unique_names(nodes), inits, 13);

@@ -235,9 +235,15 @@ impl Builder {
     /// `shape`, when known). Contributions that are zero-padded pieces of it side by side
     /// along one axis (the rules of Slice and Gather: a tensor cut into q, k and v) are
     /// put together by one Concat, the gaps filled with zeros, instead of a full-size Pad
-    /// per piece and a full-size Add per piece but one; their Pad nodes are taken back.
-    pub fn sum(&mut self, parts: Vec<String>, shape: Option<&[usize]>) -> Option<String> {
-        if let Some(joined) = shape.and_then(|s| self.concat_pieces(&parts, s)) {
+    /// per piece and a full-size Add per piece but one; their Pad nodes are taken back
+    /// unless `held` (a gradient still to be used elsewhere) or read by an emitted node.
+    pub fn sum(
+        &mut self,
+        parts: Vec<String>,
+        shape: Option<&[usize]>,
+        held: &dyn Fn(&str) -> bool,
+    ) -> Option<String> {
+        if let Some(joined) = shape.and_then(|s| self.concat_pieces(&parts, s, held)) {
             return Some(joined);
         }
         let mut it = parts.into_iter();
@@ -245,7 +251,12 @@ impl Builder {
         Some(it.fold(first, |acc, p| self.add(&acc, &p)))
     }
 
-    fn concat_pieces(&mut self, parts: &[String], shape: &[usize]) -> Option<String> {
+    fn concat_pieces(
+        &mut self,
+        parts: &[String],
+        shape: &[usize],
+        held: &dyn Fn(&str) -> bool,
+    ) -> Option<String> {
         if parts.len() < 2 {
             return None;
         }
@@ -292,12 +303,21 @@ impl Builder {
         if at < dim {
             inputs.push(gap(self, at, dim));
         }
-        // The Pads are read by nothing else (fresh gradients): taken back. A MaxPool
-        // gradient waiting to be re-emitted by a ReLU's rule counts nodes: it is dropped.
-        let padded: std::collections::HashSet<&str> = parts.iter().map(String::as_str).collect();
-        let is_taken = |n: &pb::NodeProto| {
-            n.op_type == "Pad" && n.output.iter().any(|o| padded.contains(o.as_str()))
-        };
+        // The Pads no one else reads are taken back. (A rule may pass a gradient on
+        // unchanged to several tensors, Add's to both operands.) A MaxPool gradient
+        // waiting to be re-emitted by a ReLU's rule counts nodes: it is dropped.
+        let read: std::collections::HashSet<&str> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .collect();
+        let padded: std::collections::HashSet<String> = parts
+            .iter()
+            .filter(|p| !held(p) && !read.contains(p.as_str()))
+            .cloned()
+            .collect();
+        let is_taken =
+            |n: &pb::NodeProto| n.op_type == "Pad" && n.output.iter().any(|o| padded.contains(o));
         // With them their pads constants (read by nothing else).
         let consts: std::collections::HashSet<String> = self
             .nodes
@@ -307,7 +327,7 @@ impl Builder {
             .collect();
         self.nodes.retain(|n| !is_taken(n));
         self.inits.retain(|t| !consts.contains(&t.name));
-        for p in parts {
+        for p in &padded {
             self.pads.remove(p);
         }
         self.last_pool = None;

@@ -565,11 +565,11 @@ fn build(
     grads.insert(logits.clone(), vec![gz]);
     for &idx in &path {
         let n = &g0.node[idx];
-        let dys: Vec<Option<String>> = n
-            .output
-            .iter()
-            .map(|o| sum_grads(&mut b, grads.remove(o), shapes.get(o)))
-            .collect();
+        let mut dys: Vec<Option<String>> = vec![];
+        for o in &n.output {
+            let parts = grads.remove(o);
+            dys.push(sum_grads(&mut b, parts, shapes.get(o), &grads));
+        }
         if dys.iter().all(Option::is_none) {
             continue;
         }
@@ -601,7 +601,8 @@ fn build(
             }
         }
     }
-    match sum_grads(&mut b, grads.remove(input), Some(&x_shape)) {
+    let parts = grads.remove(input);
+    match sum_grads(&mut b, parts, Some(&x_shape), &grads) {
         Some(gx) => b.op_into("Identity", &[&gx], vec![], GRAD),
         None => {
             let zeros = b.const_f32(&x_shape, vec![0.0; x_shape.iter().product()]);
@@ -615,7 +616,8 @@ fn build(
             .ok_or_else(|| anyhow!("no shape for the parameter '{p}'"))?
             .clone();
         let name = param_grad_name(p);
-        match sum_grads(&mut b, grads.remove(p.as_str()), Some(&ps)) {
+        let parts = grads.remove(p.as_str());
+        match sum_grads(&mut b, parts, Some(&ps), &grads) {
             Some(gp) => b.op_into("Identity", &[&gp], vec![], &name),
             None => {
                 let zeros = b.const_f32(&ps, vec![0.0; ps.iter().product()]);
@@ -692,11 +694,14 @@ pub fn recognised_subgraphs(
     Ok(out.into_iter().map(|(_, p, n)| (p, n)).collect())
 }
 
-/// The sum of gradient contributions (None when there are none).
+/// The sum of gradient contributions (None when there are none); `grads`, the
+/// contributions still to be summed for other tensors (which may share names with these).
 fn sum_grads(
     b: &mut Builder,
     parts: Option<Vec<String>>,
     shape: Option<&Vec<usize>>,
+    grads: &HashMap<String, Vec<String>>,
 ) -> Option<String> {
-    b.sum(parts?, shape.map(Vec::as_slice))
+    let held = |name: &str| grads.values().any(|v| v.iter().any(|p| p == name));
+    b.sum(parts?, shape.map(Vec::as_slice), &held)
 }

@@ -7,7 +7,9 @@
 //! warm-up run, graph build and session open time) and the process's peak RSS.
 //! Usage: cargo run --example bench_arch -- --model /tmp/arch/resnet50.onnx
 //!        [--runtime ort|tract] [--threads 2] [--batch 16] [--reps 3]
-//!        [--work forward,input,weight]
+//!        [--work forward,input,weight] [--split parts|whole]
+//! `--split whole`: gradient graphs run as one session with `--threads` intra-op threads
+//! on the whole batch, instead of `Split`'s parts side by side (to compare the two).
 mod common;
 
 use std::cell::{Cell, RefCell};
@@ -46,6 +48,11 @@ fn main() -> Result<()> {
     let batch: usize = get("--batch", "16").parse()?;
     let reps: usize = get("--reps", "3").parse()?;
     let works = get("--work", "forward,input,weight");
+    let splittable = match get("--split", "parts").as_str() {
+        "parts" => true,
+        "whole" => false,
+        s => return Err(anyhow!("--split: unknown '{s}' (parts, whole)")),
+    };
     let choice = common::runtime();
     let ort = common::ort();
     let model = OnnxModel::load(std::path::Path::new(&path))?;
@@ -85,7 +92,7 @@ fn main() -> Result<()> {
             ),
             "input" => {
                 let k = Cell::new(0);
-                let split = Split::open(choice, batch, threads, chunk, true, &ort, |n| {
+                let split = Split::open(choice, batch, threads, chunk, splittable, &ort, |n| {
                     let g = gradient_graph(&proto, &input, &example, n, LossKind::CrossEntropy)?;
                     k.set(g.num_classes);
                     Ok(prost::Message::encode_to_vec(&g.proto))
@@ -96,7 +103,7 @@ fn main() -> Result<()> {
                 let params = trainable_params(&model.proto);
                 let k = Cell::new(0);
                 let values: RefCell<Vec<ArrayD<f32>>> = RefCell::new(vec![]);
-                let split = Split::open(choice, batch, threads, chunk, true, &ort, |n| {
+                let split = Split::open(choice, batch, threads, chunk, splittable, &ort, |n| {
                     let t = training_graph_wrt(
                         &proto,
                         &input,

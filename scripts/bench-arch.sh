@@ -8,6 +8,9 @@
 # Usage: scripts/bench-arch.sh [THREADS] [REPS] [ARCHS] [RUNTIMES]
 #   defaults: 2, 3, "resnet50 mobilenet_v3_large efficientnet_b0 convnext_tiny vit_b_16",
 #   "ort tract"; EXPORTER=legacy|dynamo (default legacy), BATCH (default 16),
+#   WORKS (default "forward input weight": which of the three to run), SPLIT (parts:
+#   Split's single-threaded parts side by side, the default; whole: one session with
+#   THREADS intra-op threads on the whole batch),
 #   PYTHON (default /work/pyenv/bin/python: torch, torchvision, onnx, onnxscript).
 # A harden run that fails (an op without a rule, say) is reported with its error and
 # the table shows "-".
@@ -18,13 +21,15 @@ REPS="${2:-3}"
 ARCHS="${3:-resnet50 mobilenet_v3_large efficientnet_b0 convnext_tiny vit_b_16}"
 RUNTIMES="${4:-ort tract}"
 BATCH="${BATCH:-16}"
+WORKS="${WORKS:-forward input weight}"
+SPLIT="${SPLIT:-parts}"
 EXPORTER="${EXPORTER:-legacy}"
 ARCH_DIR="${ARCH_DIR:-/tmp/arch}"
 PYTHON="${PYTHON:-/work/pyenv/bin/python}"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}"
 cargo build --quiet --example bench_arch || exit 2
 BIN=target/debug/examples/bench_arch
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg); threads $THREADS, batch $BATCH, reps $REPS, exporter $EXPORTER"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg); threads $THREADS, batch $BATCH, reps $REPS, exporter $EXPORTER, split $SPLIT"
 RESULTS=$(mktemp)
 for arch in $ARCHS; do
   model="$ARCH_DIR/$arch.$EXPORTER.onnx"
@@ -34,12 +39,12 @@ for arch in $ARCHS; do
       && mv "$ARCH_DIR/tmp.$EXPORTER/$arch.onnx" "$model" \
       || { echo "export of $arch failed: $(tail -1 "$ARCH_DIR/export.log")"; continue; }
   fi
-  for work in forward input weight; do
+  for work in $WORKS; do
     line=$("$PYTHON" scripts/bench_arch_torch.py bench "$arch" --threads "$THREADS" --batch "$BATCH" --reps "$REPS" --work "$work" 2>/dev/null | tail -1)
     echo "$line" | tee -a "$RESULTS"
     for rt in $RUNTIMES; do
       err=$(mktemp)
-      if line=$("$BIN" --model "$model" --runtime "$rt" --threads "$THREADS" --batch "$BATCH" --reps "$REPS" --work "$work" 2>"$err"); then
+      if line=$("$BIN" --model "$model" --runtime "$rt" --threads "$THREADS" --batch "$BATCH" --reps "$REPS" --work "$work" --split "$SPLIT" 2>"$err"); then
         echo "$line" | sed "s/\"model\": \"[^\"]*\"/\"model\": \"$arch\"/" | tee -a "$RESULTS"
       else
         msg=$(grep -m1 '^Error' "$err" || grep -v '^\s*$' "$err" | tail -1)

@@ -3,7 +3,9 @@
 
 mod common;
 
-use harden::autodiff::{gradient_graph, trainable_params, training_graph, LossKind};
+use harden::autodiff::{
+    gradient_graph, recognised_subgraphs, trainable_params, training_graph, LossKind,
+};
 use harden::model::{self, pb, Dim};
 use harden::rng::Rng;
 use harden::runtime::{self, RuntimeChoice};
@@ -1773,6 +1775,17 @@ fn parameter_gradients_of_rules() {
         vec![t(&mut r, "w", &[5, 3]), t(&mut r, "c", &[3])],
         &["w", "c"],
     );
+    // A Linear on tokens: its weight's gradient as one MatMul over all rows.
+    param_check(
+        "MatMul on tokens and bias add",
+        &[2, 4, 5],
+        vec![
+            node("MatMul", &["x", "w"], "h", vec![]),
+            node("Add", &["h", "c"], "y", vec![]),
+        ],
+        vec![t(&mut r, "w", &[5, 3]), t(&mut r, "c", &[3])],
+        &["w", "c"],
+    );
     param_check(
         "Sub Mul Div operands",
         &[4],
@@ -2526,6 +2539,412 @@ fn reduction_rules() {
             vec![],
             13,
         );
+    }
+}
+
+/// `nodes` named apart (`node` names each after its op).
+fn unique_names(nodes: Vec<pb::NodeProto>) -> Vec<pb::NodeProto> {
+    nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| pb::NodeProto {
+            name: format!("{}_{i}", n.op_type),
+            ..n
+        })
+        .collect()
+}
+
+/// A scalar float constant.
+fn f32_scalar(name: &str, v: f32) -> pb::TensorProto {
+    model::float_tensor(name, &[], &[v])
+}
+
+/// The erf GELU as the legacy PyTorch exporter writes it, on h = 3 x: Div(h, sqrt 2),
+/// Erf, Add 1, Mul h, Mul 0.5.
+fn gelu_chain() -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
+    (
+        vec![
+            node("Mul", &["x", "k"], "h", vec![]),
+            node("Div", &["h", "c"], "a", vec![]),
+            node("Erf", &["a"], "e", vec![]),
+            node("Add", &["e", "one"], "e1", vec![]),
+            node("Mul", &["h", "e1"], "m", vec![]),
+            node("Mul", &["m", "half"], "y", vec![]),
+        ],
+        vec![
+            f32_scalar("k", 3.0),
+            f32_scalar("c", std::f32::consts::SQRT_2),
+            f32_scalar("one", 1.0),
+            f32_scalar("half", 0.5),
+        ],
+    )
+}
+
+/// A standardisation over `axes` written out (LayerNorm before opset 17), then scale and
+/// bias: ReduceMean, Sub, Pow 2 (or xc * xc), ReduceMean, Add eps, Sqrt, Div (or
+/// Reciprocal and Mul). Axes as attributes before opset 18, as inputs from 18.
+fn standardize_chain(
+    r: &mut Rng,
+    axes: &[i64],
+    inner: &[usize],
+    opset: i64,
+    square_by_mul: bool,
+    reciprocal: bool,
+) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
+    let mean = |input: &str, out: &str| {
+        if opset >= 18 {
+            node("ReduceMean", &[input, "axes"], out, vec![])
+        } else {
+            node("ReduceMean", &[input], out, vec![attr_ints("axes", axes)])
+        }
+    };
+    let mut nodes = vec![
+        mean("x", "mu"),
+        node("Sub", &["x", "mu"], "xc", vec![]),
+        if square_by_mul {
+            node("Mul", &["xc", "xc"], "sq", vec![])
+        } else {
+            node("Pow", &["xc", "two"], "sq", vec![])
+        },
+        mean("sq", "var"),
+        node("Add", &["var", "eps"], "ve", vec![]),
+        node("Sqrt", &["ve"], "sd", vec![]),
+    ];
+    if reciprocal {
+        nodes.push(node("Reciprocal", &["sd"], "rs", vec![]));
+        nodes.push(node("Mul", &["rs", "xc"], "xh", vec![]));
+    } else {
+        nodes.push(node("Div", &["xc", "sd"], "xh", vec![]));
+    }
+    nodes.push(node("Mul", &["xh", "w"], "xw", vec![]));
+    nodes.push(node("Add", &["xw", "b"], "y", vec![]));
+    let mut inits = vec![
+        f32_scalar("two", 2.0),
+        f32_scalar("eps", 1e-5),
+        rand_tensor("w", inner, r, 1.0),
+        rand_tensor("b", inner, r, 0.3),
+    ];
+    if opset >= 18 {
+        inits.push(i64_tensor("axes", axes));
+    }
+    (nodes, inits)
+}
+
+/// (name, example shape, opset, nodes and initializers, the patterns it must be seen as)
+type SubgraphCase = (
+    &'static str,
+    Vec<usize>,
+    i64,
+    (Vec<pb::NodeProto>, Vec<pb::TensorProto>),
+    Vec<&'static str>,
+);
+
+/// Subgraphs differentiated as one node (`rules/fused.rs`): each recognised (or, where
+/// an intermediate tensor is read elsewhere, not) and checked against finite
+/// differences, input and parameter gradients.
+#[test]
+fn recognised_subgraph_rules() {
+    let mut r = Rng::new(11);
+    let recognised = |m: &pb::ModelProto, example: &[usize]| -> Vec<&'static str> {
+        recognised_subgraphs(m, "x", example)
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    };
+    let mut cases: Vec<SubgraphCase> = vec![];
+    cases.push((
+        "GELU (legacy exporter)",
+        vec![7],
+        13,
+        gelu_chain(),
+        vec!["gelu"],
+    ));
+    // (x 0.5) (1 + erf(x * 1/sqrt 2)), constants first where an exporter may put them.
+    cases.push((
+        "GELU (scaled first)",
+        vec![7],
+        13,
+        (
+            vec![
+                node("Mul", &["x", "k"], "h", vec![]),
+                node("Mul", &["half", "h"], "p", vec![]),
+                node("Mul", &["c", "h"], "a", vec![]),
+                node("Erf", &["a"], "e", vec![]),
+                node("Add", &["one", "e"], "e1", vec![]),
+                node("Mul", &["e1", "p"], "y", vec![]),
+            ],
+            vec![
+                f32_scalar("k", 3.0),
+                f32_scalar("c", std::f32::consts::FRAC_1_SQRT_2),
+                f32_scalar("one", 1.0),
+                f32_scalar("half", 0.5),
+            ],
+        ),
+        vec!["gelu"],
+    ));
+    // Other constants: y = x (0.3 + erf(x / -1.7)), no final factor (C < 0).
+    cases.push((
+        "erf chain with other constants",
+        vec![7],
+        13,
+        (
+            vec![
+                node("Mul", &["x", "k"], "h", vec![]),
+                node("Div", &["h", "c"], "a", vec![]),
+                node("Erf", &["a"], "e", vec![]),
+                node("Add", &["e", "one"], "e1", vec![]),
+                node("Mul", &["e1", "h"], "y", vec![]),
+            ],
+            vec![
+                f32_scalar("k", 2.0),
+                f32_scalar("c", -1.7),
+                f32_scalar("one", 0.3),
+            ],
+        ),
+        vec!["gelu"],
+    ));
+    // The Erf's input read elsewhere too: not recognised, the ops' own rules.
+    let (mut n, i) = gelu_chain();
+    n.last_mut().unwrap().output[0] = "g".into();
+    n.push(node("Add", &["g", "a"], "y", vec![]));
+    cases.push((
+        "GELU with its Erf input read elsewhere",
+        vec![7],
+        13,
+        (n, i),
+        vec![],
+    ));
+    cases.push((
+        "SiLU",
+        vec![7],
+        13,
+        (
+            vec![
+                node("Mul", &["x", "k"], "h", vec![]),
+                node("Sigmoid", &["h"], "s", vec![]),
+                node("Mul", &["s", "h"], "y", vec![]),
+            ],
+            vec![f32_scalar("k", 3.0)],
+        ),
+        vec!["silu"],
+    ));
+    // Squeeze-and-excitation: x * Sigmoid(z) of another tensor is not SiLU.
+    cases.push((
+        "Sigmoid gate",
+        vec![7],
+        13,
+        (
+            vec![
+                node("Mul", &["x", "k"], "h", vec![]),
+                node("Sigmoid", &["h"], "s", vec![]),
+                node("Mul", &["s", "x"], "y", vec![]),
+            ],
+            vec![f32_scalar("k", 3.0)],
+        ),
+        vec![],
+    ));
+    cases.push((
+        "standardisation (Pow, Div)",
+        vec![3, 5],
+        13,
+        standardize_chain(&mut r, &[-1], &[5], 13, false, false),
+        vec!["standardize"],
+    ));
+    cases.push((
+        "standardisation over two axes (x * x, Reciprocal, opset 18)",
+        vec![2, 3, 4],
+        18,
+        standardize_chain(&mut r, &[2, 3], &[3, 4], 18, true, true),
+        vec!["standardize"],
+    ));
+    for (name, example, opset, (nodes, inits), want) in cases {
+        let m = model_of(&example, unique_names(nodes), inits, opset);
+        assert_eq!(recognised(&m, &example), want, "{name}");
+        fd_check(name, &m, &example, LossKind::CrossEntropy, -1.0, 1.0, 3e-2);
+    }
+    // Parameter gradients through them: a Linear before each.
+    let lin = |r: &mut Rng,
+               (mut nodes, mut inits): (Vec<pb::NodeProto>, Vec<pb::TensorProto>),
+               d: usize| {
+        for n in nodes.iter_mut() {
+            for i in n.input.iter_mut().filter(|i| *i == "x") {
+                *i = "xl".into();
+            }
+        }
+        nodes.insert(0, node("MatMul", &["x", "wl"], "xl", vec![]));
+        inits.push(rand_tensor("wl", &[d, d], r, 0.5));
+        (unique_names(nodes), inits)
+    };
+    let (n, i) = lin(&mut r, gelu_chain(), 7);
+    param_check("GELU after a Linear", &[7], n, i, &["wl"]);
+    let sn = standardize_chain(&mut r, &[-1], &[5], 13, false, false);
+    let (n, i) = lin(&mut r, sn, 5);
+    param_check(
+        "standardisation after a Linear",
+        &[3, 5],
+        n,
+        i,
+        &["wl", "w", "b"],
+    );
+}
+
+/// A recognised subgraph's gradient equals, to float rounding, the one its ops' own rules
+/// give: the same model with an intermediate tensor also read by a `+ 0 * t` (which
+/// keeps the function and stops the recognition), at the same points, on every runtime.
+#[test]
+fn recognised_subgraphs_match_their_ops_rules() {
+    let mut r = Rng::new(12);
+    let silu = (
+        vec![
+            node("Mul", &["x", "k"], "h", vec![]),
+            node("Sigmoid", &["h"], "s", vec![]),
+            node("Mul", &["h", "s"], "y", vec![]),
+        ],
+        vec![f32_scalar("k", 3.0)],
+    );
+    let cases = [
+        ("GELU", vec![2, 9], 13, gelu_chain(), "a"),
+        ("SiLU", vec![2, 9], 13, silu, "s"),
+        (
+            "standardisation",
+            vec![3, 6],
+            13,
+            standardize_chain(&mut r, &[-1], &[6], 13, false, false),
+            "xc",
+        ),
+    ];
+    for (name, example, opset, (nodes, mut inits), tap) in cases {
+        let fused = model_of(&example, unique_names(nodes.clone()), inits.clone(), opset);
+        let mut plain = nodes;
+        plain.last_mut().unwrap().output[0] = "y0".into();
+        plain.push(node("Mul", &[tap, "zero"], "t0", vec![]));
+        plain.push(node("Add", &["y0", "t0"], "y", vec![]));
+        inits.push(f32_scalar("zero", 0.0));
+        let plain = model_of(&example, unique_names(plain), inits, opset);
+        assert_eq!(
+            recognised_subgraphs(&fused, "x", &example).unwrap().len(),
+            1
+        );
+        assert!(recognised_subgraphs(&plain, "x", &example)
+            .unwrap()
+            .is_empty());
+        let batch = 4;
+        let mut xshape = vec![batch];
+        xshape.extend(&example);
+        let n: usize = xshape.iter().product();
+        let x: Vec<f32> = (0..n).map(|_| r.range(-1.5, 1.5)).collect();
+        let grad = |m: &pb::ModelProto, choice: RuntimeChoice| {
+            let gg = gradient_graph(m, "x", &example, batch, LossKind::CrossEntropy).unwrap();
+            let bytes = prost::Message::encode_to_vec(&gg.proto);
+            let mut rt = runtime::open(choice, &bytes, 1, &common::ort_locator()).unwrap();
+            let heads = head_inputs(
+                LossKind::CrossEntropy,
+                batch,
+                gg.num_classes,
+                &mut Rng::new(3),
+            );
+            run_graph(rt.as_mut(), &x, &xshape, &heads, gg.num_classes).2
+        };
+        for choice in runtimes() {
+            common::assert_close(
+                &grad(&fused, choice),
+                &grad(&plain, choice),
+                2e-6,
+                &format!("{name} on {choice:?}: recognised vs ops' rules"),
+            );
+        }
+    }
+}
+
+/// A tensor cut into pieces (Slice, scalar Gather: attention's q, k and v): the pieces'
+/// gradients put together by one Concat, gaps zero, no Pad left; overlapping pieces
+/// summed. Checked against finite differences.
+#[test]
+fn gradient_pieces_are_concatenated() {
+    let slice = |out: &str, st: &str, en: &str| node("Slice", &["h", st, en, "ax"], out, vec![]);
+    let pieces = |overlap: bool| {
+        (
+            vec![
+                node("Mul", &["x", "k"], "h", vec![]),
+                slice("a", "s0", "e0"),
+                slice("b", if overlap { "s0" } else { "s1" }, "e1"),
+                node("Gather", &["h", "i4"], "c", vec![attr_int("axis", 2)]),
+                node("Mul", &["a", "a"], "a2", vec![]),
+                node("Tanh", &["b"], "bt", vec![]),
+                node("Unsqueeze", &["c", "ax"], "cu", vec![]),
+                node(
+                    "Concat",
+                    &["a2", "bt", "cu"],
+                    "y",
+                    vec![attr_int("axis", 2)],
+                ),
+            ],
+            vec![
+                f32_scalar("k", 2.0),
+                i64_tensor("s0", &[0]),
+                i64_tensor("e0", &[2]),
+                i64_tensor("s1", &[2]),
+                i64_tensor("e1", &[3]),
+                i64_tensor("ax", &[2]),
+                i64_scalar("i4", 4),
+            ],
+        )
+    };
+    // A piece's gradient also passed on unchanged elsewhere (Add gives its gradient to
+    // both operands): its Pad stays, read by the other operand's rule.
+    let (nodes, inits) = (
+        vec![
+            node("Mul", &["x", "k"], "u", vec![]),
+            node("Mul", &["x", "k3"], "v", vec![]),
+            node("Add", &["u", "v"], "t", vec![]),
+            node("Slice", &["t", "s0", "e0", "ax"], "a", vec![]),
+            node("Slice", &["u", "s1", "e1", "ax"], "c", vec![]),
+            node("Tanh", &["a"], "at", vec![]),
+            node("Mul", &["c", "c"], "c2", vec![]),
+            node("Concat", &["at", "c2"], "y", vec![attr_int("axis", 2)]),
+        ],
+        vec![
+            f32_scalar("k", 2.0),
+            f32_scalar("k3", -3.0),
+            i64_tensor("s0", &[0]),
+            i64_tensor("e0", &[2]),
+            i64_tensor("s1", &[2]),
+            i64_tensor("e1", &[4]),
+            i64_tensor("ax", &[2]),
+        ],
+    );
+    let m = model_of(&[3, 4], unique_names(nodes), inits, 13);
+    fd_check(
+        "piece shared by Add's operands",
+        &m,
+        &[3, 4],
+        LossKind::CrossEntropy,
+        -1.0,
+        1.0,
+        3e-2,
+    );
+    for overlap in [false, true] {
+        let (nodes, inits) = pieces(overlap);
+        let m = model_of(&[3, 6], unique_names(nodes), inits, 13);
+        let gg = gradient_graph(&m, "x", &[3, 6], 2, LossKind::CrossEntropy).unwrap();
+        let ops: Vec<&str> = gg
+            .proto
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type.as_str())
+            .collect();
+        let concats = ops.iter().filter(|o| **o == "Concat").count();
+        if overlap {
+            assert_eq!(concats, 1, "overlapping pieces are summed: {ops:?}");
+        } else {
+            assert!(!ops.contains(&"Pad") && concats == 2, "{ops:?}");
+        }
+        let name = format!("pieces (overlap {overlap})");
+        fd_check(&name, &m, &[3, 6], LossKind::CrossEntropy, -1.0, 1.0, 3e-2);
     }
 }
 

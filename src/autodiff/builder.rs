@@ -1,6 +1,8 @@
 //! Emitting ONNX nodes in the form the model's opset expects (attributes became inputs
 //! at various opsets), with fresh names and constants.
 
+use std::collections::HashMap;
+
 use anyhow::{bail, Result};
 
 use crate::model::pb;
@@ -31,6 +33,8 @@ pub struct Builder {
     /// The gradient the last tiling MaxPool rule emitted, so that the rule of a Relu
     /// feeding that MaxPool can re-emit it with the ReLU's mask folded in.
     pub last_pool: Option<PoolGrad>,
+    /// The zero-paddings emitted by `pad`: output, then (input, pads), for `sum`.
+    pads: HashMap<String, (String, Vec<i64>)>,
     counter: usize,
     prefix: String,
 }
@@ -59,6 +63,7 @@ impl Builder {
             nodes: vec![],
             inits: vec![],
             last_pool: None,
+            pads: HashMap::new(),
             counter: 0,
             prefix: prefix.to_string(),
         }
@@ -221,12 +226,119 @@ impl Builder {
         if pads.iter().all(|p| *p == 0) {
             return x.to_string();
         }
-        if self.opset >= 11 {
+        let out = if self.opset >= 11 {
             let p = self.const_i64(pads);
             self.op("Pad", &[x, &p], vec![])
         } else {
             self.op("Pad", &[x], vec![attr_ints("pads", pads)])
+        };
+        self.pads
+            .insert(out.clone(), (x.to_string(), pads.to_vec()));
+        out
+    }
+
+    /// The sum of the gradient contributions `parts` to a tensor (of static shape
+    /// `shape`, when known). Contributions that are zero-padded pieces of it side by side
+    /// along one axis (the rules of Slice and Gather: a tensor cut into q, k and v) are
+    /// put together by one Concat, the gaps filled with zeros, instead of a full-size Pad
+    /// per piece and a full-size Add per piece but one; their Pad nodes are taken back
+    /// unless `held` (a gradient still to be used elsewhere) or read by an emitted node.
+    pub fn sum(
+        &mut self,
+        parts: Vec<String>,
+        shape: Option<&[usize]>,
+        held: &dyn Fn(&str) -> bool,
+    ) -> Option<String> {
+        if let Some(joined) = shape.and_then(|s| self.concat_pieces(&parts, s, held)) {
+            return Some(joined);
         }
+        let mut it = parts.into_iter();
+        let first = it.next()?;
+        Some(it.fold(first, |acc, p| self.add(&acc, &p)))
+    }
+
+    fn concat_pieces(
+        &mut self,
+        parts: &[String],
+        shape: &[usize],
+        held: &dyn Fn(&str) -> bool,
+    ) -> Option<String> {
+        if parts.len() < 2 {
+            return None;
+        }
+        let r = shape.len();
+        let pieces: Vec<&(String, Vec<i64>)> = parts
+            .iter()
+            .map(|p| self.pads.get(p).filter(|(_, pads)| pads.len() == 2 * r))
+            .collect::<Option<_>>()?;
+        // The one axis along which they are padded (any axis when none is).
+        let axis = (0..r)
+            .find(|&a| pieces.iter().any(|(_, p)| p[a] != 0 || p[r + a] != 0))
+            .unwrap_or(0);
+        let off_axis = |p: &[i64]| (0..r).any(|a| a != axis && (p[a] != 0 || p[r + a] != 0));
+        if pieces.iter().any(|(_, p)| off_axis(p)) {
+            return None;
+        }
+        let dim = shape[axis] as i64;
+        let mut segs: Vec<(i64, i64, String)> = pieces
+            .iter()
+            .map(|(x, p)| (p[axis], dim - p[r + axis], x.clone()))
+            .collect();
+        segs.sort_by_key(|s| s.0);
+        let mut at = 0;
+        for (start, end, _) in &segs {
+            if *start < at || end < start {
+                return None;
+            }
+            at = *end;
+        }
+        let mut inputs = vec![];
+        let mut at = 0;
+        let gap = |b: &mut Builder, from: i64, to: i64| {
+            let mut s = shape.to_vec();
+            s[axis] = (to - from) as usize;
+            b.const_f32(&s, vec![0.0; s.iter().product()])
+        };
+        for (start, end, x) in &segs {
+            if *start > at {
+                inputs.push(gap(self, at, *start));
+            }
+            inputs.push(x.clone());
+            at = *end;
+        }
+        if at < dim {
+            inputs.push(gap(self, at, dim));
+        }
+        // The Pads no one else reads are taken back. (A rule may pass a gradient on
+        // unchanged to several tensors, Add's to both operands.) A MaxPool gradient
+        // waiting to be re-emitted by a ReLU's rule counts nodes: it is dropped.
+        let read: std::collections::HashSet<&str> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .collect();
+        let padded: std::collections::HashSet<String> = parts
+            .iter()
+            .filter(|p| !held(p) && !read.contains(p.as_str()))
+            .cloned()
+            .collect();
+        let is_taken =
+            |n: &pb::NodeProto| n.op_type == "Pad" && n.output.iter().any(|o| padded.contains(o));
+        // With them their pads constants (read by nothing else).
+        let consts: std::collections::HashSet<String> = self
+            .nodes
+            .iter()
+            .filter(|n| is_taken(n))
+            .flat_map(|n| n.input.iter().skip(1).cloned())
+            .collect();
+        self.nodes.retain(|n| !is_taken(n));
+        self.inits.retain(|t| !consts.contains(&t.name));
+        for p in &padded {
+            self.pads.remove(p);
+        }
+        self.last_pool = None;
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        Some(self.op("Concat", &refs, vec![attr_int("axis", axis as i64)]))
     }
 
     /// `x[starts..ends]` on `axes`, step 1.

@@ -558,16 +558,34 @@ fn build(
     b.op_into("Identity", &[&loss], vec![], LOSS);
     let gz = b.reshape(&gz, &lshape);
 
+    // Recognised subgraphs (GELU, SiLU, standardisations written out) are differentiated
+    // as one node at their last node; their other nodes get no gradient of their own.
+    let fused = rules::find_fused(g0, opset, &shapes, &consts);
     let mut grads: HashMap<String, Vec<String>> = HashMap::new();
     grads.insert(logits.clone(), vec![gz]);
     for &idx in &path {
         let n = &g0.node[idx];
-        let dys: Vec<Option<String>> = n
-            .output
-            .iter()
-            .map(|o| sum_grads(&mut b, grads.remove(o)))
-            .collect();
+        let mut dys: Vec<Option<String>> = vec![];
+        for o in &n.output {
+            let parts = grads.remove(o);
+            dys.push(sum_grads(&mut b, parts, shapes.get(o), &grads));
+        }
         if dys.iter().all(Option::is_none) {
+            continue;
+        }
+        if let (Some(f), Some(dy)) = (fused.get(&idx), &dys[0]) {
+            let needs: Vec<bool> = f
+                .inputs
+                .iter()
+                .map(|i| depends.contains(i.as_str()) && needed.contains(i.as_str()))
+                .collect();
+            let dxs = (f.rule)(&mut b, f, dy, &needs, &shapes)
+                .map_err(|e| anyhow!("node '{}' ({} subgraph): {e}", node_label(n), f.pattern))?;
+            for ((i, dx), need) in f.inputs.iter().zip(dxs).zip(needs) {
+                if let (Some(dx), true) = (dx, need) {
+                    grads.entry(i.clone()).or_default().push(dx);
+                }
+            }
             continue;
         }
         let needs: Vec<bool> = n
@@ -583,7 +601,8 @@ fn build(
             }
         }
     }
-    match sum_grads(&mut b, grads.remove(input)) {
+    let parts = grads.remove(input);
+    match sum_grads(&mut b, parts, Some(&x_shape), &grads) {
         Some(gx) => b.op_into("Identity", &[&gx], vec![], GRAD),
         None => {
             let zeros = b.const_f32(&x_shape, vec![0.0; x_shape.iter().product()]);
@@ -597,7 +616,8 @@ fn build(
             .ok_or_else(|| anyhow!("no shape for the parameter '{p}'"))?
             .clone();
         let name = param_grad_name(p);
-        match sum_grads(&mut b, grads.remove(p.as_str())) {
+        let parts = grads.remove(p.as_str());
+        match sum_grads(&mut b, parts, Some(&ps), &grads) {
             Some(gp) => b.op_into("Identity", &[&gp], vec![], &name),
             None => {
                 let zeros = b.const_f32(&ps, vec![0.0; ps.iter().product()]);
@@ -642,10 +662,46 @@ fn build(
     })
 }
 
-/// The sum of gradient contributions (None when there are none).
-fn sum_grads(b: &mut Builder, parts: Option<Vec<String>>) -> Option<String> {
-    let parts = parts?;
-    let mut it = parts.into_iter();
-    let first = it.next()?;
-    Some(it.fold(first, |acc, p| b.add(&acc, &p)))
+/// The subgraphs of `proto` (input `input`, examples of `example_shape`) that gradient
+/// graphs differentiate as one node (`rules/fused.rs`): (pattern, the name of its last
+/// node), in graph order.
+pub fn recognised_subgraphs(
+    proto: &pb::ModelProto,
+    input: &str,
+    example_shape: &[usize],
+) -> Result<Vec<(&'static str, String)>> {
+    let mut x_shape = vec![1];
+    x_shape.extend_from_slice(example_shape);
+    let mut fb = FixedBatch::of(proto, input, &x_shape, &[])?;
+    let shapes = std::mem::take(&mut fb.shapes);
+    let consts = Consts::of(&fb, &[]);
+    let g = fb
+        .proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| anyhow!("the model has no graph"))?;
+    let opset = proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .unwrap_or(0);
+    let mut out: Vec<(usize, &'static str, String)> = rules::find_fused(g, opset, &shapes, &consts)
+        .into_iter()
+        .map(|(root, f)| (root, f.pattern, node_label(&g.node[root])))
+        .collect();
+    out.sort();
+    Ok(out.into_iter().map(|(_, p, n)| (p, n)).collect())
+}
+
+/// The sum of gradient contributions (None when there are none); `grads`, the
+/// contributions still to be summed for other tensors (which may share names with these).
+fn sum_grads(
+    b: &mut Builder,
+    parts: Option<Vec<String>>,
+    shape: Option<&Vec<usize>>,
+    grads: &HashMap<String, Vec<String>>,
+) -> Option<String> {
+    let held = |name: &str| grads.values().any(|v| v.iter().any(|p| p == name));
+    b.sum(parts?, shape.map(Vec::as_slice), &held)
 }

@@ -2,8 +2,10 @@
 
 use anyhow::{anyhow, bail, Result};
 
+use super::fused::{Fused, View};
 use super::{norm_axis, Grads, Node, OpDef};
 use crate::autodiff::builder::{attr_int, Builder};
+use crate::autodiff::Shapes;
 
 pub(super) const OPS: &[OpDef] = &[
     OpDef::diff("Abs", 1, abs),
@@ -311,28 +313,25 @@ fn erf(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
 }
 
 /// Gelu (opset 20). `approximate="none"`: y = x Phi(x), y' = Phi(x) + x phi(x) with
-/// Phi(x) = (1 + erf(x / sqrt 2)) / 2 and phi(x) = exp(-x^2 / 2) / sqrt(2 pi).
+/// Phi(x) = (1 + erf(x / sqrt 2)) / 2 and phi(x) = exp(-x^2 / 2) / sqrt(2 pi), computed as
+/// for the exporters' chain (`gelu_erf_backward`).
 /// `approximate="tanh"`: y = x (1 + t) / 2 with t = tanh(u), u = sqrt(2/pi) (x + 0.044715 x^3),
 /// y' = (1 + t) / 2 + x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2) / 2.
 fn gelu(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
     let x = c.input(0);
-    let x2 = b.mul(x, x);
     let d = match c.string("approximate").as_deref().unwrap_or("none") {
         "none" => {
-            let xs = times(b, x, std::f32::consts::FRAC_1_SQRT_2);
-            let e = b.op("Erf", &[&xs], vec![]);
+            let a = times(b, x, std::f32::consts::FRAC_1_SQRT_2);
+            let e = b.op("Erf", &[&a], vec![]);
             let e1 = plus(b, &e, 1.0);
-            let cdf = times(b, &e1, 0.5);
-            let t = times(b, &x2, -0.5);
-            let ex = b.op("Exp", &[&t], vec![]);
-            // 1 / sqrt(2 pi)
-            let pdf = times(b, &ex, 0.398_942_3);
-            let xp = b.mul(x, &pdf);
-            b.add(&cdf, &xp)
+            let dx = gelu_erf_backward(b, c.dy, x, &a, &e1, 0.5, std::f32::consts::FRAC_1_SQRT_2);
+            g[0] = Some(dx);
+            return Ok(());
         }
         "tanh" => {
             const K: f32 = 0.797_884_6; // sqrt(2 / pi)
             const A: f32 = 0.044_715;
+            let x2 = b.mul(x, x);
             let poly = times(b, &x2, A);
             let poly = plus(b, &poly, 1.0);
             let xp = b.mul(x, &poly);
@@ -354,6 +353,173 @@ fn gelu(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
     };
     chain(b, c, &d, g);
     Ok(())
+}
+
+/// The gradient through y = m x e1 with e1 = k + erf(a), a = x * inv_c (the erf GELU as
+/// exporters write it: m = 1/2, k = 1, inv_c = 1/sqrt 2), from the forward's own a and
+/// e1: dx = dy (e1 + x C exp(-a^2)) m with C = inv_c 2/sqrt(pi), C exp(-a^2) as
+/// exp(ln C - a^2). The factor m comes last, on its own: ONNX Runtime folds a scalar
+/// factor into the MatMul that takes the gradient next (the Linear before the GELU).
+fn gelu_erf_backward(
+    b: &mut Builder,
+    dy: &str,
+    x: &str,
+    a: &str,
+    e1: &str,
+    m: f32,
+    inv_c: f32,
+) -> String {
+    let coef = inv_c * std::f32::consts::FRAC_2_SQRT_PI;
+    let s = b.mul(a, a);
+    let t = if coef > 0.0 {
+        let ln = b.scalar(coef.ln());
+        let u = b.sub(&ln, &s);
+        let p = b.op("Exp", &[&u], vec![]);
+        b.mul(x, &p)
+    } else {
+        let u = b.neg(&s);
+        let p = b.op("Exp", &[&u], vec![]);
+        let t = b.mul(x, &p);
+        times(b, &t, coef)
+    };
+    let d = b.add(e1, &t);
+    let g = b.mul(dy, &d);
+    if m == 1.0 {
+        g
+    } else {
+        times(b, &g, m)
+    }
+}
+
+/// The erf GELU as exporters write it, anchored at its Erf: a = x / c (or x * c'),
+/// e = Erf(a), e1 = e + k, then y = (x e1) m, (x m) e1, or x e1 (m = 1), with scalar
+/// constants c, k, m (see `fused.rs`). Its rule: `gelu_erf_fused`.
+pub(super) fn match_gelu_erf(v: &View, i: usize) -> Option<Fused> {
+    let erf = v.node(i);
+    if erf.op_type != "Erf" || erf.input.len() != 1 || erf.output.len() != 1 {
+        return None;
+    }
+    let (a, e) = (erf.input[0].as_str(), erf.output[0].as_str());
+    if v.uses(a) != 1 {
+        return None;
+    }
+    let ia = v.made_by(a, "Div").or_else(|| v.made_by(a, "Mul"))?;
+    let na = v.node(ia);
+    if na.input.len() != 2 {
+        return None;
+    }
+    let (x, inv_c) = if na.op_type == "Div" {
+        (na.input[0].as_str(), 1.0 / v.scalar(&na.input[1])?)
+    } else if let Some(k) = v.scalar(&na.input[1]) {
+        (na.input[0].as_str(), k)
+    } else {
+        (na.input[1].as_str(), v.scalar(&na.input[0])?)
+    };
+    if v.consts.is_const(x) || !inv_c.is_finite() {
+        return None;
+    }
+    let ie1 = v.sole_reader(e).filter(|&j| v.node(j).op_type == "Add")?;
+    v.scalar(v.other(ie1, e)?)?;
+    let e1 = v.node(ie1).output.first()?.as_str();
+    let im = v.sole_reader(e1).filter(|&j| v.node(j).op_type == "Mul")?;
+    let other = v.other(im, e1)?;
+    let m_out = v.node(im).output.first()?.as_str();
+    let (mut nodes, m) = if other == x {
+        // (x e1) m, or x e1.
+        match v.sole_reader(m_out).filter(|&j| v.node(j).op_type == "Mul") {
+            Some(j) => match v.other(j, m_out).and_then(|h| v.scalar(h)) {
+                Some(m) => (vec![ia, i, ie1, im, j], m),
+                None => (vec![ia, i, ie1, im], 1.0),
+            },
+            None => (vec![ia, i, ie1, im], 1.0),
+        }
+    } else {
+        // (x m) e1.
+        let ih = v.made_by(other, "Mul")?;
+        if v.uses(other) != 1 || v.other(ih, x).is_none() {
+            return None;
+        }
+        let m = v.scalar(v.other(ih, x)?)?;
+        (vec![ia, ih, i, ie1, im], m)
+    };
+    nodes.sort_unstable();
+    Some(Fused {
+        pattern: "gelu",
+        nodes,
+        inputs: vec![x.to_string()],
+        tensors: vec![x.to_string(), a.to_string(), e1.to_string()],
+        values: vec![m, inv_c],
+        axes: vec![],
+        rule: gelu_erf_fused,
+    })
+}
+
+fn gelu_erf_fused(
+    b: &mut Builder,
+    f: &Fused,
+    dy: &str,
+    needs: &[bool],
+    _: &Shapes,
+) -> Result<Vec<Option<String>>> {
+    if !needs.first().copied().unwrap_or(false) {
+        return Ok(vec![None]);
+    }
+    let [x, a, e1] = &f.tensors[..] else {
+        bail!("malformed GELU subgraph");
+    };
+    Ok(vec![Some(gelu_erf_backward(
+        b,
+        dy,
+        x,
+        a,
+        e1,
+        f.values[0],
+        f.values[1],
+    ))])
+}
+
+/// SiLU (Swish) as exporters write it: s = Sigmoid(x), y = x s (either order). Its rule,
+/// from the forward's s and y: dx = dy (s + y (1 - s)).
+pub(super) fn match_silu(v: &View, i: usize) -> Option<Fused> {
+    let n = v.node(i);
+    if n.op_type != "Sigmoid" || n.input.len() != 1 || n.output.len() != 1 {
+        return None;
+    }
+    let (x, s) = (n.input[0].as_str(), n.output[0].as_str());
+    let im = v.sole_reader(s).filter(|&j| v.node(j).op_type == "Mul")?;
+    if v.other(im, s)? != x {
+        return None;
+    }
+    let y = v.node(im).output.first()?;
+    Some(Fused {
+        pattern: "silu",
+        nodes: vec![i, im],
+        inputs: vec![x.to_string()],
+        tensors: vec![s.to_string(), y.clone()],
+        values: vec![],
+        axes: vec![],
+        rule: silu_fused,
+    })
+}
+
+fn silu_fused(
+    b: &mut Builder,
+    f: &Fused,
+    dy: &str,
+    needs: &[bool],
+    _: &Shapes,
+) -> Result<Vec<Option<String>>> {
+    if !needs.first().copied().unwrap_or(false) {
+        return Ok(vec![None]);
+    }
+    let [s, y] = &f.tensors[..] else {
+        bail!("malformed SiLU subgraph");
+    };
+    let one = b.scalar(1.0);
+    let om = b.sub(&one, s);
+    let t = b.mul(y, &om);
+    let d = b.add(s, &t);
+    Ok(vec![Some(b.mul(dy, &d))])
 }
 
 /// HardSigmoid: y = max(0, min(1, alpha x + beta)); y' = alpha where 0 < y < 1, else 0

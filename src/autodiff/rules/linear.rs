@@ -83,12 +83,23 @@ fn matmul(b: &mut Builder, node: &Node, g: &mut Grads) -> Result<()> {
         g[0] = Some(b.unbroadcast(&da, &full, &sa));
     }
     if need_b {
-        let at = swap_last2(b, a, sa.len());
-        let db = b.op("MatMul", &[&at, dy], vec![]);
-        let mut full = sy.clone();
-        let r = full.len();
-        full[r - 2] = sb[sb.len() - 2];
-        g[1] = Some(b.unbroadcast(&db, &full, &sb));
+        if sb.len() == 2 && sa.len() > 2 {
+            // A weight shared by every row of a batched A (a Linear on [N, tokens, C]):
+            // one MatMul over all rows, A^T [K, rows] times dY [rows, N], rather than a
+            // [N, K, N'] product per example summed afterwards.
+            let rows: usize = sa[..sa.len() - 1].iter().product();
+            let a2 = b.reshape(a, &[rows, sa[sa.len() - 1]]);
+            let d2 = b.reshape(dy, &[rows, sy[sy.len() - 1]]);
+            let at = b.transpose(&a2, &[1, 0]);
+            g[1] = Some(b.op("MatMul", &[&at, &d2], vec![]));
+        } else {
+            let at = swap_last2(b, a, sa.len());
+            let db = b.op("MatMul", &[&at, dy], vec![]);
+            let mut full = sy.clone();
+            let r = full.len();
+            full[r - 2] = sb[sb.len() - 2];
+            g[1] = Some(b.unbroadcast(&db, &full, &sb));
+        }
     }
     Ok(())
 }

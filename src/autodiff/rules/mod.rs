@@ -15,11 +15,14 @@ use crate::model::pb;
 use crate::ops::OpClass;
 
 mod elementwise;
+mod fused;
 mod linear;
 mod norm;
 mod pooling;
 mod reduce;
 mod shape;
+
+pub(super) use fused::find_fused;
 
 /// Gradients of a node's inputs, by input position (None: not needed or not differentiable).
 pub(super) type Grads = Vec<Option<String>>;

@@ -5,8 +5,11 @@
 
 use anyhow::{anyhow, bail, Result};
 
-use super::{norm_axis, Grads, Node, OpDef};
+use super::fused::{Fused, View};
+use super::reduce::reduce_axes;
+use super::{int_attr, norm_axis, Grads, Node, OpDef};
 use crate::autodiff::builder::{attr_int, Builder};
+use crate::autodiff::Shapes;
 use crate::model::pb;
 
 pub(super) const OPS: &[OpDef] = &[
@@ -271,4 +274,127 @@ fn group_norm(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
         g[2] = Some(b.reshape(&s, &pshape));
     }
     Ok(())
+}
+
+/// A standardisation written out (LayerNorm from exporters before opset 17, timm's
+/// LayerNorm2d): mu = ReduceMean(x, axes), xc = x - mu, var = ReduceMean(xc^2, axes)
+/// (Pow 2 or xc * xc), sd = Sqrt(var + eps), x_hat = xc / sd (or xc * Reciprocal(sd)),
+/// both means with kept dims over the same axes, anchored at the first ReduceMean. Its
+/// rule: `standardize_fused`, the closed form of `standardize_backward` from the forward's
+/// own x_hat and sd.
+pub(super) fn match_standardize(v: &View, i: usize) -> Option<Fused> {
+    let mean_axes = |j: usize| -> Option<Vec<usize>> {
+        let n = v.node(j);
+        if n.op_type != "ReduceMean" || int_attr(n, "keepdims", 1) != 1 {
+            return None;
+        }
+        let rank = v.shapes.get(n.input.first()?)?.len();
+        let b = Builder::new(v.opset, "");
+        reduce_axes(&b, &v.rule_node(j), rank).ok()
+    };
+    let axes = mean_axes(i)?;
+    let x = v.node(i).input[0].as_str();
+    let mu = v.node(i).output.first()?.as_str();
+    let isub = v.sole_reader(mu).filter(|&j| v.node(j).op_type == "Sub")?;
+    if v.node(isub).input.as_slice() != [x, mu] {
+        return None;
+    }
+    let xc = v.node(isub).output.first()?.as_str();
+    // xc is read by the square (Pow(xc, 2): once; xc * xc: twice) and the division.
+    let readers = v.readers(xc);
+    let isq = *readers.iter().find(|&&j| {
+        let n = v.node(j);
+        (n.op_type == "Pow" && n.input.len() == 2 && n.input[0] == xc && {
+            let e = &n.input[1];
+            v.scalar(e).map(|p| p == 2.0).unwrap_or(false)
+                || v.consts.i64s(e).map(|p| p == [2]).unwrap_or(false)
+        }) || (n.op_type == "Mul" && n.input.len() == 2 && n.input[0] == xc && n.input[1] == xc)
+    })?;
+    let sq_reads = if v.node(isq).op_type == "Mul" { 2 } else { 1 };
+    if v.uses(xc) != sq_reads + 1 || readers.len() != sq_reads + 1 {
+        return None;
+    }
+    let sq = v.node(isq).output.first()?.as_str();
+    let ivar = v.sole_reader(sq)?;
+    if mean_axes(ivar)? != axes {
+        return None;
+    }
+    let var = v.node(ivar).output.first()?.as_str();
+    let ieps = v.sole_reader(var).filter(|&j| v.node(j).op_type == "Add")?;
+    v.scalar(v.other(ieps, var)?)?;
+    let ve = v.node(ieps).output.first()?.as_str();
+    let isqrt = v.sole_reader(ve).filter(|&j| v.node(j).op_type == "Sqrt")?;
+    let sd = v.node(isqrt).output.first()?.as_str();
+    let inext = v.sole_reader(sd)?;
+    let (mut nodes, root, recip) = match v.node(inext).op_type.as_str() {
+        "Div" if v.node(inext).input.as_slice() == [xc, sd] => {
+            (vec![i, isub, isq, ivar, ieps, isqrt, inext], inext, false)
+        }
+        "Reciprocal" => {
+            let r = v.node(inext).output.first()?.as_str();
+            let imul = v.sole_reader(r).filter(|&j| v.node(j).op_type == "Mul")?;
+            if v.other(imul, r)? != xc {
+                return None;
+            }
+            (
+                vec![i, isub, isq, ivar, ieps, isqrt, inext, imul],
+                imul,
+                true,
+            )
+        }
+        _ => return None,
+    };
+    // The remaining read of xc is the division's.
+    if !readers.contains(&root) {
+        return None;
+    }
+    let xh = v.node(root).output.first()?.as_str();
+    let scale = if recip {
+        v.node(inext).output[0].as_str()
+    } else {
+        sd
+    };
+    let xs = v.shapes.get(x)?;
+    let count: usize = axes.iter().map(|a| xs[*a]).product();
+    nodes.sort_unstable();
+    Some(Fused {
+        pattern: "standardize",
+        nodes,
+        inputs: vec![x.to_string()],
+        tensors: vec![xh.to_string(), scale.to_string()],
+        values: vec![if recip { 1.0 } else { 0.0 }, 1.0 / count as f32],
+        axes: axes.iter().map(|a| *a as i64).collect(),
+        rule: standardize_fused,
+    })
+}
+
+/// dx = (g - mean(g) - x_hat mean(g x_hat)) / sd, g the gradient of x_hat (times r =
+/// 1/sd when the subgraph computed r).
+fn standardize_fused(
+    b: &mut Builder,
+    f: &Fused,
+    dy: &str,
+    needs: &[bool],
+    _: &Shapes,
+) -> Result<Vec<Option<String>>> {
+    if !needs.first().copied().unwrap_or(false) {
+        return Ok(vec![None]);
+    }
+    let [xh, scale] = &f.tensors[..] else {
+        bail!("malformed standardisation subgraph");
+    };
+    let inv_n = b.scalar(f.values[1]);
+    let s1 = b.reduce_sum(dy, &f.axes, true);
+    let m1 = b.mul(&s1, &inv_n);
+    let p = b.mul(dy, xh);
+    let s2 = b.reduce_sum(&p, &f.axes, true);
+    let m2 = b.mul(&s2, &inv_n);
+    let t = b.mul(xh, &m2);
+    let u = b.sub(dy, &t);
+    let w = b.sub(&u, &m1);
+    Ok(vec![Some(if f.values[0] != 0.0 {
+        b.mul(&w, scale)
+    } else {
+        b.div(&w, scale)
+    })])
 }

@@ -189,6 +189,8 @@ pub struct HardenArgs {
     /// TF32 tensor cores, about 3x faster, within about 1e-4 relative).
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
+    #[command(flatten)]
+    pub rounding: RoundingArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -256,6 +258,38 @@ impl AttackOpts {
     }
 }
 
+/// How gradients pass through rounding (`--through-rounding`).
+#[derive(Args, Debug, Clone)]
+pub struct RoundingArgs {
+    /// Gradients through rounding (QuantizeLinear, Round, Floor, Ceil, casts to integers):
+    /// ste (straight-through: identity, or 1 inside the integer range of a QuantizeLinear;
+    /// an approximation, recorded in the report) or zero (the exact derivative, zero:
+    /// gradient attacks are blind on such models). Adversarial examples are always
+    /// re-checked on the real model.
+    #[arg(long, value_enum, default_value = "ste")]
+    pub through_rounding: RoundingArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoundingArg {
+    Ste,
+    Zero,
+}
+
+impl RoundingArgs {
+    pub fn rounding(&self) -> crate::autodiff::Rounding {
+        match self.through_rounding {
+            RoundingArg::Ste => crate::autodiff::Rounding::Ste,
+            RoundingArg::Zero => crate::autodiff::Rounding::Zero,
+        }
+    }
+
+    /// Records the choice on `model`, for every graph built from it.
+    pub fn apply(&self, model: &mut OnnxModel) {
+        crate::autodiff::set_through_rounding(&mut model.proto, self.rounding());
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct AttackArgs {
     /// The ONNX model.
@@ -280,6 +314,8 @@ pub struct AttackArgs {
     pub input: InputArgs,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub rounding: RoundingArgs,
 }
 
 #[derive(Args, Debug)]
@@ -298,6 +334,8 @@ pub struct FalsifyArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub rounding: RoundingArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -326,6 +364,8 @@ pub struct GradArgs {
     pub batch: usize,
     #[command(flatten)]
     pub input: InputArgs,
+    #[command(flatten)]
+    pub rounding: RoundingArgs,
 }
 
 #[derive(Args, Debug)]
@@ -358,6 +398,8 @@ pub struct AuditArgs {
     pub input: InputArgs,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub rounding: RoundingArgs,
 }
 
 /// The report, its gates and the sanity checks (shared with the hardening command).
@@ -857,9 +899,11 @@ fn open_session(
     limit: Option<usize>,
     input: &InputArgs,
     run: &RunArgs,
+    rounding: &RoundingArgs,
     env: &Env,
 ) -> Result<Session> {
-    let model = OnnxModel::load(model_path)?;
+    let mut model = OnnxModel::load(model_path)?;
+    rounding.apply(&mut model);
     if needs_gradients {
         model.require_supported()?;
     }
@@ -951,6 +995,7 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         a.limit,
         &a.input,
         &a.run,
+        &a.rounding,
         env,
     )?;
     if let Some(p) = &plan {
@@ -1025,6 +1070,7 @@ fn attack_command(a: AttackArgs, env: &Env) -> Result<i32> {
         a.limit,
         &a.input,
         &a.run,
+        &a.rounding,
         env,
     )?;
     let threat = crate::attack::Threat::new(a.attack_opts.norm(), a.eps, s.spec.range)?;
@@ -1124,7 +1170,8 @@ fn falsify_command(a: FalsifyArgs, env: &Env) -> Result<i32> {
     if !(a.timeout.is_finite() && a.timeout > 0.0) {
         bail!("--timeout must be a positive number of seconds");
     }
-    let model = OnnxModel::load(&a.model)?;
+    let mut model = OnnxModel::load(&a.model)?;
+    a.rounding.apply(&mut model);
     let info = model.classifier_input()?;
     let props = crate::data::vnnlib::parse_vnnlib_file(&a.property)?;
     let example_shape = info.example_shape()?;
@@ -1191,7 +1238,8 @@ fn grad_command(a: GradArgs) -> Result<i32> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let model = OnnxModel::load(&a.model)?;
+    let mut model = OnnxModel::load(&a.model)?;
+    a.rounding.apply(&mut model);
     let info = model.classifier_input()?;
     let spec =
         InputSpec::resolve(&info, &a.input.to_spec_args()?).map_err(|e| a.input.explain(e))?;

@@ -237,8 +237,9 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
     };
 
     // The model and its input space.
-    let model = OnnxModel::load(&model_path)?;
+    let mut model = OnnxModel::load(&model_path)?;
     model.require_supported()?;
+    a.rounding.apply(&mut model);
     let params = trainable_params(&model.proto);
     if params.is_empty() {
         bail!("the model has no trainable weights (no float initializers feeding Conv, Gemm, MatMul, Add, BatchNormalization or PRelu); nothing to harden");

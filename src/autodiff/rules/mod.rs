@@ -10,7 +10,7 @@
 use anyhow::{anyhow, bail, Result};
 
 use super::builder::Builder;
-use super::{Consts, Shapes};
+use super::{Consts, Rounding, Shapes};
 use crate::model::pb;
 use crate::ops::OpClass;
 
@@ -18,6 +18,7 @@ mod elementwise;
 mod linear;
 mod norm;
 mod pooling;
+mod quant;
 mod reduce;
 mod shape;
 
@@ -93,6 +94,7 @@ const FAMILIES: &[&[OpDef]] = &[
     norm::OPS,
     shape::OPS,
     reduce::OPS,
+    quant::OPS,
 ];
 
 /// Every registered op, family by family.
@@ -117,6 +119,8 @@ pub(crate) struct Node<'a, 'c> {
     needs: &'a [bool],
     pub shapes: &'a Shapes,
     pub consts: &'a Consts<'c>,
+    /// How gradients pass through rounding (`quant.rs`).
+    pub rounding: Rounding,
 }
 
 impl<'a> Node<'a, '_> {
@@ -209,6 +213,7 @@ pub fn backward(
     needs: &[bool],
     shapes: &Shapes,
     consts: &Consts,
+    rounding: Rounding,
 ) -> Result<Grads> {
     let known = (n.domain.is_empty() || n.domain == "ai.onnx")
         .then(|| lookup(&n.op_type))
@@ -236,6 +241,7 @@ pub fn backward(
         needs,
         shapes,
         consts,
+        rounding,
     };
     let mut g: Grads = vec![None; n.input.len()];
     (def.rule)(b, &node, &mut g)?;

@@ -1,0 +1,166 @@
+//! INT8 QDQ models (fixtures/qdq, `scripts/make_qdq_fixtures.py`): they run on both
+//! runtimes as ONNX Runtime (Python) runs them, `inspect` describes their quantization,
+//! bad quantization and the QOperator format are refused with one line, gradients pass
+//! through rounding as `--through-rounding` says, and hardening keeps them INT8 QDQ.
+
+mod common;
+
+use std::path::Path;
+
+use harden::data::npy::NpySource;
+use harden::data::DataSource;
+use harden::runtime::RuntimeChoice;
+
+fn qdq(name: &str) -> String {
+    common::f(&format!("qdq/{name}"))
+}
+
+/// Member `name` of an .npz: (shape after the first dim, values).
+fn member(npz: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let mut s = NpySource::open_npz_members(npz, name, None).unwrap();
+    let shape = s.example_shape().to_vec();
+    let (mut xs, mut ys) = (vec![], vec![]);
+    while s.next_batch(64, &mut xs, &mut ys).unwrap() > 0 {}
+    (shape, xs)
+}
+
+fn runtimes() -> Vec<RuntimeChoice> {
+    let mut v = vec![RuntimeChoice::Tract];
+    if common::ort_available() {
+        v.push(RuntimeChoice::Ort);
+    }
+    v
+}
+
+/// Largest |a - b| and the number of values that differ by more than `tol`.
+fn diff(a: &[f32], b: &[f32], tol: f32) -> (f32, usize) {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).fold((0f32, 0), |(m, n), (x, y)| {
+        let d = (x - y).abs();
+        (m.max(d), n + (d > tol) as usize)
+    })
+}
+
+/// ONNX Runtime (optimizations on, as deployed: its fused integer QDQ kernels) gives
+/// ONNX Runtime's Python logits exactly; tract computes each op as the ONNX spec defines
+/// it and gives ONNX Runtime's logits with its graph optimizations off (`NAME_spec`)
+/// exactly. The two differ on the per-channel uint8-activation models (ONNX Runtime's
+/// u8 x s8 kernels: see fixtures/qdq/README.md), so the test also pins that they do.
+#[test]
+fn qdq_fixtures_match_onnx_runtime_on_both_runtimes() {
+    let refs = common::fixture("qdq/reference.npz");
+    for (model, x, kernels_differ) in [
+        ("fmnist_cnn_qdq", "demo_x", true),
+        ("fmnist_cnn_qdq_tensor", "demo_x", false),
+        ("resnet_basic_qdq", "resnet_x", true),
+        ("tiny_qdq", "tiny_x", false),
+    ] {
+        let (_, input) = member(&refs, x);
+        let (_, fused) = member(&refs, model);
+        let (_, spec) = member(&refs, &format!("{model}_spec"));
+        let (worst, _) = diff(&fused, &spec, 0.0);
+        assert_eq!(
+            worst > 1e-3,
+            kernels_differ,
+            "{model}: fused vs spec {worst}"
+        );
+        for rt in runtimes() {
+            let (_, _, mut c) = common::classifier(Path::new(&qdq(&format!("{model}.onnx"))), rt);
+            let got: Vec<f32> = c.logits(&input).unwrap().iter().copied().collect();
+            let want = if rt == RuntimeChoice::Tract {
+                &spec
+            } else {
+                &fused
+            };
+            let (worst, n) = diff(&got, want, 1e-5);
+            assert_eq!(
+                n, 0,
+                "{model} on {rt:?}: {n} values differ, by up to {worst}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_quantization_is_refused_with_one_line() {
+    for (file, needle) in [
+        ("bad_zero_scale", "the scale 'w_scale' has the value 0; quantization scales must be positive"),
+        ("bad_negative_scale", "the scale 'x_scale' has the value -0.02"),
+        ("bad_zero_point", "the zero point 'x_zp' has the value 300, outside the uint8 range [0, 255]"),
+        ("bad_unpaired_dq", "reads 'x_q', which Cast 'Cast -> x_q' computes; in the QDQ format every DequantizeLinear of a computed tensor follows a QuantizeLinear"),
+        ("bad_int4", "uses int4; harden supports int8 and uint8"),
+    ] {
+        let m = qdq(&format!("{file}.onnx"));
+        let data = common::f("data/tiny.npz");
+        common::fails_with(&["audit", &m, "--data", &data], needle);
+        common::fails_with(&[&m, "--eps", "0.1", "--data", &data], needle);
+    }
+}
+
+#[test]
+fn qoperator_models_are_refused_naming_the_op_and_the_qdq_flag() {
+    let m = qdq("fmnist_cnn_qop.onnx");
+    let data = common::f("data/tiny.npz");
+    for args in [
+        vec!["audit", &m, "--data", &data],
+        vec![&m, "--eps", "0.1", "--data", &data],
+    ] {
+        common::fails_with(
+            &args,
+            "uses op QLinearConv, of the QOperator quantization format (integer kernels); harden supports the QDQ format (QuantizeLinear/DequantizeLinear around float ops): quantize with onnxruntime.quantization.quantize_static(..., quant_format=QuantFormat.QDQ)",
+        );
+    }
+}
+
+#[test]
+fn inspect_describes_the_quantization() {
+    let out = common::harden()
+        .args(["inspect", &qdq("fmnist_cnn_qdq.onnx"), "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let q = &j["quantization"];
+    assert_eq!(q["format"], "QDQ");
+    assert_eq!(q["quantize_nodes"], 11);
+    assert_eq!(q["dequantize_nodes"], 19);
+    let w = q["weights"].as_array().unwrap();
+    assert_eq!(w.len(), 8);
+    let conv = w
+        .iter()
+        .find(|t| {
+            t["tensor"] == "sequential/conv2d/Conv2D/ReadVariableOp:0_DequantizeLinear_Output"
+        })
+        .unwrap();
+    assert_eq!(conv["int_type"], "int8");
+    assert_eq!(conv["granularity"], "per-channel (axis 0, 32 channels)");
+    assert!(conv["scale_min"].as_f64().unwrap() > 0.0);
+    let acts = q["activations"].as_array().unwrap();
+    assert_eq!(acts.len(), 11);
+    assert!(acts
+        .iter()
+        .all(|t| t["int_type"] == "uint8" && t["granularity"] == "per-tensor"));
+    // The per-tensor variant: int8 activations, per-tensor weights.
+    let out = common::harden()
+        .args(["inspect", &qdq("fmnist_cnn_qdq_tensor.onnx")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("quantized   QDQ (11 QuantizeLinear, 19 DequantizeLinear)"),
+        "{text}"
+    );
+    assert!(!text.contains("per-channel"), "{text}");
+    assert!(
+        text.contains("activation sequential/conv2d/Relu:0 int8 per-tensor"),
+        "{text}"
+    );
+    // The QOperator model: inspect still describes it and says why it is refused.
+    let out = common::harden()
+        .args(["inspect", &qdq("fmnist_cnn_qop.onnx")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("quantized   refused: node"), "{text}");
+}

@@ -164,3 +164,127 @@ fn inspect_describes_the_quantization() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("quantized   refused: node"), "{text}");
 }
+
+/// Every adversarial example an attack reports on a QDQ model (through the STE gradient)
+/// is misclassified by the real quantized model, inside the eps-ball and the range.
+#[test]
+fn adversarial_examples_fool_the_real_quantized_model() {
+    let model = qdq("fmnist_cnn_qdq.onnx");
+    let data = common::f("data/tiny.npz");
+    let (_, x) = member(Path::new(&data), "x");
+    for rt in runtimes() {
+        let name = if rt == RuntimeChoice::Tract {
+            "tract"
+        } else {
+            "ort"
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("adv.npz");
+        let o = common::harden()
+            .args(["attack", &model, "--data", &data, "--attack", "pgd"])
+            .args(["--eps", "0.1", "--runtime", name, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let (_, adv) = member(&out, "x_adv");
+        let (_, y) = member(&out, "y");
+        let (_, y_adv) = member(&out, "y_adv");
+        let (_, _, mut c) = common::classifier(Path::new(&model), rt);
+        let logits = c.logits(&adv).unwrap();
+        let k = 10;
+        let flat: Vec<f32> = logits.iter().copied().collect();
+        let mut broken = 0;
+        for (i, row) in flat.chunks(k).enumerate() {
+            if y_adv[i] == y[i] {
+                continue;
+            }
+            broken += 1;
+            let pred = (0..k).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+            assert_eq!(pred as f32, y_adv[i], "{name}: example {i}");
+            assert_ne!(pred as f32, y[i], "{name}: example {i}");
+            let len = adv.len() / y.len();
+            for j in i * len..(i + 1) * len {
+                assert!((adv[j] - x[j]).abs() <= 0.1 + 1e-6 && (0.0..=1.0).contains(&adv[j]));
+            }
+        }
+        assert!(broken >= 10, "{name}: PGD broke only {broken} of 20");
+    }
+}
+
+/// The masked fixture (Round in front of a linear model): with `ste` (the default) the
+/// gradient attacks see through the rounding and APGD alone is as strong as Square, and
+/// the report says the gradients are an approximation; with `zero` the gradient check
+/// still fires and says why.
+#[test]
+fn straight_through_rounding_unmasks_the_rounded_model() {
+    for rt in runtimes() {
+        let name = if rt == RuntimeChoice::Tract {
+            "tract"
+        } else {
+            "ort"
+        };
+        let base = [
+            "fixtures/masked_round.onnx",
+            "--data",
+            "fixtures/data/masked.npz",
+            "--eps",
+            "0.45",
+            "--attacks",
+            "apgd-ce,square",
+            "--square-queries",
+            "300",
+            "--runtime",
+            name,
+        ];
+        let run = |rounding: &str| {
+            let mut args = base.to_vec();
+            args.extend(["--through-rounding", rounding]);
+            common::audit_json(&args)
+        };
+        let check = |j: &serde_json::Value, id: &str| {
+            j["sanity"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["id"] == id)
+                .unwrap()
+                .clone()
+        };
+        let ste = run("ste");
+        assert_eq!(ste["model"]["rounding"]["through_rounding"], "ste");
+        assert_eq!(ste["model"]["rounding"]["ops"]["Round"], 1);
+        let atk = &ste["robust"]["results"][0]["attacks"];
+        let (apgd, square) = (
+            atk[0]["robust_accuracy"].as_f64().unwrap(),
+            atk[1]["robust_accuracy"].as_f64().unwrap(),
+        );
+        assert!(
+            apgd <= square + 0.02,
+            "{name}: apgd {apgd}, square {square}"
+        );
+        let g = check(&ste, "input-gradients");
+        assert_eq!(g["status"], "passed");
+        assert!(g["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("straight-through approximation (--through-rounding ste)"));
+        let zero = run("zero");
+        assert_eq!(zero["model"]["rounding"]["approximated"], false);
+        let g = check(&zero, "input-gradients");
+        assert_eq!(g["status"], "flagged");
+        assert!(g["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("--through-rounding zero passes no gradient"));
+        assert_eq!(
+            check(&zero, "white-box-beats-black-box")["status"],
+            "flagged"
+        );
+    }
+}

@@ -505,3 +505,48 @@ pub fn tract_int8_activations(proto: &mut pb::ModelProto) -> bool {
     }
     changed
 }
+
+/// How gradients pass through a model's rounding ops, for the report (absent when the
+/// model has none on the input's path).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RoundingFacts {
+    /// `ste` or `zero` (`--through-rounding`).
+    pub through_rounding: crate::autodiff::Rounding,
+    /// The rounding ops on the input's path, by op.
+    pub ops: BTreeMap<String, usize>,
+    /// Whether the gradients through them are an approximation (`ste`).
+    pub approximated: bool,
+}
+
+impl RoundingFacts {
+    /// The facts of `proto` (its rounding choice, `autodiff::through_rounding`) whose
+    /// input is `input`; None when no rounding op depends on the input.
+    pub fn of(proto: &pb::ModelProto, input: &str) -> Option<RoundingFacts> {
+        let ops = rounding_ops(proto.graph.as_ref()?, input);
+        if ops.is_empty() {
+            return None;
+        }
+        let r = crate::autodiff::through_rounding(proto);
+        Some(RoundingFacts {
+            through_rounding: r,
+            ops,
+            approximated: r == crate::autodiff::Rounding::Ste,
+        })
+    }
+
+    /// One line for the report's gradient check.
+    pub fn describe(&self) -> String {
+        let ops: Vec<String> = self.ops.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+        if self.approximated {
+            format!(
+                "gradients through the model's rounding ({}) are the straight-through approximation (--through-rounding ste); adversarial examples are re-checked on the real model",
+                ops.join(", ")
+            )
+        } else {
+            format!(
+                "the model rounds ({}) and --through-rounding zero passes no gradient through it",
+                ops.join(", ")
+            )
+        }
+    }
+}

@@ -288,3 +288,160 @@ fn straight_through_rounding_unmasks_the_rounded_model() {
         );
     }
 }
+
+/// The fake-quantized training form of a QDQ model computes the same logits (its float
+/// weights sit on the grid), trains float copies of exactly the int8/uint8 weights, and
+/// exporting its untouched weights gives back the original integers.
+#[test]
+fn fake_quantized_training_form_is_the_quantized_model() {
+    use harden::train::qdq::FakeQuant;
+    let path = qdq("fmnist_cnn_qdq.onnx");
+    let m = harden::model::OnnxModel::load(Path::new(&path)).unwrap();
+    let fq = FakeQuant::of(&m).unwrap().unwrap();
+    let params = harden::autodiff::trainable_params(&fq.model.proto);
+    let mut want = fq.float_weights();
+    want.sort();
+    let mut got = params.clone();
+    got.sort();
+    // Conv and dense weights, dense biases (uint8); the int32 Conv biases stay.
+    assert_eq!(got, want);
+    assert_eq!(got.len(), 6);
+    let refs = common::fixture("qdq/reference.npz");
+    let (_, x) = member(&refs, "demo_x");
+    let dir = tempfile::tempdir().unwrap();
+    let fq_path = dir.path().join("fq.onnx");
+    std::fs::write(&fq_path, fq.model.to_bytes()).unwrap();
+    for rt in runtimes() {
+        let (_, _, mut a) = common::classifier(Path::new(&path), rt);
+        let (_, _, mut b) = common::classifier(&fq_path, rt);
+        let la: Vec<f32> = a.logits(&x).unwrap().iter().copied().collect();
+        let lb: Vec<f32> = b.logits(&x).unwrap().iter().copied().collect();
+        // (ONNX Runtime folds the constant QuantizeLinear of the float weights and
+        // fuses as it does for the original.)
+        assert_eq!(la, lb, "fake-quantized form on {rt:?}");
+    }
+    // Export of the untouched float weights: the original integers, byte for byte.
+    let g = fq.model.proto.graph.as_ref().unwrap();
+    let updates: Vec<(String, Vec<f32>)> = params
+        .iter()
+        .map(|p| {
+            let t = g.initializer.iter().find(|t| &t.name == p).unwrap();
+            (p.clone(), harden::model::float_values(t).unwrap())
+        })
+        .collect();
+    let out = fq.export(&m, &updates, &[]).unwrap();
+    let (ga, gb) = (
+        m.proto.graph.as_ref().unwrap(),
+        out.proto.graph.as_ref().unwrap(),
+    );
+    assert_eq!(ga.node, gb.node);
+    for (a, b) in ga.initializer.iter().zip(&gb.initializer) {
+        assert_eq!(a.name, b.name);
+        assert_eq!(a.data_type, b.data_type);
+        assert_eq!(
+            harden::model::quant::int_values(a),
+            harden::model::quant::int_values(b),
+            "{}",
+            a.name
+        );
+    }
+}
+
+/// Hardening a QDQ model trains through the fake-quantized graph and exports a model
+/// with the input's QDQ structure and types, with changed int8 weights, that both
+/// runtimes run; `--through-rounding zero` is refused for it.
+#[test]
+fn hardening_a_qdq_model_exports_a_qdq_model() {
+    let model = qdq("fmnist_cnn_qdq.onnx");
+    let data = common::f("data/tiny.npz");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("h.onnx");
+    let o = common::harden()
+        .args([
+            &model,
+            "--eps",
+            "0.1",
+            "--data",
+            &data,
+            "--audit-data",
+            &data,
+        ])
+        .args([
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--attacks",
+            "fgsm",
+            "--lr",
+            "0.01",
+        ])
+        // No validation split: the last epoch's weights are kept.
+        .args(["--val-size", "0", "--runtime", "tract", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let a = harden::model::OnnxModel::load(Path::new(&model)).unwrap();
+    let b = harden::model::OnnxModel::load(&out).unwrap();
+    let (ga, gb) = (a.graph(), b.graph());
+    assert_eq!(ga.node, gb.node, "same nodes");
+    assert_eq!(ga.input, gb.input);
+    assert_eq!(ga.output, gb.output);
+    let mut changed = 0;
+    for (x, y) in ga.initializer.iter().zip(&gb.initializer) {
+        assert_eq!(
+            (&x.name, x.data_type, &x.dims),
+            (&y.name, y.data_type, &y.dims)
+        );
+        if x.data_type == 3
+            && harden::model::quant::int_values(x) != harden::model::quant::int_values(y)
+        {
+            changed += 1;
+        }
+        if x.data_type == 1 {
+            // Scales (and every other float) kept.
+            assert_eq!(
+                harden::model::float_values(x),
+                harden::model::float_values(y),
+                "{}",
+                x.name
+            );
+        }
+    }
+    assert!(changed >= 3, "only {changed} int8 weight tensors changed");
+    let meta: Vec<(&str, &str)> = b
+        .proto
+        .metadata_props
+        .iter()
+        .map(|p| (p.key.as_str(), p.value.as_str()))
+        .collect();
+    assert!(
+        meta.contains(&("harden.through_rounding", "ste")),
+        "{meta:?}"
+    );
+    assert!(b.require_supported().is_ok());
+    for rt in runtimes() {
+        let (_, _, mut c) = common::classifier(&out, rt);
+        let (_, x) = member(Path::new(&data), "x");
+        let l = c.logits(&x).unwrap();
+        assert!(l.iter().all(|v| v.is_finite()));
+    }
+    common::fails_with(
+        &[
+            &model,
+            "--eps",
+            "0.1",
+            "--data",
+            &data,
+            "--through-rounding",
+            "zero",
+        ],
+        "hardening a QDQ model trains its weights through QuantizeLinear",
+    );
+}

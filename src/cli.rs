@@ -892,6 +892,7 @@ struct Session {
 
 /// Opens the model (refusing ops without a backward rule when `needs_gradients`), the
 /// data and the runtime.
+#[allow(clippy::too_many_arguments)]
 fn open_session(
     model_path: &Path,
     needs_gradients: bool,

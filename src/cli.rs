@@ -284,9 +284,15 @@ impl RoundingArgs {
         }
     }
 
-    /// Records the choice on `model`, for every graph built from it.
+    /// Records the choice on `model`, for every graph built from it (only on models that
+    /// round on the input's path: others, and their hardened copies, stay as they are).
     pub fn apply(&self, model: &mut OnnxModel) {
-        crate::autodiff::set_through_rounding(&mut model.proto, self.rounding());
+        let Ok(input) = model.classifier_input() else {
+            return;
+        };
+        if !crate::model::quant::rounding_ops(model.graph(), &input.name).is_empty() {
+            crate::autodiff::set_through_rounding(&mut model.proto, self.rounding());
+        }
     }
 }
 

@@ -445,3 +445,22 @@ fn hardening_a_qdq_model_exports_a_qdq_model() {
         "hardening a QDQ model trains its weights through QuantizeLinear",
     );
 }
+
+/// The INT8 demo model classifies the bundled slice as the float model does (within one
+/// example of 20; on the full test set: 90.29% against 90.60%, see the README).
+#[test]
+fn int8_demo_model_keeps_the_float_accuracy() {
+    let data = common::f("data/tiny.npz");
+    for rt in ["tract", "ort"] {
+        if rt == "ort" && !common::ort_available() {
+            continue;
+        }
+        let acc = |m: &str| {
+            common::audit_json(&[m, "--data", &data, "--runtime", rt])["clean"]["accuracy"]
+                .as_f64()
+                .unwrap()
+        };
+        let (f, q) = (acc("models/fmnist_cnn.onnx"), acc(&qdq("fmnist_cnn_qdq.onnx")));
+        assert!((f - q).abs() <= 0.05 + 1e-9, "{rt}: float {f}, int8 {q}");
+    }
+}

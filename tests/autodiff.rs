@@ -2838,3 +2838,98 @@ fn rounding_rules_under_ste() {
         );
     }
 }
+
+/// Fake-quantized weights (`train::qdq`): under `ste` the gradient of a float weight
+/// behind QuantizeLinear -> DequantizeLinear (per channel, some weights outside the
+/// integer range) is the gradient of the same weight clipped to the range, whose
+/// gradient the finite differences of `parameter_gradients_of_rules` cover (Min, Max,
+/// MatMul); under `zero` it is zero.
+#[test]
+fn fake_quantized_weight_gradients_under_ste() {
+    let mut r = Rng::new(9);
+    // x [B, 4] @ w [4, 3], w per output channel (axis 1): int8, scales, zero points.
+    let (s, z) = ([0.01f32, 0.02, 0.005], [0i64, -20, 10]);
+    let lo: Vec<f32> = s
+        .iter()
+        .zip(&z)
+        .map(|(s, z)| (-128.0 - *z as f32) * s)
+        .collect();
+    let hi: Vec<f32> = s
+        .iter()
+        .zip(&z)
+        .map(|(s, z)| (127.0 - *z as f32) * s)
+        .collect();
+    let w: Vec<f32> = (0..12).map(|_| r.range(-1.5, 1.5)).collect();
+    let wt = model::float_tensor("w", &[4, 3], &w);
+    let qdq = vec![
+        node(
+            "QuantizeLinear",
+            &["w", "s", "z"],
+            "wq",
+            vec![attr_int("axis", 1)],
+        ),
+        node(
+            "DequantizeLinear",
+            &["wq", "s", "z"],
+            "wd",
+            vec![attr_int("axis", 1)],
+        ),
+        node("MatMul", &["x", "wd"], "y", vec![]),
+    ];
+    let qinits = vec![
+        wt.clone(),
+        model::float_tensor("s", &[3], &s),
+        zero_point("z", 3, &z, true),
+    ];
+    let clip = vec![
+        node("Min", &["w", "hi"], "c", vec![]),
+        node("Max", &["c", "lo"], "wd", vec![]),
+        node("MatMul", &["x", "wd"], "y", vec![]),
+    ];
+    let cinits = vec![
+        wt,
+        model::float_tensor("lo", &[3], &lo),
+        model::float_tensor("hi", &[3], &hi),
+    ];
+    let mut m = model_of(&[4], qdq, qinits, 13);
+    let sur = model_of(&[4], clip, cinits, 13);
+    let params = vec!["w".to_string()];
+    assert!(trainable_params(&m).contains(&params[0]));
+    let b = 5;
+    let x = ArrayD::from_shape_vec(
+        IxDyn(&[b, 4]),
+        (0..b * 4).map(|_| r.range(-1.0, 1.0)).collect(),
+    )
+    .unwrap();
+    let heads =
+        vec![
+            ArrayD::from_shape_vec(IxDyn(&[b, 3]), (0..b * 3).map(|_| r.normal()).collect())
+                .unwrap(),
+        ];
+    let wa = ArrayD::from_shape_vec(IxDyn(&[4, 3]), w.clone()).unwrap();
+    let grad = |proto: &pb::ModelProto, choice| {
+        let tg = training_graph(proto, "x", &[4], b, LossKind::Linear, &params).unwrap();
+        let bytes = prost::Message::encode_to_vec(&tg.grad.proto);
+        let mut rt = runtime::open(choice, &bytes, 1, &common::ort_locator()).unwrap();
+        run_train(rt.as_mut(), &x, &heads, &[wa.clone()])
+            .1
+            .remove(0)
+    };
+    for choice in runtimes() {
+        set_through_rounding(&mut m, Rounding::Ste);
+        let g = grad(&m, choice);
+        let gs = grad(&sur, choice);
+        common::assert_close(
+            &g,
+            &gs,
+            1e-5,
+            &format!("fake-quantized weight on {choice:?}"),
+        );
+        assert!(
+            g.iter().any(|v| *v == 0.0) && g.iter().any(|v| *v != 0.0),
+            "{g:?}"
+        );
+        set_through_rounding(&mut m, Rounding::Zero);
+        assert!(grad(&m, choice).iter().all(|v| *v == 0.0));
+    }
+}

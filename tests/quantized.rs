@@ -460,7 +460,10 @@ fn int8_demo_model_keeps_the_float_accuracy() {
                 .as_f64()
                 .unwrap()
         };
-        let (f, q) = (acc("models/fmnist_cnn.onnx"), acc(&qdq("fmnist_cnn_qdq.onnx")));
+        let (f, q) = (
+            acc("models/fmnist_cnn.onnx"),
+            acc(&qdq("fmnist_cnn_qdq.onnx")),
+        );
         assert!((f - q).abs() <= 0.05 + 1e-9, "{rt}: float {f}, int8 {q}");
     }
 }

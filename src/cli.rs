@@ -191,6 +191,11 @@ pub struct HardenArgs {
     pub precision: Precision,
     #[command(flatten)]
     pub rounding: RoundingArgs,
+    /// QDQ models: recompute the activation scales and zero points of the hardened model
+    /// from the training data (min/max, as ONNX Runtime's MinMax calibration; the int32
+    /// biases that depend on them follow) instead of keeping the original ones.
+    #[arg(long)]
+    pub recalibrate: bool,
 }
 
 #[derive(Subcommand, Debug)]

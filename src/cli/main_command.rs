@@ -245,6 +245,9 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
     if fake_quant.is_some() && a.rounding.rounding() == crate::autodiff::Rounding::Zero {
         bail!("hardening a QDQ model trains its weights through QuantizeLinear, which passes no gradient with --through-rounding zero; use --through-rounding ste");
     }
+    if a.recalibrate && fake_quant.is_none() {
+        bail!("--recalibrate: the model has no quantized weights (not a QDQ model)");
+    }
     let train_model = fake_quant.as_ref().map(|f| &f.model).unwrap_or(&model);
     let params = trainable_params(&train_model.proto);
     if params.is_empty() {
@@ -471,6 +474,27 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         None => model.with_updates(&updates, &metadata)?,
     };
     hardened.path = out_path.clone();
+    if a.recalibrate {
+        let mut wrapped = spec.wrap(&hardened)?;
+        if spec.fixed_batch().is_some_and(|b| b != a.batch_size) {
+            if let Some(free) = crate::model::free_batch(&wrapped, &spec.input_name) {
+                wrapped = free;
+            }
+        }
+        let m = train_set.len().min(10_000);
+        let (recal, _) = train::qdq::recalibrate(
+            &hardened,
+            &wrapped,
+            &spec.input_name,
+            &mapping.example_shape,
+            &train_set.x[..m * len],
+            a.batch_size,
+            &opts,
+        )?;
+        metadata.push(("harden.recalibrated".to_string(), "min/max".to_string()));
+        hardened = recal.with_updates(&[], &metadata)?;
+        hardened.path = out_path.clone();
+    }
     let after = run_one_audit(
         "auditing the hardened model",
         &hardened,

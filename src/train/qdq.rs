@@ -213,3 +213,216 @@ impl FqWeight {
         )
     }
 }
+
+/// `--recalibrate`: the activation scales and zero points of the QDQ model `m` recomputed
+/// from `x` (training examples in raw input space, `len` values each) by min/max, as
+/// ONNX Runtime's MinMax calibration does: for the per-tensor QuantizeLinears sharing one
+/// (scale, zero point) pair, the range [min(lo, 0), max(hi, 0)] of their inputs over `x`
+/// gives `scale = (hi - lo) / (qmax - qmin)`, `zero_point = round(qmin - lo / scale)`;
+/// a range that started at 0 (zero point at qmin: ONNX Runtime's quantizer removes a Relu
+/// before such a QuantizeLinear, the clipping at 0 does its work) keeps starting at 0. A
+/// Clip whose upper bound the quantizer folded into a range is not detected.
+/// int32 biases whose scale is the product of a recalibrated input scale and the weight
+/// scale (ONNX Runtime's Conv and Gemm biases) are requantized to the new product.
+/// Weights keep their scales. `spec_proto` is `m` as the classifier runs it
+/// (preprocessing in front, batch free), with input `input` and examples of
+/// `example_shape`. Returns the model and the names of the scales changed.
+pub fn recalibrate(
+    m: &OnnxModel,
+    spec_proto: &pb::ModelProto,
+    input: &str,
+    example_shape: &[usize],
+    x: &[f32],
+    batch: usize,
+    opts: &crate::classifier::RunOptions,
+) -> Result<(OnnxModel, Vec<String>)> {
+    use ndarray::{ArrayD, IxDyn};
+    use std::collections::HashMap;
+    let g = m.graph();
+    let inits: HashMap<&str, &pb::TensorProto> =
+        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    // (scale, zero point) initializer pairs of per-tensor activation QuantizeLinears.
+    let mut groups: Vec<((String, String), Vec<String>)> = vec![];
+    for n in g.node.iter().filter(|n| n.op_type == "QuantizeLinear") {
+        let (Some(xin), Some(s), Some(z)) = (n.input.first(), n.input.get(1), n.input.get(2))
+        else {
+            continue;
+        };
+        let per_tensor = inits
+            .get(s.as_str())
+            .is_some_and(|t| t.dims.iter().product::<i64>() == 1)
+            && inits
+                .get(z.as_str())
+                .is_some_and(|t| matches!(t.data_type, 2 | 3));
+        if inits.contains_key(xin.as_str()) || !per_tensor {
+            continue;
+        }
+        let key = (s.clone(), z.clone());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(xin.clone()),
+            None => groups.push((key, vec![xin.clone()])),
+        }
+    }
+    if groups.is_empty() {
+        bail!("--recalibrate: the model has no per-tensor activation QuantizeLinear");
+    }
+    let tensors: Vec<String> = {
+        let mut v: Vec<String> = groups.iter().flat_map(|(_, t)| t.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let len: usize = example_shape.iter().product();
+    let n = x.len() / len.max(1);
+    let batch = batch.min(n).max(1);
+    let tap = crate::autodiff::tap_graph(spec_proto, input, example_shape, batch, &tensors)?;
+    let mut rt = crate::runtime::open(
+        opts.runtime,
+        &prost::Message::encode_to_vec(&tap),
+        opts.threads,
+        &opts.ort,
+    )?;
+    let mut range: HashMap<&str, (f32, f32)> = HashMap::new();
+    let mut xs = vec![batch];
+    xs.extend(example_shape);
+    let mut done = 0;
+    while done < n {
+        let take = (n - done).min(batch);
+        let mut xb = x[done * len..(done + take) * len].to_vec();
+        xb.resize(batch * len, 0.0);
+        let xa = ArrayD::from_shape_vec(IxDyn(&xs), xb)?;
+        let out = rt.run(&[xa.view()])?;
+        for (name, a) in tensors.iter().zip(&out) {
+            let per = a.len() / batch;
+            let r = range.entry(name.as_str()).or_insert((0.0, 0.0));
+            for v in a.iter().take(take * per) {
+                r.0 = r.0.min(*v);
+                r.1 = r.1.max(*v);
+            }
+        }
+        done += take;
+    }
+    let mut out = m.clone();
+    let mut changed = vec![];
+    let mut new_scale: HashMap<String, (f32, f32)> = HashMap::new();
+    {
+        let og = out
+            .proto
+            .graph
+            .as_mut()
+            .ok_or_else(|| anyhow!("the model has no graph"))?;
+        for ((s, z), ts) in &groups {
+            let (lo, hi) = ts.iter().fold((0f32, 0f32), |(a, b), t| {
+                let r = range.get(t.as_str()).copied().unwrap_or((0.0, 0.0));
+                (a.min(r.0), b.max(r.1))
+            });
+            let zt = og
+                .initializer
+                .iter()
+                .find(|t| &t.name == z)
+                .ok_or_else(|| anyhow!("no '{z}'"))?;
+            let ty = zt.data_type;
+            let (qmin, qmax) = int_range(ty).ok_or_else(|| anyhow!("'{z}': not int8/uint8"))?;
+            // A range that started at 0 (zero point at qmin) stands for a Relu the
+            // quantizer removed: it keeps starting at 0.
+            let old_zp = int_values(zt).and_then(|v| v.first().copied()).unwrap_or(0);
+            let lo = if old_zp == qmin { 0.0 } else { lo };
+            let scale = ((hi - lo) / (qmax - qmin) as f32).max(f32::MIN_POSITIVE);
+            let zp = ((qmin as f32 - lo / scale).round_ties_even() as i64).clamp(qmin, qmax);
+            let st = og
+                .initializer
+                .iter_mut()
+                .find(|t| &t.name == s)
+                .ok_or_else(|| anyhow!("no '{s}'"))?;
+            let old = model::float_values(st)
+                .and_then(|v| v.first().copied())
+                .unwrap_or(0.0);
+            st.float_data.clear();
+            st.raw_data = scale.to_le_bytes().to_vec();
+            let zt = og
+                .initializer
+                .iter_mut()
+                .find(|t| &t.name == z)
+                .ok_or_else(|| anyhow!("no '{z}'"))?;
+            zt.int32_data.clear();
+            zt.raw_data = vec![if ty == 3 { zp as i8 as u8 } else { zp as u8 }];
+            new_scale.insert(s.clone(), (old, scale));
+            changed.push(s.clone());
+        }
+        // int32 biases: scale = input scale x weight scale.
+        let producer = |name: &str| {
+            og.node
+                .iter()
+                .find(|n| n.output.iter().any(|o| o == name))
+                .cloned()
+        };
+        let float_of = |og: &pb::GraphProto, name: &str| {
+            og.initializer
+                .iter()
+                .find(|t| t.name == name)
+                .and_then(model::float_values)
+        };
+        let nodes = og.node.clone();
+        for n in nodes
+            .iter()
+            .filter(|n| matches!(n.op_type.as_str(), "Conv" | "Gemm"))
+        {
+            let (Some(xd), Some(wd), Some(bd)) = (
+                n.input.first().and_then(|i| producer(i)),
+                n.input.get(1).and_then(|i| producer(i)),
+                n.input.get(2).and_then(|i| producer(i)),
+            ) else {
+                continue;
+            };
+            if [&xd, &wd, &bd]
+                .iter()
+                .any(|d| d.op_type != "DequantizeLinear" || d.input.len() < 2)
+            {
+                continue;
+            }
+            let Some(&(_, sx)) = new_scale.get(&xd.input[1]) else {
+                continue;
+            };
+            let Some(sw) = float_of(og, &wd.input[1]) else {
+                continue;
+            };
+            let Some(bt) = og.initializer.iter().find(|t| t.name == bd.input[0]) else {
+                continue;
+            };
+            let Some(bs_old) = float_of(og, &bd.input[1]) else {
+                continue;
+            };
+            if bt.data_type != 6 {
+                continue;
+            }
+            let bq = int_values(bt).ok_or_else(|| anyhow!("cannot read '{}'", bd.input[0]))?;
+            let bs_new: Vec<f32> = (0..bs_old.len())
+                .map(|i| sx * sw[i.min(sw.len() - 1)])
+                .collect();
+            let q: Vec<i32> = bq
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let c = i.min(bs_old.len() - 1);
+                    let f = *v as f64 * bs_old[c] as f64;
+                    (f / bs_new[c] as f64).round() as i32
+                })
+                .collect();
+            let bt = og
+                .initializer
+                .iter_mut()
+                .find(|t| t.name == bd.input[0])
+                .ok_or_else(|| anyhow!("bias"))?;
+            bt.int32_data.clear();
+            bt.raw_data = q.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let st = og
+                .initializer
+                .iter_mut()
+                .find(|t| t.name == bd.input[1])
+                .ok_or_else(|| anyhow!("bias scale"))?;
+            st.float_data.clear();
+            st.raw_data = bs_new.iter().flat_map(|v| v.to_le_bytes()).collect();
+        }
+    }
+    Ok((out.with_updates(&[], &[])?, changed))
+}

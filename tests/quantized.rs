@@ -628,3 +628,75 @@ fn recalibration_recomputes_activation_scales() {
         assert!((a - b).abs() <= 0.05 + 1e-9, "{rt}: {a} -> {b}");
     }
 }
+
+/// The INT8 ResNet (residual Adds between QDQ pairs, opset 17): gradient attacks through
+/// the STE and a one-epoch hardening that exports the same QDQ graph, on both runtimes.
+#[test]
+fn int8_resnet_is_attacked_and_hardened() {
+    let model = qdq("resnet_basic_qdq.onnx");
+    let data = common::f("arch/resnet_basic.npz");
+    for rt in runtimes() {
+        let name = if rt == RuntimeChoice::Tract {
+            "tract"
+        } else {
+            "ort"
+        };
+        let j = common::audit_json(&[
+            &model,
+            "--data",
+            &data,
+            "--eps",
+            "0.03",
+            "--attacks",
+            "pgd",
+            "--runtime",
+            name,
+        ]);
+        assert_eq!(
+            j["model"]["rounding"]["ops"]["QuantizeLinear"], 21,
+            "{name}"
+        );
+        let g = j["sanity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "input-gradients")
+            .unwrap()
+            .clone();
+        assert_eq!(g["status"], "passed", "{name}: {g}");
+        assert_eq!(
+            j["robust"]["results"][0]["robust_accuracy"]
+                .as_f64()
+                .unwrap(),
+            0.0,
+            "{name}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("h.onnx");
+        let o = common::harden()
+            .args([
+                &model,
+                "--eps",
+                "0.03",
+                "--data",
+                &data,
+                "--audit-data",
+                &data,
+            ])
+            .args(["--epochs", "1", "--batch-size", "4", "--attacks", "fgsm"])
+            .args(["--val-size", "0", "--runtime", name, "-o"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let a = harden::model::OnnxModel::load(Path::new(&model)).unwrap();
+        let b = harden::model::OnnxModel::load(&out).unwrap();
+        assert_eq!(a.graph().node, b.graph().node, "{name}");
+        assert!(b.require_supported().is_ok());
+    }
+}

@@ -916,6 +916,9 @@ fn open_session(
 ) -> Result<Session> {
     let mut model = OnnxModel::load(model_path)?;
     rounding.apply(&mut model);
+    // Bad quantization is refused even where no gradient is needed (Square alone).
+    crate::model::quant::check(model.graph())
+        .map_err(|e| anyhow!("{}: {e}", model.path.display()))?;
     if needs_gradients {
         model.require_supported()?;
     }

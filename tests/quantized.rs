@@ -93,6 +93,10 @@ fn bad_quantization_is_refused_with_one_line() {
         let m = qdq(&format!("{file}.onnx"));
         let data = common::f("data/tiny.npz");
         common::fails_with(&["audit", &m, "--data", &data], needle);
+        common::fails_with(
+            &["audit", &m, "--data", &data, "--eps", "0.1", "--attacks", "square"],
+            needle,
+        );
         common::fails_with(&[&m, "--eps", "0.1", "--data", &data], needle);
     }
 }

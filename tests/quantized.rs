@@ -704,3 +704,48 @@ fn int8_resnet_is_attacked_and_hardened() {
         assert!(b.require_supported().is_ok());
     }
 }
+
+/// The same QDQ model at opsets 13, 19 and 21: the same logits and STE gradients on both
+/// runtimes.
+#[test]
+fn qdq_opsets_13_to_21() {
+    use harden::autodiff::{gradient_graph, set_through_rounding, LossKind, Rounding};
+    let m = harden::model::OnnxModel::load(Path::new(&qdq("tiny_qdq.onnx"))).unwrap();
+    let refs = common::fixture("qdq/reference.npz");
+    let (_, x) = member(&refs, "tiny_x");
+    let mut results: Vec<(i64, RuntimeChoice, Vec<f32>, Vec<f32>)> = vec![];
+    for opset in [13, 19, 21] {
+        let mut p = m.proto.clone();
+        p.opset_import[0].version = opset;
+        p.ir_version = if opset >= 21 { 10 } else { 9 };
+        set_through_rounding(&mut p, Rounding::Ste);
+        let mut fixed = p.clone();
+        let g = fixed.graph.as_mut().unwrap();
+        harden::model::set_value_shape(
+            &mut g.input[0],
+            &[harden::model::Dim::Fixed(5), harden::model::Dim::Fixed(4)],
+        );
+        let plain = prost::Message::encode_to_vec(&fixed);
+        let gg = gradient_graph(&p, "x", &[4], 5, LossKind::Linear).unwrap();
+        let bytes = prost::Message::encode_to_vec(&gg.proto);
+        for rt in runtimes() {
+            let xa = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[5, 4]), x.clone()).unwrap();
+            let mut r = harden::runtime::open(rt, &plain, 1, &common::ort_locator()).unwrap();
+            let logits: Vec<f32> = r.run(&[xa.view()]).unwrap()[0].iter().copied().collect();
+            let head = ndarray::ArrayD::from_shape_vec(
+                ndarray::IxDyn(&[5, 3]),
+                (0..15).map(|i| (i % 4) as f32 - 1.5).collect(),
+            )
+            .unwrap();
+            let mut r = harden::runtime::open(rt, &bytes, 1, &common::ort_locator()).unwrap();
+            let out = r.run(&[xa.view(), head.view()]).unwrap();
+            let grad: Vec<f32> = out[2].iter().copied().collect();
+            assert!(grad.iter().any(|v| *v != 0.0), "opset {opset} {rt:?}");
+            results.push((opset, rt, logits, grad));
+        }
+    }
+    for (opset, rt, l, g) in &results[1..] {
+        assert_eq!(l, &results[0].2, "logits at opset {opset} on {rt:?}");
+        assert_eq!(g, &results[0].3, "gradient at opset {opset} on {rt:?}");
+    }
+}

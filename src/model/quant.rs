@@ -233,7 +233,15 @@ fn params(
             };
             (t.data_type, Some((name, t)))
         }
-        None => (input_type.unwrap_or(2), None),
+        // Without a zero point: the DQ's input type, QuantizeLinear's `output_dtype`
+        // (opset 21), else uint8.
+        None => (
+            input_type.unwrap_or(match int_attr(n, "output_dtype", 0) {
+                0 => 2,
+                t => t as i32,
+            }),
+            None,
+        ),
     };
     let Some((lo, hi)) = int_range(int_type) else {
         bail!(

@@ -68,7 +68,12 @@ fn qparams(c: &Node) -> Result<QParams> {
         .ok_or_else(|| anyhow!("{op} scale '{}' is not a float constant", c.input(1)))?;
     let zp = c.input(2);
     let (ty, zero_points) = if zp.is_empty() {
-        (2, vec![0.0])
+        // QuantizeLinear's `output_dtype` (opset 21), else uint8.
+        let ty = match c.int("output_dtype", 0) {
+            0 => 2,
+            t => t as i32,
+        };
+        (ty, vec![0.0])
     } else {
         let t = c
             .consts

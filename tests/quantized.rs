@@ -749,3 +749,33 @@ fn qdq_opsets_13_to_21() {
         assert_eq!(g, &results[0].3, "gradient at opset {opset} on {rt:?}");
     }
 }
+
+/// The report's model facts say how gradients pass the rounding.
+#[test]
+fn report_names_the_rounding_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = common::harden()
+        .args([
+            "audit",
+            "fixtures/masked_round.onnx",
+            "--data",
+            "fixtures/data/masked.npz",
+        ])
+        .args(["--runtime", "tract", "--report"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let md = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
+    assert!(
+        md.contains(
+            "| gradients through rounding | ste (Round x1): straight-through approximation |"
+        ),
+        "{md}"
+    );
+}

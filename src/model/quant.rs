@@ -443,6 +443,21 @@ impl RoundingFacts {
         })
     }
 
+    /// One line for the report's model facts.
+    pub fn summary(&self) -> String {
+        let ops: Vec<String> = self.ops.iter().map(|(k, v)| format!("{k} x{v}")).collect();
+        format!(
+            "{} ({}){}",
+            self.through_rounding.name(),
+            ops.join(", "),
+            if self.approximated {
+                ": straight-through approximation"
+            } else {
+                ": exact (zero)"
+            }
+        )
+    }
+
     /// One line for the report's gradient check.
     pub fn describe(&self) -> String {
         let ops: Vec<String> = self.ops.iter().map(|(k, v)| format!("{k} x{v}")).collect();

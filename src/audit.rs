@@ -31,10 +31,14 @@ pub struct ModelFacts {
     /// Judged from the graph: does the first output come from a Softmax?
     pub output_kind: OutputKind,
     pub parameters: u64,
+    /// Rounding ops on the input's path and how gradients pass them (absent without).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rounding: Option<crate::model::quant::RoundingFacts>,
 }
 
 impl ModelFacts {
     pub fn of(model: &OnnxModel, input: TensorInfo) -> ModelFacts {
+        let rounding = crate::model::quant::RoundingFacts::of(&model.proto, &input.name);
         ModelFacts {
             path: model.path.display().to_string(),
             sha256: model.sha256.clone(),
@@ -45,6 +49,7 @@ impl ModelFacts {
             outputs: model.outputs(),
             output_kind: model.output_kind(),
             parameters: model.parameter_count(),
+            rounding,
         }
     }
 }
@@ -330,6 +335,7 @@ pub fn run_audit_with(
         geometry: geo,
         labelled: clean.labelled,
         correct: clean.correct,
+        rounding: crate::model::quant::RoundingFacts::of(&model.proto, &spec.input_name),
     };
     let sanity = if opts.sanity {
         probe.finish(oracle, &facts, plan, robust.as_ref())?

@@ -193,6 +193,13 @@ pub struct HardenArgs {
     /// TF32 tensor cores, about 3x faster, within about 1e-4 relative).
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
+    #[command(flatten)]
+    pub rounding: RoundingArgs,
+    /// QDQ models: recompute the activation scales and zero points of the hardened model
+    /// from the training data (min/max, as ONNX Runtime's MinMax calibration; the int32
+    /// biases that depend on them follow) instead of keeping the original ones.
+    #[arg(long)]
+    pub recalibrate: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -297,6 +304,44 @@ impl AttackOpts {
     }
 }
 
+/// How gradients pass through rounding (`--through-rounding`).
+#[derive(Args, Debug, Clone)]
+pub struct RoundingArgs {
+    /// Gradients through rounding (QuantizeLinear, Round, Floor, Ceil, casts to integers):
+    /// ste (straight-through: identity, or 1 inside the integer range of a QuantizeLinear;
+    /// an approximation, recorded in the report) or zero (the exact derivative, zero:
+    /// gradient attacks are blind on such models). Adversarial examples are always
+    /// re-checked on the real model.
+    #[arg(long, value_enum, default_value = "ste")]
+    pub through_rounding: RoundingArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RoundingArg {
+    Ste,
+    Zero,
+}
+
+impl RoundingArgs {
+    pub fn rounding(&self) -> crate::autodiff::Rounding {
+        match self.through_rounding {
+            RoundingArg::Ste => crate::autodiff::Rounding::Ste,
+            RoundingArg::Zero => crate::autodiff::Rounding::Zero,
+        }
+    }
+
+    /// Records the choice on `model`, for every graph built from it (only on models that
+    /// round on the input's path: others, and their hardened copies, stay as they are).
+    pub fn apply(&self, model: &mut OnnxModel) {
+        let Ok(input) = model.classifier_input() else {
+            return;
+        };
+        if !crate::model::quant::rounding_ops(model.graph(), &input.name).is_empty() {
+            crate::autodiff::set_through_rounding(&mut model.proto, self.rounding());
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct AttackArgs {
     /// The ONNX model.
@@ -321,6 +366,8 @@ pub struct AttackArgs {
     pub input: InputArgs,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub rounding: RoundingArgs,
 }
 
 #[derive(Args, Debug)]
@@ -339,6 +386,8 @@ pub struct FalsifyArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub rounding: RoundingArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -367,6 +416,8 @@ pub struct GradArgs {
     pub batch: usize,
     #[command(flatten)]
     pub input: InputArgs,
+    #[command(flatten)]
+    pub rounding: RoundingArgs,
 }
 
 #[derive(Args, Debug)]
@@ -406,6 +457,8 @@ pub struct AuditArgs {
     pub input: InputArgs,
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub rounding: RoundingArgs,
 }
 
 /// The report, its gates and the sanity checks (shared with the hardening command).
@@ -926,6 +979,7 @@ struct Session {
 
 /// Opens the model (refusing ops without a backward rule when `needs_gradients`), the
 /// data and the runtime.
+#[allow(clippy::too_many_arguments)]
 fn open_session(
     model_path: &Path,
     needs_gradients: bool,
@@ -933,9 +987,14 @@ fn open_session(
     limit: Option<usize>,
     input: &InputArgs,
     run: &RunArgs,
+    rounding: &RoundingArgs,
     env: &Env,
 ) -> Result<Session> {
-    let model = OnnxModel::load(model_path)?;
+    let mut model = OnnxModel::load(model_path)?;
+    rounding.apply(&mut model);
+    // Bad quantization is refused even where no gradient is needed (Square alone).
+    crate::model::quant::check(model.graph())
+        .map_err(|e| anyhow!("{}: {e}", model.path.display()))?;
     if needs_gradients {
         model.require_supported()?;
     }
@@ -1039,6 +1098,7 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         a.limit,
         &a.input,
         &a.run,
+        &a.rounding,
         env,
     )?;
     if let Some(b) = &baseline {
@@ -1170,6 +1230,7 @@ fn attack_command(a: AttackArgs, env: &Env) -> Result<i32> {
         a.limit,
         &a.input,
         &a.run,
+        &a.rounding,
         env,
     )?;
     let threat = crate::attack::Threat::new(a.attack_opts.norm(), a.eps, s.spec.range)?;
@@ -1269,7 +1330,8 @@ fn falsify_command(a: FalsifyArgs, env: &Env) -> Result<i32> {
     if !(a.timeout.is_finite() && a.timeout > 0.0) {
         bail!("--timeout must be a positive number of seconds");
     }
-    let model = OnnxModel::load(&a.model)?;
+    let mut model = OnnxModel::load(&a.model)?;
+    a.rounding.apply(&mut model);
     let info = model.classifier_input()?;
     let props = crate::data::vnnlib::parse_vnnlib_file(&a.property)?;
     let example_shape = info.example_shape()?;
@@ -1336,7 +1398,8 @@ fn grad_command(a: GradArgs) -> Result<i32> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let model = OnnxModel::load(&a.model)?;
+    let mut model = OnnxModel::load(&a.model)?;
+    a.rounding.apply(&mut model);
     let info = model.classifier_input()?;
     let spec =
         InputSpec::resolve(&info, &a.input.to_spec_args()?).map_err(|e| a.input.explain(e))?;

@@ -32,11 +32,23 @@ pub struct Inspection {
     /// What loading changed so that runtimes take the model (unused inputs removed, IR
     /// version lowered), one line each.
     pub notes: Vec<String>,
+    /// QDQ models: what is quantized and how (`model::quant`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<model::quant::Quantization>,
+    /// Why harden refuses the model's quantization (a bad scale, the QOperator format).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization_error: Option<String>,
 }
 
 pub fn inspect(m: &OnnxModel) -> Inspection {
     let inputs = m.inputs();
+    let (quantization, quantization_error) = match model::quant::check(m.graph()) {
+        Ok(q) => (q, None),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    };
     Inspection {
+        quantization,
+        quantization_error,
         path: m.path.display().to_string(),
         sha256: m.sha256.clone(),
         bytes: m.file_bytes,
@@ -108,6 +120,42 @@ pub fn render_text(i: &Inspection) -> String {
     let _ = writeln!(s, "parameters  {}", i.parameters);
     let ops: Vec<String> = i.ops.iter().map(|(k, v)| format!("{k} x{v}")).collect();
     let _ = writeln!(s, "ops         {} nodes: {}", i.nodes, ops.join(", "));
+    if let Some(q) = &i.quantization {
+        let _ = writeln!(
+            s,
+            "quantized   {} ({} QuantizeLinear, {} DequantizeLinear): {} weight tensor(s), {} quantized activation(s)",
+            q.format,
+            q.quantize_nodes,
+            q.dequantize_nodes,
+            q.weights.len(),
+            q.activations.len()
+        );
+        let row = |kind: &str, t: &model::quant::QuantTensor| {
+            let zp = if t.zero_point_min == t.zero_point_max {
+                format!("zero point {}", t.zero_point_min)
+            } else {
+                format!("zero points {}..{}", t.zero_point_min, t.zero_point_max)
+            };
+            let scale = if t.scale_min == t.scale_max {
+                format!("scale {:.3e}", t.scale_min)
+            } else {
+                format!("scales {:.3e}..{:.3e}", t.scale_min, t.scale_max)
+            };
+            format!(
+                "  {kind:<9} {} {} {}, {scale}, {zp}",
+                t.tensor, t.int_type, t.granularity
+            )
+        };
+        for t in &q.weights {
+            let _ = writeln!(s, "{}", row("weight", t));
+        }
+        for t in &q.activations {
+            let _ = writeln!(s, "{}", row("activation", t));
+        }
+    }
+    if let Some(e) = &i.quantization_error {
+        let _ = writeln!(s, "quantized   refused: {e}");
+    }
     if i.unsupported.is_empty() {
         let _ = writeln!(s, "unsupported none");
     } else {

@@ -18,6 +18,7 @@ use crate::ops;
 
 mod canon;
 pub use canon::canonicalize;
+pub mod quant;
 
 /// The opsets harden accepts for the default `ai.onnx` domain.
 pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 7..=21;
@@ -332,8 +333,11 @@ impl OnnxModel {
             .collect()
     }
 
-    /// Errors naming the first unsupported node, if any.
+    /// Errors naming the first unsupported node, if any, or the first problem with the
+    /// model's quantization (`quant::check`: the QOperator format, bad scales or zero
+    /// points, unsupported types).
     pub fn require_supported(&self) -> Result<()> {
+        quant::check(self.graph()).map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
         let missing = self.unsupported_nodes();
         if let Some((node, op)) = missing.first() {
             let ops: std::collections::BTreeSet<&str> =

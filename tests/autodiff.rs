@@ -4,7 +4,8 @@
 mod common;
 
 use harden::autodiff::{
-    gradient_graph, recognised_subgraphs, trainable_params, training_graph, LossKind,
+    gradient_graph, recognised_subgraphs, set_through_rounding, trainable_params, training_graph,
+    LossKind, Rounding,
 };
 use harden::model::{self, pb, Dim};
 use harden::rng::Rng;
@@ -3002,7 +3003,6 @@ fn positive(
 const ELEMENTWISE_CASES: &[Case] = &[
     Case { op: "Abs", example: &[7], opset: 13, build: |_| one("Abs", &["x"], vec![], vec![]) },
     Case { op: "Add", example: &[3, 6], opset: 13, build: |r| one("Add", &["x", "b"], vec![], vec![rand_tensor("b", &[6], r, 0.5)]) },
-    Case { op: "Ceil", example: &[7], opset: 13, build: |_| (vec![node("Ceil", &["x"], "r", vec![]), node("Add", &["r", "x"], "y", vec![])], vec![]) },
     Case { op: "Celu", example: &[7], opset: 12, build: |_| one("Celu", &["x"], vec![attr_f("alpha", 0.7)], vec![]) },
     Case { op: "Clip", example: &[9], opset: 13, build: |_| one("Clip", &["x", "lo", "hi"], vec![], vec![model::float_tensor("lo", &[], &[-0.3]), model::float_tensor("hi", &[], &[0.4])]) },
     Case { op: "Cos", example: &[7], opset: 13, build: |_| scaled("Cos", 3.0, vec![]) },
@@ -3011,7 +3011,6 @@ const ELEMENTWISE_CASES: &[Case] = &[
     Case { op: "Elu", example: &[7], opset: 13, build: |_| scaled("Elu", 2.0, vec![attr_f("alpha", 0.8)]) },
     Case { op: "Erf", example: &[7], opset: 13, build: |_| scaled("Erf", 2.0, vec![]) },
     Case { op: "Exp", example: &[7], opset: 13, build: |_| one("Exp", &["x"], vec![], vec![]) },
-    Case { op: "Floor", example: &[7], opset: 13, build: |_| (vec![node("Floor", &["x"], "r", vec![]), node("Add", &["r", "x"], "y", vec![])], vec![]) },
     Case { op: "Gelu", example: &[7], opset: 20, build: |_| scaled("Gelu", 3.0, vec![]) },
     Case { op: "HardSigmoid", example: &[7], opset: 13, build: |_| one("HardSigmoid", &["x"], vec![attr_f("alpha", 0.6), attr_f("beta", 0.3)], vec![]) },
     Case { op: "HardSwish", example: &[9], opset: 14, build: |_| scaled("HardSwish", 5.0, vec![]) },
@@ -3029,7 +3028,6 @@ const ELEMENTWISE_CASES: &[Case] = &[
     Case { op: "PRelu", example: &[2, 4], opset: 13, build: |r| one("PRelu", &["x", "s"], vec![], vec![rand_tensor("s", &[4], r, 0.3)]) },
     Case { op: "Reciprocal", example: &[7], opset: 13, build: |_| positive("Reciprocal", vec![]) },
     Case { op: "Relu", example: &[7], opset: 13, build: |_| one("Relu", &["x"], vec![], vec![]) },
-    Case { op: "Round", example: &[7], opset: 13, build: |_| (vec![node("Round", &["x"], "r", vec![]), node("Add", &["r", "x"], "y", vec![])], vec![]) },
     Case { op: "Selu", example: &[7], opset: 13, build: |_| scaled("Selu", 2.0, vec![]) },
     Case { op: "Sigmoid", example: &[7], opset: 13, build: |_| one("Sigmoid", &["x"], vec![], vec![]) },
     Case { op: "Sin", example: &[7], opset: 13, build: |_| scaled("Sin", 3.0, vec![]) },
@@ -3151,6 +3149,75 @@ const REDUCE_CASES: &[Case] = &[
     Case { op: "ReduceSumSquare", example: &[3, 4], opset: 13, build: |_| one("ReduceSumSquare", &["x"], vec![attr_ints("axes", &[1])], vec![]) },
 ];
 
+/// A quantized type's zero point (ONNX type `ty`: 2 uint8, 3 int8), one per channel.
+fn zero_point(name: &str, ty: i32, v: &[i64], per_channel: bool) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: if per_channel {
+            vec![v.len() as i64]
+        } else {
+            vec![]
+        },
+        data_type: ty,
+        raw_data: v.iter().map(|z| *z as i8 as u8).collect(),
+        ..Default::default()
+    }
+}
+
+/// `DequantizeLinear(QuantizeLinear(x))` into `r`, per tensor (uint8, scale 0.02, zero
+/// point 128) or per channel along the last axis of [B, 3, 6] (int8).
+/// The scales are multiplied by `k` (coarse grids: finite differences rarely cross a
+/// rounding step).
+fn qdq_nodes(per_channel: bool, k: f32) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
+    let scaled = |v: &[f32]| v.iter().map(|s| s * k).collect::<Vec<f32>>();
+    let (attrs, inits) = if per_channel {
+        (
+            vec![attr_int("axis", 2)],
+            vec![
+                model::float_tensor("s", &[6], &scaled(&[0.01, 0.02, 0.005, 0.015, 0.03, 0.008])),
+                zero_point("z", 3, &[0, -20, 10, 5, 0, -100], true),
+            ],
+        )
+    } else {
+        (
+            vec![],
+            vec![
+                model::float_tensor("s", &[], &scaled(&[0.02])),
+                zero_point("z", 2, &[128], false),
+            ],
+        )
+    };
+    (
+        vec![
+            node("QuantizeLinear", &["x", "s", "z"], "q", attrs.clone()),
+            node("DequantizeLinear", &["q", "s", "z"], "r", attrs),
+        ],
+        inits,
+    )
+}
+
+/// `op(x) + x`: the exact (`zero`) rule of a rounding op beside an identity path, so the
+/// finite differences see the identity's gradient (`rules/quant.rs`; the `ste` rules are
+/// checked against their surrogates in `rounding_rules_under_ste`).
+fn beside_identity(
+    mut nodes: Vec<pb::NodeProto>,
+    inits: Vec<pb::TensorProto>,
+) -> (Vec<pb::NodeProto>, Vec<pb::TensorProto>) {
+    nodes.push(node("Add", &["r", "x"], "y", vec![]));
+    (nodes, inits)
+}
+
+/// One line per registered op of the rounding and quantization family (`rules/quant.rs`),
+/// under the library's default `zero` (the exact derivative).
+#[rustfmt::skip]
+const QUANT_CASES: &[Case] = &[
+    Case { op: "Ceil", example: &[7], opset: 13, build: |_| beside_identity(vec![node("Ceil", &["x"], "r", vec![])], vec![]) },
+    Case { op: "DequantizeLinear", example: &[3, 6], opset: 13, build: |_| { let (n, i) = qdq_nodes(true, 30.0); beside_identity(n, i) } },
+    Case { op: "Floor", example: &[7], opset: 13, build: |_| beside_identity(vec![node("Floor", &["x"], "r", vec![])], vec![]) },
+    Case { op: "QuantizeLinear", example: &[7], opset: 13, build: |_| { let (n, i) = qdq_nodes(false, 30.0); beside_identity(n, i) } },
+    Case { op: "Round", example: &[7], opset: 13, build: |_| beside_identity(vec![node("Round", &["x"], "r", vec![])], vec![]) },
+];
+
 /// Every family's table.
 const FAMILY_CASES: &[&[Case]] = &[
     ELEMENTWISE_CASES,
@@ -3159,6 +3226,7 @@ const FAMILY_CASES: &[&[Case]] = &[
     NORM_CASES,
     SHAPE_CASES,
     REDUCE_CASES,
+    QUANT_CASES,
 ];
 
 #[test]
@@ -3192,4 +3260,242 @@ fn every_differentiable_op_has_a_case() {
         missing.is_empty(),
         "registered ops without a finite-difference case: {missing:?}"
     );
+}
+
+/// The input gradient of `proto` at `x` (examples of `example`, batch `b`) on `choice`,
+/// for the Linear loss with `heads`.
+fn input_grad(
+    proto: &pb::ModelProto,
+    example: &[usize],
+    b: usize,
+    x: &[f32],
+    heads: &[Vec<f32>],
+    choice: RuntimeChoice,
+) -> Vec<f32> {
+    let gg = gradient_graph(proto, "x", example, b, LossKind::Linear).unwrap();
+    let bytes = prost::Message::encode_to_vec(&gg.proto);
+    let mut rt = runtime::open(choice, &bytes, 1, &common::ort_locator()).unwrap();
+    let mut xshape = vec![b];
+    xshape.extend_from_slice(example);
+    run_graph(rt.as_mut(), x, &xshape, heads, gg.num_classes).2
+}
+
+/// Under `ste` a rounding op's gradient is its surrogate's exact one, which the finite
+/// differences check: Q->DQ's is that of clipping to the integer range
+/// (`max(min(x, (qmax - zp) * s), (qmin - zp) * s)`, per tensor and per channel), Round's,
+/// Floor's, Ceil's and a float->int32->float Cast's the identity's. The STE gradients are
+/// not finite differences of the real model (zero almost everywhere): they are compared
+/// with the surrogate's gradient at the same points under the Linear loss (whose
+/// gradient does not depend on the forward values, which rounding changes). Under
+/// `zero` the same models pass no gradient at all.
+#[test]
+fn rounding_rules_under_ste() {
+    let weight = |r: &mut Rng, dims: &[usize]| rand_tensor("w", dims, r, 1.0);
+    let mut r = Rng::new(5);
+    type Build = (Vec<pb::NodeProto>, Vec<pb::TensorProto>);
+    let clip = |lo: &[f32], hi: &[f32], dims: &[i64]| -> Build {
+        (
+            vec![
+                node("Min", &["x", "hi"], "c", vec![]),
+                node("Max", &["c", "lo"], "r", vec![]),
+            ],
+            vec![
+                model::float_tensor("lo", dims, lo),
+                model::float_tensor("hi", dims, hi),
+            ],
+        )
+    };
+    let ident: Build = (vec![node("Identity", &["x"], "r", vec![])], vec![]);
+    // Per tensor: uint8, scale 0.02, zero point 128: [-2.56, 2.54].
+    // Per channel: int8 with the scales and zero points of `qdq_nodes(true)`.
+    let (s, z) = (
+        [0.01f32, 0.02, 0.005, 0.015, 0.03, 0.008],
+        [0f32, -20.0, 10.0, 5.0, 0.0, -100.0],
+    );
+    let lo: Vec<f32> = s.iter().zip(&z).map(|(s, z)| (-128.0 - z) * s).collect();
+    let hi: Vec<f32> = s.iter().zip(&z).map(|(s, z)| (127.0 - z) * s).collect();
+    let mut back = node("Cast", &["i"], "r", vec![attr_int("to", 1)]);
+    back.name = "back_to_float".into();
+    let cast: Build = (
+        vec![node("Cast", &["x"], "i", vec![attr_int("to", 6)]), back],
+        vec![],
+    );
+    let cases: Vec<(&str, Vec<usize>, Build, Build, f32)> = vec![
+        (
+            "QuantizeLinear->DequantizeLinear per tensor",
+            vec![7],
+            qdq_nodes(false, 1.0),
+            clip(&[-2.56], &[2.54], &[]),
+            3.0,
+        ),
+        (
+            "QuantizeLinear->DequantizeLinear per channel",
+            vec![3, 6],
+            qdq_nodes(true, 1.0),
+            clip(&lo, &hi, &[6]),
+            1.5,
+        ),
+        (
+            "Round",
+            vec![7],
+            (vec![node("Round", &["x"], "r", vec![])], vec![]),
+            ident.clone(),
+            2.0,
+        ),
+        (
+            "Floor",
+            vec![7],
+            (vec![node("Floor", &["x"], "r", vec![])], vec![]),
+            ident.clone(),
+            2.0,
+        ),
+        (
+            "Ceil",
+            vec![7],
+            (vec![node("Ceil", &["x"], "r", vec![])], vec![]),
+            ident.clone(),
+            2.0,
+        ),
+        (
+            "Cast float->int32->float",
+            vec![7],
+            cast,
+            ident.clone(),
+            5.0,
+        ),
+    ];
+    for (name, example, (mut nodes, mut inits), (mut snodes, mut sinits), range) in cases {
+        // y = r * w, so that the loss weighs each entry differently.
+        let w = weight(&mut r, &example);
+        for (n, i) in [(&mut nodes, &mut inits), (&mut snodes, &mut sinits)] {
+            n.push(node("Mul", &["r", "w"], "y", vec![]));
+            i.push(w.clone());
+        }
+        let mut m = model_of(&example, nodes, inits, 13);
+        let surrogate = model_of(&example, snodes, sinits, 13);
+        let b = 3;
+        let n: usize = b * example.iter().product::<usize>();
+        let k: usize = example.iter().product();
+        let heads = head_inputs(LossKind::Linear, b, k, &mut r);
+        // Points across the integer range and beyond (where Q saturates).
+        let x: Vec<f32> = (0..n).map(|_| r.range(-range, range)).collect();
+        for choice in runtimes() {
+            set_through_rounding(&mut m, Rounding::Ste);
+            let g = input_grad(&m, &example, b, &x, &heads, choice);
+            let gs = input_grad(&surrogate, &example, b, &x, &heads, choice);
+            common::assert_close(&g, &gs, 1e-5, &format!("{name} (ste) on {choice:?}"));
+            assert!(
+                g.iter().any(|v| *v != 0.0),
+                "{name}: zero gradient under ste"
+            );
+            set_through_rounding(&mut m, Rounding::Zero);
+            let g0 = input_grad(&m, &example, b, &x, &heads, choice);
+            assert!(g0.iter().all(|v| *v == 0.0), "{name}: gradient under zero");
+        }
+        // The surrogate's gradient is exact.
+        let len: usize = example.iter().product();
+        fd_check_batch(
+            &format!("{name} surrogate"),
+            &surrogate,
+            &example,
+            LossKind::Linear,
+            &vec![-range; len],
+            &vec![range; len],
+            3e-2,
+            2,
+            true,
+        );
+    }
+}
+
+/// Fake-quantized weights (`train::qdq`): under `ste` the gradient of a float weight
+/// behind QuantizeLinear -> DequantizeLinear (per channel, some weights outside the
+/// integer range) is the gradient of the same weight clipped to the range, whose
+/// gradient the finite differences of `parameter_gradients_of_rules` cover (Min, Max,
+/// MatMul); under `zero` it is zero.
+#[test]
+fn fake_quantized_weight_gradients_under_ste() {
+    let mut r = Rng::new(9);
+    // x [B, 4] @ w [4, 3], w per output channel (axis 1): int8, scales, zero points.
+    let (s, z) = ([0.01f32, 0.02, 0.005], [0i64, -20, 10]);
+    let lo: Vec<f32> = s
+        .iter()
+        .zip(&z)
+        .map(|(s, z)| (-128.0 - *z as f32) * s)
+        .collect();
+    let hi: Vec<f32> = s
+        .iter()
+        .zip(&z)
+        .map(|(s, z)| (127.0 - *z as f32) * s)
+        .collect();
+    let w: Vec<f32> = (0..12).map(|_| r.range(-1.5, 1.5)).collect();
+    let wt = model::float_tensor("w", &[4, 3], &w);
+    let qdq = vec![
+        node(
+            "QuantizeLinear",
+            &["w", "s", "z"],
+            "wq",
+            vec![attr_int("axis", 1)],
+        ),
+        node(
+            "DequantizeLinear",
+            &["wq", "s", "z"],
+            "wd",
+            vec![attr_int("axis", 1)],
+        ),
+        node("MatMul", &["x", "wd"], "y", vec![]),
+    ];
+    let qinits = vec![
+        wt.clone(),
+        model::float_tensor("s", &[3], &s),
+        zero_point("z", 3, &z, true),
+    ];
+    let clip = vec![
+        node("Min", &["w", "hi"], "c", vec![]),
+        node("Max", &["c", "lo"], "wd", vec![]),
+        node("MatMul", &["x", "wd"], "y", vec![]),
+    ];
+    let cinits = vec![
+        wt,
+        model::float_tensor("lo", &[3], &lo),
+        model::float_tensor("hi", &[3], &hi),
+    ];
+    let mut m = model_of(&[4], qdq, qinits, 13);
+    let sur = model_of(&[4], clip, cinits, 13);
+    let params = vec!["w".to_string()];
+    assert!(trainable_params(&m).contains(&params[0]));
+    let b = 5;
+    let x = ArrayD::from_shape_vec(
+        IxDyn(&[b, 4]),
+        (0..b * 4).map(|_| r.range(-1.0, 1.0)).collect(),
+    )
+    .unwrap();
+    let heads =
+        vec![
+            ArrayD::from_shape_vec(IxDyn(&[b, 3]), (0..b * 3).map(|_| r.normal()).collect())
+                .unwrap(),
+        ];
+    let wa = ArrayD::from_shape_vec(IxDyn(&[4, 3]), w.clone()).unwrap();
+    let grad = |proto: &pb::ModelProto, choice| {
+        let tg = training_graph(proto, "x", &[4], b, LossKind::Linear, &params).unwrap();
+        let bytes = prost::Message::encode_to_vec(&tg.grad.proto);
+        let mut rt = runtime::open(choice, &bytes, 1, &common::ort_locator()).unwrap();
+        run_train(rt.as_mut(), &x, &heads, std::slice::from_ref(&wa))
+            .1
+            .remove(0)
+    };
+    for choice in runtimes() {
+        set_through_rounding(&mut m, Rounding::Ste);
+        let g = grad(&m, choice);
+        let gs = grad(&sur, choice);
+        common::assert_close(
+            &g,
+            &gs,
+            1e-5,
+            &format!("fake-quantized weight on {choice:?}"),
+        );
+        assert!(g.contains(&0.0) && g.iter().any(|v| *v != 0.0), "{g:?}");
+        set_through_rounding(&mut m, Rounding::Zero);
+        assert!(grad(&m, choice).iter().all(|v| *v == 0.0));
+    }
 }

@@ -116,6 +116,63 @@ impl<'a> Consts<'a> {
     pub fn f32s(&self, name: &str) -> Option<Vec<f32>> {
         model::float_values(self.tensors.get(name)?)
     }
+
+    /// The constant tensor `name` itself (its type and raw values).
+    pub fn tensor(&self, name: &str) -> Option<&'a pb::TensorProto> {
+        self.tensors.get(name).copied()
+    }
+}
+
+/// How gradients pass through rounding (`--through-rounding`): QuantizeLinear, Round,
+/// Floor, Ceil and casts from float to integers (`rules/quant.rs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rounding {
+    /// The exact derivative where it exists: zero (gradient attacks are blind).
+    #[default]
+    Zero,
+    /// Straight-through: identity through Round/Floor/Ceil/integer Casts (BPDA, Athalye
+    /// et al. 2018); through QuantizeLinear, 1/scale masked to the integer range (the
+    /// derivative of the clipping surrogate). An approximation.
+    Ste,
+}
+
+impl Rounding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rounding::Zero => "zero",
+            Rounding::Ste => "ste",
+        }
+    }
+}
+
+/// The metadata key by which a model given to [`gradient_graph`] and
+/// [`training_graph_wrt`] carries its [`Rounding`] (absent: `zero`). The CLI sets it
+/// from `--through-rounding` on the model it loads, so every graph built for the run
+/// (attacks, sanity probes, training) uses the same choice, and a hardened model keeps
+/// it as a record.
+pub const ROUNDING_KEY: &str = "harden.through_rounding";
+
+/// The [`Rounding`] `proto` asks for ([`ROUNDING_KEY`]).
+pub fn through_rounding(proto: &pb::ModelProto) -> Rounding {
+    match proto
+        .metadata_props
+        .iter()
+        .find(|p| p.key == ROUNDING_KEY)
+        .map(|p| p.value.as_str())
+    {
+        Some("ste") => Rounding::Ste,
+        _ => Rounding::Zero,
+    }
+}
+
+/// Sets the [`Rounding`] gradient graphs of `proto` use.
+pub fn set_through_rounding(proto: &mut pb::ModelProto, r: Rounding) {
+    proto.metadata_props.retain(|p| p.key != ROUNDING_KEY);
+    proto.metadata_props.push(pb::StringStringEntryProto {
+        key: ROUNDING_KEY.to_string(),
+        value: r.name().to_string(),
+    });
 }
 
 /// The name a node's output may be known by in messages.
@@ -381,6 +438,9 @@ pub fn trainable_params(proto: &pb::ModelProto) -> Vec<String> {
             | "InstanceNormalization"
             | "GroupNormalization" => &[1, 2],
             "PRelu" => &[1],
+            // Fake-quantized weights (`train::qdq`): the float weight before its
+            // QuantizeLinear.
+            "QuantizeLinear" => &[0],
             _ => &[],
         };
         for &i in slots {
@@ -521,6 +581,7 @@ fn build(
     }
     let k = lshape.iter().product::<usize>() / batch;
     let consts = Consts::of(&fb, params);
+    let rounding = through_rounding(proto);
 
     // Tensors that depend on X or a parameter, and nodes on a path from them to the
     // logits.
@@ -593,7 +654,7 @@ fn build(
             .iter()
             .map(|i| !i.is_empty() && depends.contains(i.as_str()) && needed.contains(i.as_str()))
             .collect();
-        let dxs = rules::backward(&mut b, n, &dys, &needs, &shapes, &consts)
+        let dxs = rules::backward(&mut b, n, &dys, &needs, &shapes, &consts, rounding)
             .map_err(|e| anyhow!("node '{}' ({}): {e}", node_label(n), n.op_type))?;
         for (i, dx) in dxs.into_iter().enumerate() {
             if let (Some(dx), true) = (dx, needs.get(i).copied().unwrap_or(false)) {

@@ -254,9 +254,19 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
     };
 
     // The model and its input space.
-    let model = OnnxModel::load(&model_path)?;
+    let mut model = OnnxModel::load(&model_path)?;
     model.require_supported()?;
-    let params = trainable_params(&model.proto);
+    a.rounding.apply(&mut model);
+    // QDQ models train float copies of their integer weights (`train::qdq`).
+    let fake_quant = train::qdq::FakeQuant::of(&model)?;
+    if fake_quant.is_some() && a.rounding.rounding() == crate::autodiff::Rounding::Zero {
+        bail!("hardening a QDQ model trains its weights through QuantizeLinear, which passes no gradient with --through-rounding zero; use --through-rounding ste");
+    }
+    if a.recalibrate && fake_quant.is_none() {
+        bail!("--recalibrate: the model has no quantized weights (not a QDQ model)");
+    }
+    let train_model = fake_quant.as_ref().map(|f| &f.model).unwrap_or(&model);
+    let params = trainable_params(&train_model.proto);
     if params.is_empty() {
         bail!("the model has no trainable weights (no float initializers feeding Conv, Gemm, MatMul, Add, BatchNormalization or PRelu); nothing to harden");
     }
@@ -375,7 +385,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
     }
 
     // Train.
-    let mut proto = spec.wrap(&model)?;
+    let mut proto = spec.wrap(train_model)?;
     if let Some(b) = spec.fixed_batch() {
         if b != a.batch_size {
             proto = crate::model::free_batch(&proto, &spec.input_name).ok_or_else(|| {
@@ -477,8 +487,32 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         ("harden.best_epoch".to_string(), fit.best_epoch.to_string()),
         ("harden.update_bn".to_string(), a.update_bn.to_string()),
     ];
-    let mut hardened = model.with_updates(&updates, &metadata)?;
+    let mut hardened = match &fake_quant {
+        Some(f) => f.export(&model, &updates, &metadata)?,
+        None => model.with_updates(&updates, &metadata)?,
+    };
     hardened.path = out_path.clone();
+    if a.recalibrate {
+        let mut wrapped = spec.wrap(&hardened)?;
+        if spec.fixed_batch().is_some_and(|b| b != a.batch_size) {
+            if let Some(free) = crate::model::free_batch(&wrapped, &spec.input_name) {
+                wrapped = free;
+            }
+        }
+        let m = train_set.len().min(10_000);
+        let (recal, _) = train::qdq::recalibrate(
+            &hardened,
+            &wrapped,
+            &spec.input_name,
+            &mapping.example_shape,
+            &train_set.x[..m * len],
+            a.batch_size,
+            &opts,
+        )?;
+        metadata.push(("harden.recalibrated".to_string(), "min/max".to_string()));
+        hardened = recal.with_updates(&[], &metadata)?;
+        hardened.path = out_path.clone();
+    }
     let after = run_one_audit(
         "auditing the hardened model",
         &hardened,

@@ -224,6 +224,17 @@ pub fn sections(r: &Report) -> Vec<Section> {
             )
         }),
     ];
+    // Models that round: how gradients pass the rounding (`--through-rounding`).
+    let mut rows = rows;
+    if audits.iter().any(|(_, a)| a.model.rounding.is_some()) {
+        rows.push(fact("gradients through rounding", &|a| {
+            a.model
+                .rounding
+                .as_ref()
+                .map(|r| r.summary())
+                .unwrap_or_else(|| "no rounding".into())
+        }));
+    }
     out.push(Section {
         title: "Model".into(),
         blocks: vec![Block::Table {

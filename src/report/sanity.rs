@@ -206,6 +206,8 @@ pub struct Facts {
     /// Labelled examples, and those classified correctly (the ones attacks run on).
     pub labelled: u64,
     pub correct: u64,
+    /// The model's rounding ops and `--through-rounding` (said by the gradient check).
+    pub rounding: Option<crate::model::quant::RoundingFacts>,
 }
 
 /// The probes, filled during the audit's pass over the data.
@@ -288,7 +290,7 @@ impl Probe {
         out.push(match &grads_ok {
             Err(why) => GRADIENTS.not_run(why.clone()),
             Ok(()) if self.grad_y.is_empty() => GRADIENTS.not_run("the data has no labels"),
-            Ok(()) => self.gradient_check(oracle)?,
+            Ok(()) => self.gradient_check(oracle, facts)?,
         });
         out.push(self.randomness_check(oracle)?);
         out.push(attacked_check(facts, plan.is_some()));
@@ -315,7 +317,7 @@ impl Probe {
         Ok(out)
     }
 
-    fn gradient_check(&self, oracle: &mut ModelOracle) -> Result<Check> {
+    fn gradient_check(&self, oracle: &mut ModelOracle, facts: &Facts) -> Result<Check> {
         let lg = match oracle.loss_grad(
             &self.grad_x,
             Head::CrossEntropy {
@@ -335,14 +337,16 @@ impl Probe {
             }
         }
         let flagged = bad > 0 || zero as f64 > ZERO_GRADIENT_SHARE * n as f64;
-        Ok(GRADIENTS.check(
-            flagged,
-            format!(
-                "cross-entropy input gradient at the first {n} labelled examples: {zero} all zero, \
-                 {bad} NaN or infinite (flagged above {:.0}% zero or any non-finite)",
-                100.0 * ZERO_GRADIENT_SHARE
-            ),
-        ))
+        let mut detail = format!(
+            "cross-entropy input gradient at the first {n} labelled examples: {zero} all zero, \
+             {bad} NaN or infinite (flagged above {:.0}% zero or any non-finite)",
+            100.0 * ZERO_GRADIENT_SHARE
+        );
+        if let Some(r) = &facts.rounding {
+            detail.push_str("; ");
+            detail.push_str(&r.describe());
+        }
+        Ok(GRADIENTS.check(flagged, detail))
     }
 
     fn randomness_check(&self, oracle: &mut ModelOracle) -> Result<Check> {
@@ -621,6 +625,7 @@ mod tests {
             geometry: Geometry::Flat { len: 4 },
             labelled,
             correct,
+            rounding: None,
         };
         assert_eq!(attacked_check(&facts(8, 0), true).status, Status::Flagged);
         assert_eq!(attacked_check(&facts(8, 1), true).status, Status::Passed);

@@ -141,6 +141,7 @@ impl<'a, 'c> View<'a, 'c> {
             needs: &[],
             shapes: self.shapes,
             consts: self.consts,
+            rounding: Default::default(),
         }
     }
 

@@ -10,7 +10,7 @@
 use anyhow::{anyhow, bail, Result};
 
 use super::builder::Builder;
-use super::{Consts, Shapes};
+use super::{Consts, Rounding, Shapes};
 use crate::model::pb;
 use crate::ops::OpClass;
 
@@ -19,6 +19,7 @@ mod fused;
 mod linear;
 mod norm;
 mod pooling;
+mod quant;
 mod reduce;
 mod shape;
 
@@ -96,6 +97,7 @@ const FAMILIES: &[&[OpDef]] = &[
     norm::OPS,
     shape::OPS,
     reduce::OPS,
+    quant::OPS,
 ];
 
 /// Every registered op, family by family.
@@ -120,6 +122,8 @@ pub(crate) struct Node<'a, 'c> {
     needs: &'a [bool],
     pub shapes: &'a Shapes,
     pub consts: &'a Consts<'c>,
+    /// How gradients pass through rounding (`quant.rs`).
+    pub rounding: Rounding,
 }
 
 impl<'a> Node<'a, '_> {
@@ -212,6 +216,7 @@ pub fn backward(
     needs: &[bool],
     shapes: &Shapes,
     consts: &Consts,
+    rounding: Rounding,
 ) -> Result<Grads> {
     let known = (n.domain.is_empty() || n.domain == "ai.onnx")
         .then(|| lookup(&n.op_type))
@@ -239,6 +244,7 @@ pub fn backward(
         needs,
         shapes,
         consts,
+        rounding,
     };
     let mut g: Grads = vec![None; n.input.len()];
     (def.rule)(b, &node, &mut g)?;

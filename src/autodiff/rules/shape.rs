@@ -12,7 +12,6 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::shape_only("And"),
     OpDef::shape_only("ArgMax"),
     OpDef::shape_only("ArgMin"),
-    OpDef::shape_only_with("Cast", 1, cast),
     OpDef::diff("Concat", 1, concat),
     OpDef::shape_only("Constant"),
     OpDef::shape_only("ConstantOfShape"),
@@ -53,14 +52,6 @@ pub(super) const OPS: &[OpDef] = &[
     OpDef::diff("Where", 3, where_rule),
     OpDef::shape_only("Xor"),
 ];
-
-/// Cast: only float-to-float casts carry values that matter here.
-fn cast(_: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {
-    if c.int("to", 1) == 1 {
-        g[0] = Some(c.dy.to_string());
-    }
-    Ok(())
-}
 
 /// Flatten, Reshape, Squeeze, Unsqueeze: the gradient takes the input's shape back.
 fn reshape(b: &mut Builder, c: &Node, g: &mut Grads) -> Result<()> {

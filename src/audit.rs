@@ -4,7 +4,7 @@
 //! first examples.
 
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::attack::square::Geometry;
 use crate::attack::Norm;
@@ -19,7 +19,7 @@ use crate::spec::{DataMapping, InputSpec, Layout};
 /// 3: `per_example` (one line per example) and `model_card`.
 pub const SCHEMA_VERSION: u32 = 3;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModelFacts {
     pub path: String,
     pub sha256: String,
@@ -49,7 +49,7 @@ impl ModelFacts {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DataFacts {
     pub spec: String,
     pub source: String,
@@ -96,6 +96,10 @@ pub struct AuditReport {
     pub per_example: Vec<ExampleOutcome>,
     #[serde(skip)]
     pub predictions: Vec<usize>,
+    /// What the sanity probes measured (`None` with the checks off, or in a shard other
+    /// than 0); a part file carries it for `report merge`.
+    #[serde(skip)]
+    pub probe: Option<crate::report::sanity::ProbeFacts>,
     /// Volatile facts; a `report::Report` gathers them under its one `meta` key.
     #[serde(skip)]
     pub meta: Meta,
@@ -111,6 +115,11 @@ pub struct AuditOptions {
     /// Examples (data positions) whose adversarial examples are kept too, for the images
     /// of a comparison with a baseline (`EpsResult::watched`).
     pub watch: Vec<u64>,
+    /// Audit only this shard's examples (`--shard`): the data is still read in full (the
+    /// positions are counted), the model runs on the shard's examples only, except that
+    /// shard 0 also takes the sanity probes from the first examples of the data. The
+    /// report's numbers are then the shard's (`report::merge` adds the parts up).
+    pub shard: Option<crate::shard::Shard>,
 }
 
 impl Default for AuditOptions {
@@ -119,6 +128,7 @@ impl Default for AuditOptions {
             sanity: true,
             keep_examples: 8,
             watch: vec![],
+            shard: None,
         }
     }
 }
@@ -210,13 +220,17 @@ pub fn run_audit_with(
         Some(n) => n,
         None => vec![],
     };
-    let mut probe = crate::report::sanity::Probe::new(opts.sanity);
+    let shard = opts.shard;
+    let mut probe =
+        crate::report::sanity::Probe::new(opts.sanity && shard.is_none_or(|s| s.index == 0));
     let mut confusion = Confusion::new(k);
     let mut predictions = vec![];
     let mut all_labels: Vec<Option<usize>> = vec![];
+    let mut positions: Vec<u64> = vec![];
     let mut like_probs = 0u64;
     let chunk = oracle.classifier().batch().max(64);
     let geo = geometry(spec.layout, &mapping.example_shape);
+    let len = mapping.example_len();
     let mut tally = plan.map(|p| {
         let mut t = RobustTally::new(k, &p.eps, p.attacks.clone(), p.cascade);
         t.keep_examples(opts.keep_examples);
@@ -233,15 +247,44 @@ pub fn run_audit_with(
             break;
         }
         mapping.map_batch(&raw, &mut mapped, seen)?;
-        all_labels.extend_from_slice(&labels[..n]);
-        let logits = oracle.classifier().logits(&mapped)?;
-        crate::classifier::check_finite(&logits, seen)?;
-        let mut batch_preds = Vec::with_capacity(n);
-        for (i, row) in logits.rows().into_iter().enumerate() {
-            let row: Vec<f32> = row.iter().copied().collect();
+        // The batch's examples this audit scores (all of them without a shard).
+        let mine: Vec<usize> = (0..n)
+            .filter(|i| shard.is_none_or(|s| s.holds((seen + i) as u64)))
+            .collect();
+        let whole = mine.len() == n || probe.wants_more();
+        if mine.is_empty() && !whole {
+            seen += n;
+            progress(seen as u64);
+            continue;
+        }
+        // Logits of the whole batch (the probes take the data's first examples), or of
+        // the shard's examples only.
+        let (logits, x_mine) = if whole {
+            let l = oracle.classifier().logits(&mapped[..n * len])?;
+            crate::classifier::check_finite(&l, seen)?;
+            (l, None)
+        } else {
+            let x = crate::attack::gather(&mapped, &mine, len);
+            let l = oracle.classifier().logits(&x)?;
+            for (r, row) in l.rows().into_iter().enumerate() {
+                if row.iter().any(|v| !v.is_finite()) {
+                    crate::classifier::check_finite(
+                        &l.slice(ndarray::s![r..r + 1, ..]).to_owned(),
+                        seen + mine[r],
+                    )?;
+                }
+            }
+            (l, Some(x))
+        };
+        let row_of = |j: usize| if x_mine.is_some() { j } else { mine[j] };
+        let mut batch_preds = vec![0usize; n];
+        for (j, &i) in mine.iter().enumerate() {
+            let row: Vec<f32> = logits.row(row_of(j)).iter().copied().collect();
             let p = argmax(&row);
             predictions.push(p);
-            batch_preds.push(p);
+            positions.push((seen + i) as u64);
+            all_labels.push(labels[i]);
+            batch_preds[i] = p;
             let sum: f32 = row.iter().sum();
             if row.iter().all(|v| (0.0..=1.0).contains(v)) && (sum - 1.0).abs() < 1e-3 {
                 like_probs += 1;
@@ -256,16 +299,27 @@ pub fn run_audit_with(
                 confusion.add(y, p);
             }
         }
-        probe.add_batch(
-            &mapped,
-            &logits,
-            &labels,
-            &batch_preds,
-            mapping.example_len(),
-        )?;
+        if x_mine.is_none() && probe.wants_more() {
+            let all_preds: Vec<usize> = logits
+                .rows()
+                .into_iter()
+                .map(|r| argmax(&r.iter().copied().collect::<Vec<_>>()))
+                .collect();
+            probe.add_batch(
+                &mapped[..n * len],
+                &logits,
+                &labels[..n],
+                &all_preds,
+                len,
+                seen as u64,
+            )?;
+        }
         if let (Some(t), Some(p)) = (tally.as_mut(), plan) {
-            let len = mapping.example_len();
-            let idx: Vec<usize> = (0..n).filter(|i| labels[*i].is_some()).collect();
+            let idx: Vec<usize> = mine
+                .iter()
+                .copied()
+                .filter(|i| labels[*i].is_some())
+                .collect();
             if !idx.is_empty() {
                 let x = crate::attack::gather(&mapped, &idx, len);
                 let y: Vec<usize> = idx.iter().filter_map(|i| labels[*i]).collect();
@@ -281,6 +335,7 @@ pub fn run_audit_with(
         bail!("the data holds no examples");
     }
     let clean = confusion.metrics();
+    let results = tally.as_ref().map(|t| t.results(clean.correct));
     let mut attacked = tally
         .as_mut()
         .map(|t| t.take_outcomes())
@@ -290,9 +345,8 @@ pub fn run_audit_with(
     let per_example: Vec<ExampleOutcome> = predictions
         .iter()
         .zip(&all_labels)
-        .enumerate()
-        .map(|(i, (&p, &label))| {
-            let i = i as u64;
+        .zip(&positions)
+        .map(|((&p, &label), &i)| {
             let eps = match attacked.peek() {
                 Some((id, _)) if *id == i => attacked.next().map(|x| x.1).unwrap_or_default(),
                 _ => vec![],
@@ -305,9 +359,9 @@ pub fn run_audit_with(
             }
         })
         .collect();
-    let robust = match (tally, plan) {
-        (Some(t), Some(p)) => {
-            if clean.labelled == 0 {
+    let robust = match (results, plan) {
+        (Some(results), Some(p)) => {
+            if clean.labelled == 0 && shard.is_none() {
                 bail!("attacks need labelled data, and the data has no labels");
             }
             Some(RobustReport {
@@ -316,7 +370,7 @@ pub fn run_audit_with(
                 cascade: p.cascade,
                 attacks: p.attacks.clone(),
                 examples: clean.labelled,
-                results: t.results(clean.correct),
+                results,
             })
         }
         _ => None,
@@ -324,17 +378,23 @@ pub fn run_audit_with(
     let facts = crate::report::sanity::Facts {
         output_kind: model.output_kind(),
         rows_like_probabilities: like_probs,
-        examples: seen as u64,
+        examples: predictions.len() as u64,
         classes: k,
         range: spec.range,
         geometry: geo,
+        example_len: len,
         labelled: clean.labelled,
         correct: clean.correct,
     };
-    let sanity = if opts.sanity {
-        probe.finish(oracle, &facts, plan, robust.as_ref())?
+    let probe_facts = if opts.sanity && shard.is_none_or(|s| s.index == 0) {
+        Some(probe.measure(oracle, &facts, plan)?)
     } else {
-        vec![]
+        None
+    };
+    // A shard's checks are built by `report merge`, from the merged numbers.
+    let sanity = match (&probe_facts, shard) {
+        (Some(m), None) => crate::report::sanity::checks(m, &facts, plan, robust.as_ref()),
+        _ => vec![],
     };
     Ok(AuditReport {
         schema_version: SCHEMA_VERSION,
@@ -358,6 +418,7 @@ pub fn run_audit_with(
         example_shape: mapping.example_shape.clone(),
         per_example,
         predictions,
+        probe: probe_facts,
         meta: Meta::default(),
     })
 }

@@ -20,6 +20,7 @@ pub mod report;
 pub mod rng;
 pub mod robust;
 pub mod runtime;
+pub mod shard;
 pub mod spec;
 #[cfg(test)]
 mod testutil;

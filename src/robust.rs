@@ -818,4 +818,45 @@ mod tests {
         );
         assert!(r[1].robust_accuracy < clean_acc);
     }
+
+    #[test]
+    fn outcomes_do_not_depend_on_batches() {
+        let mut net = TinyNet::new(16, 16, 5, 61);
+        let (x, y) = dataset(&mut net, 48, 62);
+        let clean = predictions(&net.logits(&x).unwrap());
+        let correct = clean.iter().zip(&y).filter(|(a, b)| a == b).count() as u64;
+        let geo = Geometry::Chw { c: 1, h: 4, w: 4 };
+        // The standard cascade (its random starts and Square's windows) plus PGD.
+        for list in ["standard", "pgd,square"] {
+            let run = |cuts: &[usize], net: &mut TinyNet| {
+                let (attacks, cascade) = parse_attacks(list, &knobs()).unwrap();
+                let mut t = RobustTally::new(5, &[0.05, 0.1], attacks, cascade);
+                t.keep_examples(3);
+                let mut start = 0;
+                for &end in cuts.iter().chain([48].iter()) {
+                    let ids: Vec<u64> = (start as u64..end as u64).collect();
+                    t.add_batch(
+                        net,
+                        &x[start * 16..end * 16],
+                        &ids,
+                        &y[start..end],
+                        &clean[start..end],
+                        Norm::Linf,
+                        (0.0, 1.0),
+                        geo,
+                    )
+                    .unwrap();
+                    start = end;
+                }
+                let r = t.results(correct);
+                (r, t.take_outcomes())
+            };
+            let (r1, o1) = run(&[], &mut net);
+            let (r2, o2) = run(&[5, 17, 40], &mut net);
+            assert_eq!(o1, o2, "{list}");
+            assert_eq!(r1, r2, "{list}");
+            assert!(r1.iter().any(|e| e.examples.len() == 3), "{list}");
+            assert!(r1[1].robust < correct, "{list}: something was broken");
+        }
+    }
 }

@@ -372,9 +372,10 @@ pub fn merge_files(paths: &[PathBuf]) -> Result<(AuditReport, f64, String)> {
         .collect();
     if !missing.is_empty() {
         bail!(
-            "report merge: shard{} {} missing (have {} of {n} parts)",
-            if missing.len() == 1 { " is" } else { "s are" },
+            "report merge: shard{} {} {} missing (have {} of {n} parts)",
+            if missing.len() == 1 { "" } else { "s" },
             missing.join(", "),
+            if missing.len() == 1 { "is" } else { "are" },
             parts.len()
         );
     }

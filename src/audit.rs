@@ -206,6 +206,30 @@ pub fn run_audit_with(
     opts: &AuditOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<AuditReport> {
+    run_audit_logged(
+        model, spec, oracle, data, data_spec, mapping, plan, opts, None, progress,
+    )
+}
+
+/// [`run_audit_with`] keeping a checkpoint (`--checkpoint`): the batches `log` holds
+/// from a run resumed are replayed, not run again; every batch finished is appended to
+/// it. The report is the same as an uninterrupted run's.
+#[allow(clippy::too_many_arguments)]
+pub fn run_audit_logged(
+    model: &OnnxModel,
+    spec: &InputSpec,
+    oracle: &mut ModelOracle,
+    data: &mut dyn DataSource,
+    data_spec: &str,
+    mapping: &DataMapping,
+    plan: Option<&RobustPlan>,
+    opts: &AuditOptions,
+    mut log: Option<&mut crate::audit_log::AuditLog>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<AuditReport> {
+    if log.is_some() && !opts.watch.is_empty() {
+        bail!("--checkpoint does not keep the images a --baseline comparison shows; run the comparison without --checkpoint (or `harden report diff` on the finished report)");
+    }
     let k = crate::attack::Oracle::num_classes(oracle);
     let class_names = match data.label_names() {
         Some(n) if n.len() != k => {
@@ -251,8 +275,68 @@ pub fn run_audit_with(
         let mine: Vec<usize> = (0..n)
             .filter(|i| shard.is_none_or(|s| s.holds((seen + i) as u64)))
             .collect();
+        let done = match log.as_deref_mut() {
+            Some(l) => l.take(seen as u64, n as u64)?,
+            None => None,
+        };
+        if let Some(rec) = done {
+            // A batch the resumed run finished: its outcomes as recorded; the model runs
+            // only for the probes (the data's first examples).
+            if probe.wants_more() {
+                let l = oracle.classifier().logits(&mapped[..n * len])?;
+                let all_preds: Vec<usize> = l
+                    .rows()
+                    .into_iter()
+                    .map(|r| argmax(&r.iter().copied().collect::<Vec<_>>()))
+                    .collect();
+                probe.add_batch(
+                    &mapped[..n * len],
+                    &l,
+                    &labels[..n],
+                    &all_preds,
+                    len,
+                    seen as u64,
+                )?;
+            }
+            like_probs += rec.rows_like_probabilities;
+            let mut rows = vec![];
+            for o in rec.examples {
+                if let Some(y) = o.label {
+                    if y >= k || o.clean_prediction >= k {
+                        bail!("--resume: the checkpoint's example {} has a class outside the model's {k}", o.example);
+                    }
+                    confusion.add(y, o.clean_prediction);
+                    if tally.is_some() {
+                        rows.push((o.example, y, o.eps.clone()));
+                    }
+                }
+                predictions.push(o.clean_prediction);
+                positions.push(o.example);
+                all_labels.push(o.label);
+            }
+            if let Some(t) = tally.as_mut() {
+                let pairs = rec
+                    .pairs
+                    .iter()
+                    .map(|v| v.iter().map(crate::report::merge::PartPair::pair).collect())
+                    .collect();
+                t.add_done(rows, pairs);
+            }
+            seen += n;
+            progress(seen as u64);
+            continue;
+        }
         let whole = mine.len() == n || probe.wants_more();
         if mine.is_empty() && !whole {
+            if let Some(l) = log.as_deref_mut() {
+                l.append(&crate::audit_log::BatchRecord {
+                    first: seen as u64,
+                    n: n as u64,
+                    examples: vec![],
+                    pairs: vec![],
+                    rows_like_probabilities: 0,
+                })?;
+            }
             seen += n;
             progress(seen as u64);
             continue;
@@ -278,6 +362,7 @@ pub fn run_audit_with(
         };
         let row_of = |j: usize| if x_mine.is_some() { j } else { mine[j] };
         let mut batch_preds = vec![0usize; n];
+        let like_before = like_probs;
         for (j, &i) in mine.iter().enumerate() {
             let row: Vec<f32> = logits.row(row_of(j)).iter().copied().collect();
             let p = argmax(&row);
@@ -314,6 +399,7 @@ pub fn run_audit_with(
                 seen as u64,
             )?;
         }
+        let mut attacked = false;
         if let (Some(t), Some(p)) = (tally.as_mut(), plan) {
             let idx: Vec<usize> = mine
                 .iter()
@@ -326,7 +412,42 @@ pub fn run_audit_with(
                 let pr: Vec<usize> = idx.iter().map(|i| batch_preds[*i]).collect();
                 let ids: Vec<u64> = idx.iter().map(|i| (seen + i) as u64).collect();
                 t.add_batch(oracle, &x, &ids, &y, &pr, p.norm, spec.range, geo)?;
+                attacked = true;
             }
+        }
+        if let Some(l) = log.as_deref_mut() {
+            let mut eps: std::collections::HashMap<u64, &Vec<crate::robust::EpsOutcome>> =
+                Default::default();
+            if let Some(t) = tally.as_ref() {
+                eps.extend(t.outcomes_from(seen as u64));
+            }
+            let examples = mine
+                .iter()
+                .map(|&i| {
+                    let id = (seen + i) as u64;
+                    ExampleOutcome {
+                        example: id,
+                        label: labels[i],
+                        clean_prediction: batch_preds[i],
+                        eps: eps.get(&id).map(|v| (*v).clone()).unwrap_or_default(),
+                    }
+                })
+                .collect();
+            let pairs = match (tally.as_ref(), attacked) {
+                (Some(t), true) => t
+                    .last_pairs()
+                    .iter()
+                    .map(|v| v.iter().map(crate::report::merge::PartPair::of).collect())
+                    .collect(),
+                _ => vec![],
+            };
+            l.append(&crate::audit_log::BatchRecord {
+                first: seen as u64,
+                n: n as u64,
+                examples,
+                pairs,
+                rows_like_probabilities: like_probs - like_before,
+            })?;
         }
         seen += n;
         progress(seen as u64);

@@ -415,6 +415,14 @@ pub struct AuditArgs {
     /// N from SLURM_ARRAY_TASK_COUNT).
     #[arg(long, value_name = "K/N")]
     pub shard: Option<String>,
+    /// Append every finished batch's outcomes to FILE (JSON Lines, synced), so that a
+    /// killed audit can be resumed with --resume.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// Resume the audit checkpointed in --checkpoint FILE: finished batches are not run
+    /// again; the report equals an uninterrupted run's.
+    #[arg(long, requires = "checkpoint")]
+    pub resume: bool,
     #[command(flatten)]
     pub input: InputArgs,
     #[command(flatten)]
@@ -1069,8 +1077,9 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
             s.oracle.prepare(LossKind::CrossEntropy)?;
         }
     }
+    let mut log = shard_part::open_log(&a, &mut s, plan.as_ref(), shard)?;
     let bar = progress_bar(s.source.len().map(|n| n as u64), "auditing");
-    let mut report = audit::run_audit_with(
+    let mut report = audit::run_audit_logged(
         &s.model,
         &s.spec,
         &mut s.oracle,
@@ -1094,6 +1103,7 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
             shard,
             ..Default::default()
         },
+        log.as_mut(),
         &mut |n| bar.set_position(n),
     )?;
     bar.finish_and_clear();

@@ -4,6 +4,7 @@
 
 pub mod attack;
 pub mod audit;
+pub mod audit_log;
 pub mod autodiff;
 pub mod classifier;
 pub mod cli;

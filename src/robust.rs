@@ -368,6 +368,8 @@ pub struct RobustTally {
     /// Per attacked example (data position), its label and outcomes per eps, in data
     /// order.
     outcomes: Vec<(u64, usize, Vec<EpsOutcome>)>,
+    /// Per eps, the adversarial pairs found in the last batch (the first `keep`).
+    last_pairs: Vec<Vec<AdvPair>>,
 }
 
 impl RobustTally {
@@ -381,8 +383,30 @@ impl RobustTally {
             watch: vec![],
             watched: vec![vec![]; eps.len()],
             outcomes: vec![],
+            last_pairs: vec![vec![]; eps.len()],
             attacks,
         }
+    }
+
+    /// Adds a batch attacked earlier (a resumed audit's checkpoint): its examples' labels
+    /// and outcomes, in data order, and per eps the adversarial pairs it found.
+    pub fn add_done(&mut self, rows: Vec<(u64, usize, Vec<EpsOutcome>)>, pairs: Vec<Vec<AdvPair>>) {
+        self.outcomes.extend(rows);
+        for (e, p) in pairs.into_iter().enumerate().take(self.eps.len()) {
+            keep_first(&mut self.kept[e], p, self.keep);
+        }
+    }
+
+    /// The outcomes of the examples at or after data position `first` (the last batch's),
+    /// by position.
+    pub fn outcomes_from(&self, first: u64) -> impl Iterator<Item = (u64, &Vec<EpsOutcome>)> {
+        let start = self.outcomes.partition_point(|(id, _, _)| *id < first);
+        self.outcomes[start..].iter().map(|(id, _, o)| (*id, o))
+    }
+
+    /// Per eps, the adversarial pairs the last batch found (at most the kept number).
+    pub fn last_pairs(&self) -> &[Vec<AdvPair>] {
+        &self.last_pairs
     }
 
     /// Keep the first `n` adversarial examples per eps for the report (default 8).
@@ -503,6 +527,7 @@ impl RobustTally {
                 }
             }
             pairs.truncate(self.keep);
+            self.last_pairs[e] = pairs.clone();
             keep_first(&mut self.kept[e], pairs, self.keep);
             for i in 0..n {
                 per_example[i].push(EpsOutcome {

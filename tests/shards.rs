@@ -380,3 +380,92 @@ fn bad_shard_flags_are_refused() {
         assert!(!Path::new(&p).exists());
     }
 }
+
+/// DEMO on 256 examples in 4 batches of 64 (`--batch-size 16`), for the kill tests.
+fn killable(more: &[&str]) -> Vec<String> {
+    let mut a = audit(DEMO, &["--batch-size", "16"]);
+    let i = a.iter().position(|x| x == "150").unwrap();
+    a[i] = "256".into();
+    a.extend(more.iter().map(|x| x.to_string()));
+    a
+}
+
+#[test]
+fn killed_audits_resume_to_the_uninterrupted_report() {
+    use std::time::{Duration, Instant};
+    let d = tempfile::tempdir().unwrap();
+    let reference = d.path().join("ref.json");
+    let t = Instant::now();
+    let (code, _, err) = run(&killable(&["--json", &s(&reference)]));
+    let t_full = t.elapsed();
+    assert_eq!(code, 0, "{err}");
+    let want = without_meta(json(&reference));
+    let exe = assert_cmd::cargo::cargo_bin("harden");
+    let mut resumed_midway = 0;
+    for (i, frac) in [0.1f64, 0.35, 0.6, 0.85].iter().enumerate() {
+        let out = d.path().join(format!("killed{i}.json"));
+        let ck = d.path().join(format!("ck{i}.jsonl"));
+        let args = killable(&["--checkpoint", &s(&ck), "--json", &s(&out)]);
+        let mut child = std::process::Command::new(&exe)
+            .current_dir(root())
+            .args(&args)
+            .env("CI", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs_f64(t_full.as_secs_f64() * frac));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Either no report or a complete one.
+        if out.exists() {
+            assert_eq!(without_meta(json(&out)), want);
+            std::fs::remove_file(&out).unwrap();
+        }
+        let batches = std::fs::read_to_string(&ck)
+            .map(|t| t.lines().count().saturating_sub(1))
+            .unwrap_or(0);
+        eprintln!("killed at {frac} of {t_full:?}: {batches} batches checkpointed");
+        if (1..4).contains(&batches) {
+            resumed_midway += 1;
+        }
+        let mut again = args.clone();
+        if ck.exists() {
+            again.push("--resume".into());
+        }
+        let (code, _, err) = run(&again);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(
+            without_meta(json(&out)),
+            want,
+            "killed at {frac} of the run, then resumed"
+        );
+    }
+    assert!(resumed_midway > 0, "no kill landed between batches");
+}
+
+#[test]
+fn resume_refuses_another_runs_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let ck = d.path().join("ck.jsonl");
+    let out = d.path().join("out.json");
+    let mut a = audit(MLP, &["--checkpoint", &s(&ck), "--json", &s(&out)]);
+    assert_eq!(run(&a).0, 0);
+    std::fs::remove_file(&out).unwrap();
+    let i = a.iter().position(|x| x == "0.02,0.05").unwrap();
+    a[i] = "0.02,0.06".into();
+    a.push("--resume".into());
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("belongs to another run: eps"), "{err}");
+    assert!(!out.exists());
+    // Not a checkpoint at all.
+    let other = d.path().join("other.jsonl");
+    std::fs::write(&other, "{\"kind\":\"audit\"}\n").unwrap();
+    let i = a.iter().position(|x| *x == s(&ck)).unwrap();
+    a[i] = s(&other);
+    let (code, _, err) = run(&a);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not an audit checkpoint"), "{err}");
+}

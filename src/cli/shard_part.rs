@@ -103,3 +103,44 @@ pub fn write(
     }
     Ok(EXIT_OK)
 }
+
+/// Opens `--checkpoint` (started afresh, or resumed with `--resume`), its header naming
+/// the run: model, data, flags, seed, runtime, batch and shard.
+pub(super) fn open_log(
+    a: &AuditArgs,
+    s: &mut super::Session,
+    plan: Option<&crate::audit::RobustPlan>,
+    shard: Option<Shard>,
+) -> Result<Option<crate::audit_log::AuditLog>> {
+    let Some(path) = a.checkpoint.as_deref() else {
+        return Ok(None);
+    };
+    let run = serde_json::json!({
+        "model_sha256": s.model.sha256,
+        "data_spec": s.data_spec,
+        "data_examples": s.source.len(),
+        "input_spec": s.spec,
+        "runtime": s.oracle.classifier().runtime_name(),
+        "batch": s.oracle.classifier().batch(),
+        "eps": plan.map(|p| p.eps.clone()).unwrap_or_default(),
+        "norm": a.attack_opts.norm(),
+        "attacks": a.attacks.clone().unwrap_or_else(|| "standard".into()),
+        "steps": a.attack_opts.steps,
+        "restarts": a.attack_opts.restarts,
+        "square_queries": a.attack_opts.square_queries,
+        "seed": a.attack_opts.seed,
+        "sanity": !a.report.no_sanity_checks,
+        "shard": shard,
+    });
+    Ok(Some(if a.resume {
+        let log = crate::audit_log::AuditLog::resume(path, run)?;
+        eprintln!(
+            "resume   {} finished batches from {}",
+            log.finished(),
+            path.display()
+        );
+        log
+    } else {
+        crate::audit_log::AuditLog::create(path, run)?
+    }))
+}

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::attack::Norm;
 use crate::audit::{self, AuditReport, DataFacts, ModelFacts, RobustPlan, RobustReport};
+use crate::audit_log::first_difference;
 use crate::metrics::Confusion;
 use crate::report::sanity::{self, ProbeFacts};
 use crate::robust::{self, AdvPair, AttackKnobs, EpsOutcome, ExampleOutcome};
@@ -91,7 +92,7 @@ pub struct PartPair {
 }
 
 impl PartPair {
-    fn of(p: &AdvPair) -> PartPair {
+    pub fn of(p: &AdvPair) -> PartPair {
         PartPair {
             example: p.example,
             label: p.label,
@@ -103,7 +104,7 @@ impl PartPair {
         }
     }
 
-    fn pair(&self) -> AdvPair {
+    pub fn pair(&self) -> AdvPair {
         AdvPair {
             example: self.example,
             label: self.label,
@@ -290,30 +291,6 @@ fn read_part(path: &Path) -> Result<PartIn> {
             .unwrap_or_default()
             .to_string(),
     })
-}
-
-/// The first key (as `a.b`) where two JSON values differ, with both values.
-fn first_difference(path: &str, a: &Value, b: &Value) -> Option<(String, String, String)> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            for (k, va) in x {
-                let vb = y.get(k).unwrap_or(&Value::Null);
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                if let Some(d) = first_difference(&p, va, vb) {
-                    return Some(d);
-                }
-            }
-            y.keys()
-                .find(|k| !x.contains_key(*k))
-                .map(|k| (format!("{path}.{k}"), "missing".into(), y[k].to_string()))
-        }
-        _ if a != b => Some((path.to_string(), a.to_string(), b.to_string())),
-        _ => None,
-    }
 }
 
 /// Reads the parts, checks that they are the shards of one audit (same settings and

@@ -5,7 +5,7 @@
 # prints both wall times, the merge time, the overhead per shard, and checks that the
 # merged report equals the unsharded one (JSON apart from `meta`, and the Markdown).
 #
-#   scripts/bench-shards.sh [N=1000] [S=2] [NET=demo] [RUNTIME=ort]
+#   scripts/bench-shards.sh [N=1000] [S=2] [NET=demo] [RUNTIME=ort] [EPS=0.02]
 #
 # On a machine with fewer cores than S*T/S... the gain is bounded by the cores: this
 # measures correctness and the per-shard overhead (reading and mapping the whole data,
@@ -25,7 +25,7 @@ H=${HARDEN:-target/release/harden}
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 FLAGS=(audit "$MODEL" --data data/fashion-mnist-slice --limit "$N" --runtime "$RUNTIME"
-       --eps 0.1 --attacks standard --seed 1)
+       --eps "${5:-0.02}" --attacks standard --seed 1)
 now() { date +%s.%N; }
 export CI=1
 

@@ -469,3 +469,49 @@ fn resume_refuses_another_runs_checkpoint() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not an audit checkpoint"), "{err}");
 }
+
+/// `scripts/ray-audit.py` on a local Ray instance, with the Python named by
+/// HARDEN_RAY_PYTHON (one with `ray` installed); skipped without it (CI has no Ray).
+#[test]
+fn ray_launcher_merges_like_one_run() {
+    let Some(py) = std::env::var_os("HARDEN_RAY_PYTHON") else {
+        eprintln!("skipping: HARDEN_RAY_PYTHON (a Python with ray) is not set");
+        return;
+    };
+    let has_ray = std::process::Command::new(&py)
+        .args(["-c", "import ray"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_ray {
+        eprintln!("skipping: {py:?} cannot import ray");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let one = d.path().join("one.json");
+    assert_eq!(run(&audit(MLP, &["--json", &s(&one)])).0, 0);
+    let merged = d.path().join("merged.json");
+    let out = std::process::Command::new(&py)
+        .current_dir(root())
+        .arg("scripts/ray-audit.py")
+        .args([
+            MLP[0],
+            "--data",
+            MLP[2],
+            "--shards",
+            "3",
+            "--json",
+            &s(&merged),
+        ])
+        .args(["--harden", &s(&assert_cmd::cargo::cargo_bin("harden"))])
+        .args(["--work", &s(&d.path().join("work"))])
+        .arg("--")
+        .args(&MLP[3..])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(without_meta(json(&one)), without_meta(json(&merged)));
+}

@@ -197,6 +197,8 @@ pub struct HardenArgs {
     pub precision: Precision,
 }
 
+// Parsed once per process: the size of the largest variant (audit's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Describe a model: opset, inputs/outputs, parameters, ops, and what harden cannot handle.

@@ -4,7 +4,7 @@
 //! first examples.
 
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::attack::square::Geometry;
 use crate::attack::Norm;
@@ -19,7 +19,7 @@ use crate::spec::{DataMapping, InputSpec, Layout};
 /// 3: `per_example` (one line per example) and `model_card`.
 pub const SCHEMA_VERSION: u32 = 3;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ModelFacts {
     pub path: String,
     pub sha256: String,
@@ -54,7 +54,7 @@ impl ModelFacts {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DataFacts {
     pub spec: String,
     pub source: String,
@@ -101,6 +101,10 @@ pub struct AuditReport {
     pub per_example: Vec<ExampleOutcome>,
     #[serde(skip)]
     pub predictions: Vec<usize>,
+    /// What the sanity probes measured (`None` with the checks off, or in a shard other
+    /// than 0); a part file carries it for `report merge`.
+    #[serde(skip)]
+    pub probe: Option<crate::report::sanity::ProbeFacts>,
     /// Volatile facts; a `report::Report` gathers them under its one `meta` key.
     #[serde(skip)]
     pub meta: Meta,
@@ -116,6 +120,11 @@ pub struct AuditOptions {
     /// Examples (data positions) whose adversarial examples are kept too, for the images
     /// of a comparison with a baseline (`EpsResult::watched`).
     pub watch: Vec<u64>,
+    /// Audit only this shard's examples (`--shard`): the data is still read in full (the
+    /// positions are counted), the model runs on the shard's examples only, except that
+    /// shard 0 also takes the sanity probes from the first examples of the data. The
+    /// report's numbers are then the shard's (`report::merge` adds the parts up).
+    pub shard: Option<crate::shard::Shard>,
 }
 
 impl Default for AuditOptions {
@@ -124,6 +133,7 @@ impl Default for AuditOptions {
             sanity: true,
             keep_examples: 8,
             watch: vec![],
+            shard: None,
         }
     }
 }
@@ -201,6 +211,30 @@ pub fn run_audit_with(
     opts: &AuditOptions,
     progress: &mut dyn FnMut(u64),
 ) -> Result<AuditReport> {
+    run_audit_logged(
+        model, spec, oracle, data, data_spec, mapping, plan, opts, None, progress,
+    )
+}
+
+/// [`run_audit_with`] keeping a checkpoint (`--checkpoint`): the batches `log` holds
+/// from a run resumed are replayed, not run again; every batch finished is appended to
+/// it. The report is the same as an uninterrupted run's.
+#[allow(clippy::too_many_arguments)]
+pub fn run_audit_logged(
+    model: &OnnxModel,
+    spec: &InputSpec,
+    oracle: &mut ModelOracle,
+    data: &mut dyn DataSource,
+    data_spec: &str,
+    mapping: &DataMapping,
+    plan: Option<&RobustPlan>,
+    opts: &AuditOptions,
+    mut log: Option<&mut crate::audit_log::AuditLog>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<AuditReport> {
+    if log.is_some() && !opts.watch.is_empty() {
+        bail!("--checkpoint does not keep the images a --baseline comparison shows; run the comparison without --checkpoint (or `harden report diff` on the finished report)");
+    }
     let k = crate::attack::Oracle::num_classes(oracle);
     let class_names = match data.label_names() {
         Some(n) if n.len() != k => {
@@ -215,13 +249,17 @@ pub fn run_audit_with(
         Some(n) => n,
         None => vec![],
     };
-    let mut probe = crate::report::sanity::Probe::new(opts.sanity);
+    let shard = opts.shard;
+    let mut probe =
+        crate::report::sanity::Probe::new(opts.sanity && shard.is_none_or(|s| s.index == 0));
     let mut confusion = Confusion::new(k);
     let mut predictions = vec![];
     let mut all_labels: Vec<Option<usize>> = vec![];
+    let mut positions: Vec<u64> = vec![];
     let mut like_probs = 0u64;
     let chunk = oracle.classifier().batch().max(64);
     let geo = geometry(spec.layout, &mapping.example_shape);
+    let len = mapping.example_len();
     let mut tally = plan.map(|p| {
         let mut t = RobustTally::new(k, &p.eps, p.attacks.clone(), p.cascade);
         t.keep_examples(opts.keep_examples);
@@ -238,15 +276,105 @@ pub fn run_audit_with(
             break;
         }
         mapping.map_batch(&raw, &mut mapped, seen)?;
-        all_labels.extend_from_slice(&labels[..n]);
-        let logits = oracle.classifier().logits(&mapped)?;
-        crate::classifier::check_finite(&logits, seen)?;
-        let mut batch_preds = Vec::with_capacity(n);
-        for (i, row) in logits.rows().into_iter().enumerate() {
-            let row: Vec<f32> = row.iter().copied().collect();
+        // The batch's examples this audit scores (all of them without a shard).
+        let mine: Vec<usize> = (0..n)
+            .filter(|i| shard.is_none_or(|s| s.holds((seen + i) as u64)))
+            .collect();
+        let done = match log.as_deref_mut() {
+            Some(l) => l.take(seen as u64, n as u64)?,
+            None => None,
+        };
+        if let Some(rec) = done {
+            // A batch the resumed run finished: its outcomes as recorded; the model runs
+            // only for the probes (the data's first examples).
+            if probe.wants_more() {
+                let l = oracle.classifier().logits(&mapped[..n * len])?;
+                let all_preds: Vec<usize> = l
+                    .rows()
+                    .into_iter()
+                    .map(|r| argmax(&r.iter().copied().collect::<Vec<_>>()))
+                    .collect();
+                probe.add_batch(
+                    &mapped[..n * len],
+                    &l,
+                    &labels[..n],
+                    &all_preds,
+                    len,
+                    seen as u64,
+                )?;
+            }
+            like_probs += rec.rows_like_probabilities;
+            let mut rows = vec![];
+            for o in rec.examples {
+                if let Some(y) = o.label {
+                    if y >= k || o.clean_prediction >= k {
+                        bail!("--resume: the checkpoint's example {} has a class outside the model's {k}", o.example);
+                    }
+                    confusion.add(y, o.clean_prediction);
+                    if tally.is_some() {
+                        rows.push((o.example, y, o.eps.clone()));
+                    }
+                }
+                predictions.push(o.clean_prediction);
+                positions.push(o.example);
+                all_labels.push(o.label);
+            }
+            if let Some(t) = tally.as_mut() {
+                let pairs = rec
+                    .pairs
+                    .iter()
+                    .map(|v| v.iter().map(crate::report::merge::PartPair::pair).collect())
+                    .collect();
+                t.add_done(rows, pairs);
+            }
+            seen += n;
+            progress(seen as u64);
+            continue;
+        }
+        let whole = mine.len() == n || probe.wants_more();
+        if mine.is_empty() && !whole {
+            if let Some(l) = log.as_deref_mut() {
+                l.append(&crate::audit_log::BatchRecord {
+                    first: seen as u64,
+                    n: n as u64,
+                    examples: vec![],
+                    pairs: vec![],
+                    rows_like_probabilities: 0,
+                })?;
+            }
+            seen += n;
+            progress(seen as u64);
+            continue;
+        }
+        // Logits of the whole batch (the probes take the data's first examples), or of
+        // the shard's examples only.
+        let (logits, x_mine) = if whole {
+            let l = oracle.classifier().logits(&mapped[..n * len])?;
+            crate::classifier::check_finite(&l, seen)?;
+            (l, None)
+        } else {
+            let x = crate::attack::gather(&mapped, &mine, len);
+            let l = oracle.classifier().logits(&x)?;
+            for (r, row) in l.rows().into_iter().enumerate() {
+                if row.iter().any(|v| !v.is_finite()) {
+                    crate::classifier::check_finite(
+                        &l.slice(ndarray::s![r..r + 1, ..]).to_owned(),
+                        seen + mine[r],
+                    )?;
+                }
+            }
+            (l, Some(x))
+        };
+        let row_of = |j: usize| if x_mine.is_some() { j } else { mine[j] };
+        let mut batch_preds = vec![0usize; n];
+        let like_before = like_probs;
+        for (j, &i) in mine.iter().enumerate() {
+            let row: Vec<f32> = logits.row(row_of(j)).iter().copied().collect();
             let p = argmax(&row);
             predictions.push(p);
-            batch_preds.push(p);
+            positions.push((seen + i) as u64);
+            all_labels.push(labels[i]);
+            batch_preds[i] = p;
             let sum: f32 = row.iter().sum();
             if row.iter().all(|v| (0.0..=1.0).contains(v)) && (sum - 1.0).abs() < 1e-3 {
                 like_probs += 1;
@@ -261,23 +389,70 @@ pub fn run_audit_with(
                 confusion.add(y, p);
             }
         }
-        probe.add_batch(
-            &mapped,
-            &logits,
-            &labels,
-            &batch_preds,
-            mapping.example_len(),
-        )?;
+        if x_mine.is_none() && probe.wants_more() {
+            let all_preds: Vec<usize> = logits
+                .rows()
+                .into_iter()
+                .map(|r| argmax(&r.iter().copied().collect::<Vec<_>>()))
+                .collect();
+            probe.add_batch(
+                &mapped[..n * len],
+                &logits,
+                &labels[..n],
+                &all_preds,
+                len,
+                seen as u64,
+            )?;
+        }
+        let mut attacked = false;
         if let (Some(t), Some(p)) = (tally.as_mut(), plan) {
-            let len = mapping.example_len();
-            let idx: Vec<usize> = (0..n).filter(|i| labels[*i].is_some()).collect();
+            let idx: Vec<usize> = mine
+                .iter()
+                .copied()
+                .filter(|i| labels[*i].is_some())
+                .collect();
             if !idx.is_empty() {
                 let x = crate::attack::gather(&mapped, &idx, len);
                 let y: Vec<usize> = idx.iter().filter_map(|i| labels[*i]).collect();
                 let pr: Vec<usize> = idx.iter().map(|i| batch_preds[*i]).collect();
                 let ids: Vec<u64> = idx.iter().map(|i| (seen + i) as u64).collect();
                 t.add_batch(oracle, &x, &ids, &y, &pr, p.norm, spec.range, geo)?;
+                attacked = true;
             }
+        }
+        if let Some(l) = log.as_deref_mut() {
+            let mut eps: std::collections::HashMap<u64, &Vec<crate::robust::EpsOutcome>> =
+                Default::default();
+            if let Some(t) = tally.as_ref() {
+                eps.extend(t.outcomes_from(seen as u64));
+            }
+            let examples = mine
+                .iter()
+                .map(|&i| {
+                    let id = (seen + i) as u64;
+                    ExampleOutcome {
+                        example: id,
+                        label: labels[i],
+                        clean_prediction: batch_preds[i],
+                        eps: eps.get(&id).map(|v| (*v).clone()).unwrap_or_default(),
+                    }
+                })
+                .collect();
+            let pairs = match (tally.as_ref(), attacked) {
+                (Some(t), true) => t
+                    .last_pairs()
+                    .iter()
+                    .map(|v| v.iter().map(crate::report::merge::PartPair::of).collect())
+                    .collect(),
+                _ => vec![],
+            };
+            l.append(&crate::audit_log::BatchRecord {
+                first: seen as u64,
+                n: n as u64,
+                examples,
+                pairs,
+                rows_like_probabilities: like_probs - like_before,
+            })?;
         }
         seen += n;
         progress(seen as u64);
@@ -286,6 +461,7 @@ pub fn run_audit_with(
         bail!("the data holds no examples");
     }
     let clean = confusion.metrics();
+    let results = tally.as_ref().map(|t| t.results(clean.correct));
     let mut attacked = tally
         .as_mut()
         .map(|t| t.take_outcomes())
@@ -295,9 +471,8 @@ pub fn run_audit_with(
     let per_example: Vec<ExampleOutcome> = predictions
         .iter()
         .zip(&all_labels)
-        .enumerate()
-        .map(|(i, (&p, &label))| {
-            let i = i as u64;
+        .zip(&positions)
+        .map(|((&p, &label), &i)| {
             let eps = match attacked.peek() {
                 Some((id, _)) if *id == i => attacked.next().map(|x| x.1).unwrap_or_default(),
                 _ => vec![],
@@ -310,9 +485,9 @@ pub fn run_audit_with(
             }
         })
         .collect();
-    let robust = match (tally, plan) {
-        (Some(t), Some(p)) => {
-            if clean.labelled == 0 {
+    let robust = match (results, plan) {
+        (Some(results), Some(p)) => {
+            if clean.labelled == 0 && shard.is_none() {
                 bail!("attacks need labelled data, and the data has no labels");
             }
             Some(RobustReport {
@@ -321,7 +496,7 @@ pub fn run_audit_with(
                 cascade: p.cascade,
                 attacks: p.attacks.clone(),
                 examples: clean.labelled,
-                results: t.results(clean.correct),
+                results,
             })
         }
         _ => None,
@@ -329,18 +504,24 @@ pub fn run_audit_with(
     let facts = crate::report::sanity::Facts {
         output_kind: model.output_kind(),
         rows_like_probabilities: like_probs,
-        examples: seen as u64,
+        examples: predictions.len() as u64,
         classes: k,
         range: spec.range,
         geometry: geo,
+        example_len: len,
         labelled: clean.labelled,
         correct: clean.correct,
         rounding: crate::model::quant::RoundingFacts::of(&model.proto, &spec.input_name),
     };
-    let sanity = if opts.sanity {
-        probe.finish(oracle, &facts, plan, robust.as_ref())?
+    let probe_facts = if opts.sanity && shard.is_none_or(|s| s.index == 0) {
+        Some(probe.measure(oracle, &facts, plan)?)
     } else {
-        vec![]
+        None
+    };
+    // A shard's checks are built by `report merge`, from the merged numbers.
+    let sanity = match (&probe_facts, shard) {
+        (Some(m), None) => crate::report::sanity::checks(m, &facts, plan, robust.as_ref()),
+        _ => vec![],
     };
     Ok(AuditReport {
         schema_version: SCHEMA_VERSION,
@@ -364,6 +545,7 @@ pub fn run_audit_with(
         example_shape: mapping.example_shape.clone(),
         per_example,
         predictions,
+        probe: probe_facts,
         meta: Meta::default(),
     })
 }

@@ -22,6 +22,8 @@ use crate::spec::{DataMapping, InputSpec, Layout, SpecArgs};
 pub use crate::files::write_atomic;
 
 mod main_command;
+mod report_merge;
+mod shard_part;
 
 /// Exit codes, like grep: 0 ok (or gate passed), 1 gate failed, 2 error.
 pub const EXIT_OK: i32 = 0;
@@ -202,6 +204,8 @@ pub struct HardenArgs {
     pub recalibrate: bool,
 }
 
+// Parsed once per process: the size of the largest variant (audit's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Describe a model: opset, inputs/outputs, parameters, ops, and what harden cannot handle.
@@ -233,6 +237,11 @@ pub enum ReportCommand {
     /// the comparison as Markdown; exits 1 when a metric drops by more than --max-drop
     /// and significantly at --alpha.
     Diff(DiffArgs),
+    /// Merge the parts of a sharded audit (`audit --shard K/N --json PART.json`) into the
+    /// report one unsharded run writes, after checking that they are the shards of one
+    /// audit (same model, data, flags, seed and runtime; each shard once, none missing);
+    /// the gates apply to the merged numbers.
+    Merge(report_merge::MergeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -453,6 +462,20 @@ pub struct AuditArgs {
     pub baseline: Option<PathBuf>,
     #[command(flatten)]
     pub compare: CompareArgs,
+    /// Audit only shard K of N (K from 0: examples whose position % N == K) and write its
+    /// part file to --json, for `harden report merge`; `auto` (or `auto/N`) takes K from
+    /// JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID (Slurm array;
+    /// N from SLURM_ARRAY_TASK_COUNT).
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
+    /// Append every finished batch's outcomes to FILE (JSON Lines, synced), so that a
+    /// killed audit can be resumed with --resume.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+    /// Resume the audit checkpointed in --checkpoint FILE: finished batches are not run
+    /// again; the report equals an uninterrupted run's.
+    #[arg(long, requires = "checkpoint")]
+    pub resume: bool,
     #[command(flatten)]
     pub input: InputArgs,
     #[command(flatten)]
@@ -907,6 +930,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Falsify(a) => falsify_command(a, &env),
         Command::Grad(a) => grad_command(a),
         Command::Report(ReportCommand::Diff(a)) => diff_command(a),
+        Command::Report(ReportCommand::Merge(a)) => report_merge::run(a, &env),
     }
 }
 
@@ -1055,6 +1079,7 @@ fn parse_eps_list(s: &str) -> Result<Vec<f32>> {
 fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
     let started = Instant::now();
     let started_unix = unix_now();
+    let shard = shard_part::parse(&a)?;
     a.report
         .validate_with(a.eps.is_some(), a.baseline.is_some())?;
     if let Some(p) = a.json.as_deref().filter(|p| *p != Path::new("-")) {
@@ -1114,8 +1139,9 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
             s.oracle.prepare(LossKind::CrossEntropy)?;
         }
     }
+    let mut log = shard_part::open_log(&a, &mut s, plan.as_ref(), shard)?;
     let bar = progress_bar(s.source.len().map(|n| n as u64), "auditing");
-    let mut report = audit::run_audit_with(
+    let mut report = audit::run_audit_logged(
         &s.model,
         &s.spec,
         &mut s.oracle,
@@ -1136,8 +1162,10 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
                         .collect()
                 })
                 .unwrap_or_default(),
+            shard,
             ..Default::default()
         },
+        log.as_mut(),
         &mut |n| bar.set_position(n),
     )?;
     bar.finish_and_clear();
@@ -1147,6 +1175,20 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         seconds: secs,
         examples_per_second: report.data.examples as f64 / secs.max(1e-9),
     };
+    if let Some(sh) = shard {
+        let eps = plan.as_ref().map(|p| p.eps.clone()).unwrap_or_default();
+        let device = s.ort.device.to_string();
+        return shard_part::write(
+            &a,
+            &report,
+            sh,
+            eps,
+            started_unix,
+            secs,
+            device,
+            env.command.clone(),
+        );
+    }
     let text = audit::render_text(&report);
     let mut report = crate::report::Report::audit(report);
     report.stamp(

@@ -4,6 +4,7 @@
 
 pub mod attack;
 pub mod audit;
+pub mod audit_log;
 pub mod autodiff;
 pub mod classifier;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod report;
 pub mod rng;
 pub mod robust;
 pub mod runtime;
+pub mod shard;
 pub mod spec;
 #[cfg(test)]
 mod testutil;

@@ -24,7 +24,7 @@ pub mod quant;
 pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 7..=21;
 
 /// A tensor dimension as declared in the model.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
 pub enum Dim {
     Fixed(usize),
@@ -56,7 +56,7 @@ pub fn shape_string(dims: &[Dim]) -> String {
 }
 
 /// A graph input or output: name, element type and shape.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TensorInfo {
     pub name: String,
     pub elem_type: String,
@@ -86,7 +86,7 @@ impl TensorInfo {
 }
 
 /// What the model's first output looks like, judged from the graph.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputKind {
     Logits,

@@ -6,11 +6,11 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::attack::apgd::{apgd, ApgdConfig, ApgdLoss};
+use crate::attack::apgd::{apgd_at, ApgdConfig, ApgdLoss};
 use crate::attack::fgsm::fgsm;
-use crate::attack::pgd::{pgd, PgdConfig};
-use crate::attack::square::{square, Geometry, SquareConfig};
-use crate::attack::{gather, Norm, Oracle, Outcome, Threat};
+use crate::attack::pgd::{pgd_at, PgdConfig};
+use crate::attack::square::{square_at, Geometry, SquareConfig};
+use crate::attack::{gather, local_ids, Norm, Oracle, Outcome, Threat};
 use crate::metrics::argmax;
 
 /// One attack as configured.
@@ -183,7 +183,8 @@ pub fn parse_attacks(list: &str, k: &AttackKnobs) -> Result<(Vec<AttackSpec>, bo
     Ok((out, cascade))
 }
 
-/// Runs one attack on a batch.
+/// Runs one attack on a batch (example i's random streams numbered by its place in the
+/// batch; [`run_attack_at`] with positions in the data).
 pub fn run_attack(
     spec: &AttackSpec,
     oracle: &mut dyn Oracle,
@@ -192,13 +193,29 @@ pub fn run_attack(
     threat: &Threat,
     geometry: Geometry,
 ) -> Result<Outcome> {
+    let ids = local_ids(labels.len());
+    run_attack_at(spec, oracle, x0, labels, &ids, threat, geometry)
+}
+
+/// Runs one attack on a batch whose examples sit at `ids` in the data: every random draw
+/// for an example comes from a stream of (seed, run, its position)
+/// ([`crate::attack::example_rng`]), so its outcome does not depend on the batch.
+pub fn run_attack_at(
+    spec: &AttackSpec,
+    oracle: &mut dyn Oracle,
+    x0: &[f32],
+    labels: &[usize],
+    ids: &[u64],
+    threat: &Threat,
+    geometry: Geometry,
+) -> Result<Outcome> {
     match spec {
         AttackSpec::Fgsm => fgsm(oracle, x0, labels, threat),
-        AttackSpec::Pgd(c) => pgd(oracle, x0, labels, None, threat, c),
+        AttackSpec::Pgd(c) => pgd_at(oracle, x0, labels, None, threat, c, ids),
         AttackSpec::ApgdCe(c) | AttackSpec::ApgdDlr(c) | AttackSpec::ApgdT(c) => {
-            apgd(oracle, x0, labels, threat, c)
+            apgd_at(oracle, x0, labels, threat, c, ids)
         }
-        AttackSpec::Square(c) => square(oracle, x0, labels, threat, geometry, c),
+        AttackSpec::Square(c) => square_at(oracle, x0, labels, threat, geometry, c, ids),
     }
 }
 
@@ -307,6 +324,14 @@ pub struct AttackOutcome {
     pub evaluations: u64,
     /// ...of its budget for it ([`AttackSpec::budget_per_example`]).
     pub budget: u64,
+    /// The attack reported an adversarial example that the plain forward re-check
+    /// refused (outside the ball or range, or classified correctly).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub refused: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// One clean example and the adversarial example an attack found for it (confirmed by a
@@ -326,55 +351,62 @@ pub struct AdvPair {
     pub adversarial: Vec<f32>,
 }
 
-/// Accumulates robust results over batches.
+/// Accumulates robust results over batches: every attacked example's outcomes and the
+/// adversarial pairs kept for the report. The numbers ([`RobustTally::results`]) are
+/// computed from the per-example outcomes alone ([`results_of`]), so partial audits of the
+/// same data (shards) merge into exactly the numbers of one run.
 pub struct RobustTally {
     k: usize,
-    total: u64,
     eps: Vec<f32>,
     attacks: Vec<AttackSpec>,
     cascade: bool,
-    attacked: Vec<Vec<u64>>,
-    broken: Vec<Vec<u64>>,
-    refused: Vec<Vec<u64>>,
-    robust_after: Vec<Vec<u64>>,
-    evaluations: Vec<Vec<u64>>,
-    robust: Vec<u64>,
-    class_robust: Vec<Vec<u64>>,
-    class_support: Vec<u64>,
-    cross: Vec<CrossChecks>,
     keep: usize,
     kept: Vec<Vec<AdvPair>>,
     /// Examples (data positions, sorted) whose adversarial examples are kept as well.
     watch: Vec<u64>,
     watched: Vec<Vec<AdvPair>>,
-    /// Per attacked example (data position), its outcomes per eps, in data order.
-    outcomes: Vec<(u64, Vec<EpsOutcome>)>,
+    /// Per attacked example (data position), its label and outcomes per eps, in data
+    /// order.
+    outcomes: Vec<(u64, usize, Vec<EpsOutcome>)>,
+    /// Per eps, the adversarial pairs found in the last batch (the first `keep`).
+    last_pairs: Vec<Vec<AdvPair>>,
 }
 
 impl RobustTally {
     pub fn new(k: usize, eps: &[f32], attacks: Vec<AttackSpec>, cascade: bool) -> RobustTally {
-        let z = || vec![vec![0u64; attacks.len()]; eps.len()];
         RobustTally {
             k,
-            total: 0,
             eps: eps.to_vec(),
             cascade,
-            attacked: z(),
-            broken: z(),
-            refused: z(),
-            robust_after: z(),
-            evaluations: z(),
-            robust: vec![0; eps.len()],
-            class_robust: vec![vec![0; k]; eps.len()],
-            class_support: vec![0; k],
-            cross: vec![CrossChecks::default(); eps.len()],
             keep: 8,
             kept: vec![vec![]; eps.len()],
             watch: vec![],
             watched: vec![vec![]; eps.len()],
             outcomes: vec![],
+            last_pairs: vec![vec![]; eps.len()],
             attacks,
         }
+    }
+
+    /// Adds a batch attacked earlier (a resumed audit's checkpoint): its examples' labels
+    /// and outcomes, in data order, and per eps the adversarial pairs it found.
+    pub fn add_done(&mut self, rows: Vec<(u64, usize, Vec<EpsOutcome>)>, pairs: Vec<Vec<AdvPair>>) {
+        self.outcomes.extend(rows);
+        for (e, p) in pairs.into_iter().enumerate().take(self.eps.len()) {
+            keep_first(&mut self.kept[e], p, self.keep);
+        }
+    }
+
+    /// The outcomes of the examples at or after data position `first` (the last batch's),
+    /// by position.
+    pub fn outcomes_from(&self, first: u64) -> impl Iterator<Item = (u64, &Vec<EpsOutcome>)> {
+        let start = self.outcomes.partition_point(|(id, _, _)| *id < first);
+        self.outcomes[start..].iter().map(|(id, _, o)| (*id, o))
+    }
+
+    /// Per eps, the adversarial pairs the last batch found (at most the kept number).
+    pub fn last_pairs(&self) -> &[Vec<AdvPair>] {
+        &self.last_pairs
     }
 
     /// Keep the first `n` adversarial examples per eps for the report (default 8).
@@ -393,7 +425,8 @@ impl RobustTally {
     /// Attacks one batch (`x` in the model's raw input space; `ids` the examples'
     /// positions in the data) and re-checks every adversarial example with
     /// `oracle.logits` (a plain forward pass of the original model, not a gradient
-    /// graph).
+    /// graph). Every random draw for an example comes from its own stream
+    /// ([`run_attack_at`]), so its outcome does not depend on the batch.
     #[allow(clippy::too_many_arguments)]
     pub fn add_batch(
         &mut self,
@@ -411,27 +444,23 @@ impl RobustTally {
         if ids.len() != n {
             bail!("{} example ids for {n} labels", ids.len());
         }
-        self.total += n as u64;
-        let mut per_example: Vec<Vec<EpsOutcome>> = vec![vec![]; n];
-        for &y in labels {
-            self.class_support[y] += 1;
+        if let Some(&y) = labels.iter().find(|y| **y >= self.k) {
+            bail!("label {y} is out of range for {} classes", self.k);
         }
+        let mut per_example: Vec<Vec<EpsOutcome>> = vec![vec![]; n];
         let correct: Vec<bool> = (0..n).map(|i| clean_pred[i] == labels[i]).collect();
         for (e, &eps) in self.eps.clone().iter().enumerate() {
             let threat = Threat::new(norm, eps, range)?;
             let mut robust = correct.clone();
-            // Per attack and example: tried, broken.
-            let mut tried = vec![vec![false; n]; self.attacks.len()];
-            let mut broke = vec![vec![false; n]; self.attacks.len()];
             // Per example: what each attack that ran on it found.
             let mut found_by: Vec<Vec<AttackOutcome>> = vec![vec![]; n];
-            for (a, spec) in self.attacks.iter().enumerate() {
+            // Per example: the adversarial pair of the first attack that broke it.
+            let mut pairs: Vec<Option<AdvPair>> = vec![None; n];
+            for spec in self.attacks.iter() {
                 let idx: Vec<usize> = (0..n)
                     .filter(|&i| if self.cascade { robust[i] } else { correct[i] })
                     .collect();
-                self.attacked[e][a] += idx.len() as u64;
                 for &i in &idx {
-                    tried[a][i] = true;
                     found_by[i].push(AttackOutcome {
                         attack: spec.name().to_string(),
                         broken: false,
@@ -439,164 +468,250 @@ impl RobustTally {
                         distance: None,
                         evaluations: 0,
                         budget: spec.budget_per_example(),
+                        refused: false,
                     });
                 }
-                if !idx.is_empty() {
-                    let x0 = gather(x, &idx, len);
-                    let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
-                    let out = run_attack(spec, oracle, &x0, &y, &threat, geometry)?;
-                    self.evaluations[e][a] += out.evaluations;
-                    for (j, &i) in idx.iter().enumerate() {
-                        if let Some(o) = found_by[i].last_mut() {
-                            o.evaluations = out.spent[j];
-                        }
-                    }
-                    let found: Vec<usize> = (0..idx.len()).filter(|j| out.success[*j]).collect();
-                    if !found.is_empty() {
-                        let adv = gather(&out.x_adv, &found, len);
-                        // `Oracle::logits` is a plain forward pass of the original model.
-                        let preds = predictions(&oracle.logits(&adv)?);
-                        for (m, &j) in found.iter().enumerate() {
-                            let inside = threat.contains(
-                                &adv[m * len..(m + 1) * len],
-                                &x0[j * len..(j + 1) * len],
-                            );
-                            if inside && preds[m] != y[j] {
-                                self.broken[e][a] += 1;
-                                robust[idx[j]] = false;
-                                broke[a][idx[j]] = true;
-                                let id = ids[idx[j]];
-                                let (xa, xc) =
-                                    (&adv[m * len..(m + 1) * len], &x0[j * len..(j + 1) * len]);
-                                if let Some(o) = found_by[idx[j]].last_mut() {
-                                    o.broken = true;
-                                    o.adversarial_prediction = Some(preds[m]);
-                                    o.distance = Some(distance(norm, xa, xc));
-                                }
-                                let watched = self.watch.binary_search(&id).is_ok()
-                                    && !self.watched[e].iter().any(|p| p.example == id);
-                                if watched {
-                                    self.watched[e].push(AdvPair {
-                                        example: id,
-                                        label: y[j],
-                                        adversarial_prediction: preds[m],
-                                        attack: spec.name().to_string(),
-                                        distance: distance(norm, xa, xc),
-                                        clean: xc.to_vec(),
-                                        adversarial: xa.to_vec(),
-                                    });
-                                }
-                                if self.kept[e].len() < self.keep
-                                    && !self.kept[e].iter().any(|p| p.example == id)
-                                {
-                                    self.kept[e].push(AdvPair {
-                                        example: id,
-                                        label: y[j],
-                                        adversarial_prediction: preds[m],
-                                        attack: spec.name().to_string(),
-                                        distance: distance(norm, xa, xc),
-                                        clean: xc.to_vec(),
-                                        adversarial: xa.to_vec(),
-                                    });
-                                }
-                            } else {
-                                self.refused[e][a] += 1;
-                            }
-                        }
+                if idx.is_empty() {
+                    continue;
+                }
+                let x0 = gather(x, &idx, len);
+                let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
+                let at: Vec<u64> = idx.iter().map(|i| ids[*i]).collect();
+                let out = run_attack_at(spec, oracle, &x0, &y, &at, &threat, geometry)?;
+                for (j, &i) in idx.iter().enumerate() {
+                    if let Some(o) = found_by[i].last_mut() {
+                        o.evaluations = out.spent[j];
                     }
                 }
-                self.robust_after[e][a] += if self.cascade {
-                    robust.iter().filter(|r| **r).count() as u64
-                } else {
-                    0
-                };
+                let found: Vec<usize> = (0..idx.len()).filter(|j| out.success[*j]).collect();
+                if found.is_empty() {
+                    continue;
+                }
+                let adv = gather(&out.x_adv, &found, len);
+                // `Oracle::logits` is a plain forward pass of the original model.
+                let preds = predictions(&oracle.logits(&adv)?);
+                for (m, &j) in found.iter().enumerate() {
+                    let i = idx[j];
+                    let (xa, xc) = (&adv[m * len..(m + 1) * len], &x0[j * len..(j + 1) * len]);
+                    let o = found_by[i]
+                        .last_mut()
+                        .expect("an outcome per attacked example");
+                    if !(threat.contains(xa, xc) && preds[m] != y[j]) {
+                        o.refused = true;
+                        continue;
+                    }
+                    robust[i] = false;
+                    let d = distance(norm, xa, xc);
+                    o.broken = true;
+                    o.adversarial_prediction = Some(preds[m]);
+                    o.distance = Some(d);
+                    if pairs[i].is_none() {
+                        pairs[i] = Some(AdvPair {
+                            example: ids[i],
+                            label: y[j],
+                            adversarial_prediction: preds[m],
+                            attack: spec.name().to_string(),
+                            distance: d,
+                            clean: xc.to_vec(),
+                            adversarial: xa.to_vec(),
+                        });
+                    }
+                }
             }
-            for i in 0..n {
-                if robust[i] {
-                    self.robust[e] += 1;
-                    self.class_robust[e][labels[i]] += 1;
+            let mut pairs: Vec<AdvPair> = pairs.into_iter().flatten().collect();
+            for p in &pairs {
+                if self.watch.binary_search(&p.example).is_ok()
+                    && !self.watched[e].iter().any(|w| w.example == p.example)
+                {
+                    self.watched[e].push(p.clone());
                 }
+            }
+            pairs.truncate(self.keep);
+            self.last_pairs[e] = pairs.clone();
+            keep_first(&mut self.kept[e], pairs, self.keep);
+            for i in 0..n {
                 per_example[i].push(EpsOutcome {
                     eps,
                     robust: robust[i],
                     attacks: std::mem::take(&mut found_by[i]),
                 });
             }
-            let kinds: Vec<AttackKind> = self.attacks.iter().map(|s| s.kind()).collect();
-            let c = &mut self.cross[e];
-            for i in (0..n).filter(|i| correct[*i]) {
-                c.examples += 1;
-                let any = |f: &dyn Fn(AttackKind) -> bool, m: &Vec<Vec<bool>>| {
-                    (0..kinds.len()).any(|a| f(kinds[a]) && m[a][i])
-                };
-                let single = |k: AttackKind| k == AttackKind::SingleStep;
-                let iter = |k: AttackKind| k == AttackKind::Iterative;
-                let black = |k: AttackKind| k == AttackKind::BlackBox;
-                let white = |k: AttackKind| k != AttackKind::BlackBox;
-                if any(&single, &broke) && any(&iter, &tried) && !any(&iter, &broke) {
-                    c.single_step_beats_iterative += 1;
-                }
-                if any(&iter, &broke) && any(&single, &tried) && !any(&single, &broke) {
-                    c.iterative_beats_single_step += 1;
-                }
-                if any(&black, &broke) && any(&white, &tried) && !any(&white, &broke) {
-                    c.black_box_beats_white_box += 1;
-                }
-            }
         }
-        self.outcomes.extend(ids.iter().copied().zip(per_example));
+        self.outcomes.extend(
+            ids.iter()
+                .zip(labels)
+                .zip(per_example)
+                .map(|((&id, &y), o)| (id, y, o)),
+        );
         Ok(())
     }
 
     /// The attacked examples' outcomes per eps, by data position, in data order.
     pub fn take_outcomes(&mut self) -> Vec<(u64, Vec<EpsOutcome>)> {
         std::mem::take(&mut self.outcomes)
+            .into_iter()
+            .map(|(id, _, o)| (id, o))
+            .collect()
     }
 
+    /// The numbers per eps, from the per-example outcomes so far (call before
+    /// [`RobustTally::take_outcomes`]); `correct_total` the clean-correct labelled examples.
     pub fn results(&self, correct_total: u64) -> Vec<EpsResult> {
-        let frac = |a: u64| {
-            if self.total > 0 {
-                a as f64 / self.total as f64
-            } else {
-                0.0
-            }
-        };
-        self.eps
+        let rows: Vec<(usize, &[EpsOutcome])> = self
+            .outcomes
             .iter()
-            .enumerate()
-            .map(|(e, &eps)| EpsResult {
+            .map(|(_, y, o)| (*y, o.as_slice()))
+            .collect();
+        let mut r = results_of(
+            self.k,
+            &self.eps,
+            &self.attacks,
+            self.cascade,
+            &rows,
+            correct_total,
+        );
+        for (e, res) in r.iter_mut().enumerate() {
+            res.examples = self.kept[e].clone();
+            res.watched = self.watched[e].clone();
+        }
+        r
+    }
+}
+
+/// Adds `new` (pairs in data order) to `kept` and keeps the first `keep` by data position:
+/// the report shows the first adversarial examples of the data, whatever the batches or
+/// shards they were found in.
+pub fn keep_first(kept: &mut Vec<AdvPair>, new: Vec<AdvPair>, keep: usize) {
+    kept.extend(new);
+    kept.sort_by_key(|p| p.example);
+    kept.dedup_by_key(|p| p.example);
+    kept.truncate(keep);
+}
+
+/// The robust numbers per eps from the per-example outcomes of the labelled examples
+/// (`rows`: label and outcomes per eps, each holding one entry per eps), in the order of
+/// `eps`: per attack examples attacked, broken, refused, evaluations and robust accuracy,
+/// the worst case overall and per class, and the cross checks between attack kinds.
+/// `correct_total`: the clean-correct examples among them. The adversarial pairs
+/// (`examples`, `watched`) are left empty for the caller.
+pub fn results_of(
+    k: usize,
+    eps: &[f32],
+    attacks: &[AttackSpec],
+    cascade: bool,
+    rows: &[(usize, &[EpsOutcome])],
+    correct_total: u64,
+) -> Vec<EpsResult> {
+    let total = rows.len() as u64;
+    let frac = |a: u64| {
+        if total > 0 {
+            a as f64 / total as f64
+        } else {
+            0.0
+        }
+    };
+    let mut support = vec![0u64; k];
+    for (y, _) in rows {
+        if let Some(s) = support.get_mut(*y) {
+            *s += 1;
+        }
+    }
+    let kinds: Vec<AttackKind> = attacks.iter().map(|s| s.kind()).collect();
+    eps.iter()
+        .enumerate()
+        .map(|(e, &eps)| {
+            let na = attacks.len();
+            let (mut attacked, mut broken, mut refused, mut evals, mut robust_after) = (
+                vec![0u64; na],
+                vec![0u64; na],
+                vec![0u64; na],
+                vec![0u64; na],
+                vec![0u64; na],
+            );
+            let mut robust = 0u64;
+            let mut class_robust = vec![0u64; k];
+            let mut cross = CrossChecks::default();
+            for (y, outs) in rows {
+                let Some(o) = outs.get(e) else { continue };
+                // The attacks that ran on this example, in the audit's order: a prefix of
+                // the list in a cascade, all of it otherwise.
+                for (a, x) in o.attacks.iter().enumerate().take(na) {
+                    attacked[a] += 1;
+                    broken[a] += x.broken as u64;
+                    refused[a] += x.refused as u64;
+                    evals[a] += x.evaluations;
+                }
+                if cascade && !o.attacks.is_empty() {
+                    // Robust after attack a: clean-correct (attacked by the first attack)
+                    // and broken by none of attacks 0..=a.
+                    let first_broken = o.attacks.iter().position(|x| x.broken);
+                    for (a, r) in robust_after.iter_mut().enumerate() {
+                        if first_broken.is_none_or(|b| a < b) {
+                            *r += 1;
+                        }
+                    }
+                }
+                if o.robust {
+                    robust += 1;
+                    if let Some(c) = class_robust.get_mut(*y) {
+                        *c += 1;
+                    }
+                }
+                if o.attacks.is_empty() {
+                    continue;
+                }
+                // A clean-correct example: the cross checks between kinds.
+                cross.examples += 1;
+                let any = |f: &dyn Fn(AttackKind) -> bool, broke: bool| {
+                    o.attacks
+                        .iter()
+                        .enumerate()
+                        .take(na)
+                        .any(|(a, x)| f(kinds[a]) && (!broke || x.broken))
+                };
+                let single = |k: AttackKind| k == AttackKind::SingleStep;
+                let iter = |k: AttackKind| k == AttackKind::Iterative;
+                let black = |k: AttackKind| k == AttackKind::BlackBox;
+                let white = |k: AttackKind| k != AttackKind::BlackBox;
+                if any(&single, true) && any(&iter, false) && !any(&iter, true) {
+                    cross.single_step_beats_iterative += 1;
+                }
+                if any(&iter, true) && any(&single, false) && !any(&single, true) {
+                    cross.iterative_beats_single_step += 1;
+                }
+                if any(&black, true) && any(&white, false) && !any(&white, true) {
+                    cross.black_box_beats_white_box += 1;
+                }
+            }
+            EpsResult {
                 eps,
-                attacks: self
-                    .attacks
+                attacks: attacks
                     .iter()
                     .enumerate()
                     .map(|(a, spec)| AttackResult {
                         attack: spec.name().to_string(),
-                        attacked: self.attacked[e][a],
-                        broken: self.broken[e][a],
-                        refused: self.refused[e][a],
-                        robust_accuracy: if self.cascade {
-                            frac(self.robust_after[e][a])
+                        attacked: attacked[a],
+                        broken: broken[a],
+                        refused: refused[a],
+                        robust_accuracy: if cascade {
+                            frac(robust_after[a])
                         } else {
-                            frac(correct_total - self.broken[e][a])
+                            frac(correct_total - broken[a])
                         },
-                        evaluations: self.evaluations[e][a],
+                        evaluations: evals[a],
                     })
                     .collect(),
-                robust: self.robust[e],
-                robust_accuracy: frac(self.robust[e]),
-                per_class_robust_accuracy: (0..self.k)
-                    .map(|c| {
-                        (self.class_support[c] > 0)
-                            .then(|| self.class_robust[e][c] as f64 / self.class_support[c] as f64)
-                    })
+                robust,
+                robust_accuracy: frac(robust),
+                per_class_robust_accuracy: (0..k)
+                    .map(|c| (support[c] > 0).then(|| class_robust[c] as f64 / support[c] as f64))
                     .collect(),
-                cross_checks: self.cross[e].clone(),
-                examples: self.kept[e].clone(),
-                watched: self.watched[e].clone(),
-            })
-            .collect()
-    }
+                cross_checks: cross,
+                examples: vec![],
+                watched: vec![],
+            }
+        })
+        .collect()
 }
 
 /// The threat model's norm of `a - b`.
@@ -727,5 +842,46 @@ mod tests {
             "larger eps is never more robust"
         );
         assert!(r[1].robust_accuracy < clean_acc);
+    }
+
+    #[test]
+    fn outcomes_do_not_depend_on_batches() {
+        let mut net = TinyNet::new(16, 16, 5, 61);
+        let (x, y) = dataset(&mut net, 48, 62);
+        let clean = predictions(&net.logits(&x).unwrap());
+        let correct = clean.iter().zip(&y).filter(|(a, b)| a == b).count() as u64;
+        let geo = Geometry::Chw { c: 1, h: 4, w: 4 };
+        // The standard cascade (its random starts and Square's windows) plus PGD.
+        for list in ["standard", "pgd,square"] {
+            let run = |cuts: &[usize], net: &mut TinyNet| {
+                let (attacks, cascade) = parse_attacks(list, &knobs()).unwrap();
+                let mut t = RobustTally::new(5, &[0.05, 0.1], attacks, cascade);
+                t.keep_examples(3);
+                let mut start = 0;
+                for &end in cuts.iter().chain([48].iter()) {
+                    let ids: Vec<u64> = (start as u64..end as u64).collect();
+                    t.add_batch(
+                        net,
+                        &x[start * 16..end * 16],
+                        &ids,
+                        &y[start..end],
+                        &clean[start..end],
+                        Norm::Linf,
+                        (0.0, 1.0),
+                        geo,
+                    )
+                    .unwrap();
+                    start = end;
+                }
+                let r = t.results(correct);
+                (r, t.take_outcomes())
+            };
+            let (r1, o1) = run(&[], &mut net);
+            let (r2, o2) = run(&[5, 17, 40], &mut net);
+            assert_eq!(o1, o2, "{list}");
+            assert_eq!(r1, r2, "{list}");
+            assert!(r1.iter().any(|e| e.examples.len() == 3), "{list}");
+            assert!(r1[1].robust < correct, "{list}: something was broken");
+        }
     }
 }

@@ -10,7 +10,9 @@ use anyhow::{bail, Result};
 use crate::data::ValueKind;
 use crate::model::{self, pb, Dim, OnnxModel, TensorInfo};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Layout {
     /// Images as [batch, channels, height, width].
@@ -31,7 +33,7 @@ pub struct SpecArgs {
 }
 
 /// The resolved input space, written in every report.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct InputSpec {
     pub input_name: String,
     /// Declared input shape, batch first.

@@ -13,7 +13,6 @@
 use anyhow::{bail, Result};
 
 use super::{check_batch, gather, record, Head, Oracle, Outcome, Threat};
-use crate::rng::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,7 +85,8 @@ pub fn checkpoints(n: usize) -> Vec<usize> {
     w
 }
 
-/// Runs APGD on the batch.
+/// Runs APGD on the batch (example i's random streams numbered by its place in the
+/// batch; [`apgd_at`] with positions in the data).
 pub fn apgd(
     oracle: &mut dyn Oracle,
     x0: &[f32],
@@ -94,7 +94,30 @@ pub fn apgd(
     threat: &Threat,
     cfg: &ApgdConfig,
 ) -> Result<Outcome> {
+    apgd_at(
+        oracle,
+        x0,
+        labels,
+        threat,
+        cfg,
+        &super::local_ids(labels.len()),
+    )
+}
+
+/// [`apgd`] with the examples' positions in the data (`ids`): example i's random start in
+/// run r (restart, target) comes from [`super::example_rng`]`(seed, r, ids[i])`.
+pub fn apgd_at(
+    oracle: &mut dyn Oracle,
+    x0: &[f32],
+    labels: &[usize],
+    threat: &Threat,
+    cfg: &ApgdConfig,
+    ids: &[u64],
+) -> Result<Outcome> {
     cfg.check(oracle.num_classes())?;
+    if ids.len() != labels.len() {
+        bail!("{} example ids for {} labels", ids.len(), labels.len());
+    }
     check_batch(oracle, x0, labels, 2)?;
     let n = labels.len();
     let mut out = Outcome::start(x0.to_vec(), n);
@@ -125,6 +148,7 @@ pub fn apgd(
                         threat,
                         cfg,
                         (t * cfg.restarts + r) as u64,
+                        ids,
                         &mut out,
                     )?;
                 }
@@ -132,7 +156,9 @@ pub fn apgd(
         }
         _ => {
             for r in 0..cfg.restarts {
-                run_once(oracle, x0, labels, None, threat, cfg, r as u64, &mut out)?;
+                run_once(
+                    oracle, x0, labels, None, threat, cfg, r as u64, ids, &mut out,
+                )?;
             }
         }
     }
@@ -150,6 +176,7 @@ fn run_once(
     threat: &Threat,
     cfg: &ApgdConfig,
     stream: u64,
+    ids: &[u64],
     out: &mut Outcome,
 ) -> Result<()> {
     let len = oracle.example_len();
@@ -196,8 +223,8 @@ fn run_once(
         Ok(())
     };
 
-    let mut rng = Rng::derive(cfg.seed, stream);
-    let mut x = threat.random_start(&c0, len, &mut rng);
+    let at: Vec<u64> = idx.iter().map(|i| ids[*i]).collect();
+    let mut x = threat.random_starts(&c0, len, cfg.seed, stream, &at);
     eval(&x, &mut act, &mut f, &mut g, out)?;
     let mut x_prev = x.clone();
     let mut x_best = x.clone();

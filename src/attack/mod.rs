@@ -121,6 +121,24 @@ impl Threat {
         }
     }
 
+    /// [`Threat::random_start`] per example, each from its own stream
+    /// ([`example_rng`]`(seed, stream, ids[i])`), so an example's start does not depend on
+    /// the batch it is in.
+    pub fn random_starts(
+        &self,
+        x0: &[f32],
+        len: usize,
+        seed: u64,
+        stream: u64,
+        ids: &[u64],
+    ) -> Vec<f32> {
+        let mut x = Vec::with_capacity(x0.len());
+        for (ex, &id) in x0.chunks(len).zip(ids) {
+            x.extend(self.random_start(ex, len, &mut example_rng(seed, stream, id)));
+        }
+        x
+    }
+
     /// A uniformly random point of the ball (Linf) or of its surface scaled by U^(1/d)
     /// (L2), around each example of `x0`, clipped to the range.
     pub fn random_start(&self, x0: &[f32], len: usize, rng: &mut crate::rng::Rng) -> Vec<f32> {
@@ -295,6 +313,21 @@ pub(crate) fn gather(x: &[f32], idx: &[usize], len: usize) -> Vec<f32> {
 }
 
 /// Checks the common arguments of an attack call.
+/// The random stream of one example in one run of an attack: derived from the attack's
+/// seed, the run (`stream`: restart, target) and the example's position in the data
+/// (`example`), never from its batch, so an example's outcome does not depend on its batch
+/// neighbours, on batch boundaries or on how the data is sharded.
+pub fn example_rng(seed: u64, stream: u64, example: u64) -> crate::rng::Rng {
+    let base = crate::rng::Rng::derive(seed, stream).next_u64();
+    crate::rng::Rng::derive(base, example)
+}
+
+/// Positions 0..n, for callers without data positions (each example of the batch its own
+/// stream, numbered by its place in the batch).
+pub fn local_ids(n: usize) -> Vec<u64> {
+    (0..n as u64).collect()
+}
+
 pub(crate) fn check_batch(
     oracle: &dyn Oracle,
     x0: &[f32],

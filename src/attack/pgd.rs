@@ -6,7 +6,6 @@
 use anyhow::{bail, Result};
 
 use super::{check_batch, gather, record, Head, Oracle, Outcome, Threat};
-use crate::rng::Rng;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PgdConfig {
@@ -58,7 +57,8 @@ impl PgdConfig {
     }
 }
 
-/// Runs PGD on the batch; `targets` makes it targeted.
+/// Runs PGD on the batch; `targets` makes it targeted. Example i's random start comes
+/// from its own stream, numbered by its place in the batch ([`pgd_at`] with positions).
 pub fn pgd(
     oracle: &mut dyn Oracle,
     x0: &[f32],
@@ -67,7 +67,32 @@ pub fn pgd(
     threat: &Threat,
     cfg: &PgdConfig,
 ) -> Result<Outcome> {
+    pgd_at(
+        oracle,
+        x0,
+        labels,
+        targets,
+        threat,
+        cfg,
+        &super::local_ids(labels.len()),
+    )
+}
+
+/// [`pgd`] with the examples' positions in the data (`ids`): example i's random starts
+/// come from [`super::example_rng`]`(seed, restart, ids[i])`.
+pub fn pgd_at(
+    oracle: &mut dyn Oracle,
+    x0: &[f32],
+    labels: &[usize],
+    targets: Option<&[usize]>,
+    threat: &Threat,
+    cfg: &PgdConfig,
+    ids: &[u64],
+) -> Result<Outcome> {
     cfg.check()?;
+    if ids.len() != labels.len() {
+        bail!("{} example ids for {} labels", ids.len(), labels.len());
+    }
     let len = check_batch(oracle, x0, labels, 2)?;
     let n = labels.len();
     let alpha = cfg.step_size.unwrap_or(2.5 * threat.eps / cfg.steps as f32);
@@ -79,7 +104,8 @@ pub fn pgd(
         }
         let mut c0 = gather(x0, &idx, len);
         let mut x = if cfg.random_start {
-            threat.random_start(&c0, len, &mut Rng::derive(cfg.seed, restart as u64))
+            let at: Vec<u64> = idx.iter().map(|i| ids[*i]).collect();
+            threat.random_starts(&c0, len, cfg.seed, restart as u64, &at)
         } else {
             c0.clone()
         };

@@ -83,7 +83,8 @@ fn margins(oracle: &mut dyn Oracle, x: &[f32], y: &[usize]) -> Result<Vec<f32>> 
         .collect())
 }
 
-/// Runs the Square attack (Linf) on the batch.
+/// Runs the Square attack (Linf) on the batch (example i's random stream numbered by its
+/// place in the batch; [`square_at`] with positions in the data).
 pub fn square(
     oracle: &mut dyn Oracle,
     x0: &[f32],
@@ -92,7 +93,33 @@ pub fn square(
     geometry: Geometry,
     cfg: &SquareConfig,
 ) -> Result<Outcome> {
+    square_at(
+        oracle,
+        x0,
+        labels,
+        threat,
+        geometry,
+        cfg,
+        &super::local_ids(labels.len()),
+    )
+}
+
+/// [`square`] with the examples' positions in the data (`ids`): every draw for example i
+/// (its stripes, then one window per query while it stands) comes from
+/// [`super::example_rng`]`(seed, 0x5175, ids[i])`.
+pub fn square_at(
+    oracle: &mut dyn Oracle,
+    x0: &[f32],
+    labels: &[usize],
+    threat: &Threat,
+    geometry: Geometry,
+    cfg: &SquareConfig,
+    ids: &[u64],
+) -> Result<Outcome> {
     let len = check_batch(oracle, x0, labels, 2)?;
+    if ids.len() != labels.len() {
+        bail!("{} example ids for {} labels", ids.len(), labels.len());
+    }
     if threat.norm != Norm::Linf {
         bail!("the Square attack here supports the Linf threat model only");
     }
@@ -104,11 +131,14 @@ pub fn square(
     }
     let n = labels.len();
     let eps = threat.eps;
-    let mut rng = Rng::derive(cfg.seed, 0x5175);
+    let mut rngs: Vec<Rng> = ids
+        .iter()
+        .map(|&id| super::example_rng(cfg.seed, 0x5175, id))
+        .collect();
     let mut out = Outcome::start(x0.to_vec(), n);
     // Init: vertical stripes, one random sign per (channel, column).
     let mut x_best = x0.to_vec();
-    for ex in x_best.chunks_mut(len) {
+    for (ex, rng) in x_best.chunks_mut(len).zip(rngs.iter_mut()) {
         match geometry {
             Geometry::Chw { c, h, w } => {
                 for ch in 0..c {
@@ -151,7 +181,7 @@ pub fn square(
         for (j, &i) in idx.iter().enumerate() {
             let ex = &mut cand[j * len..(j + 1) * len];
             let c0 = &x0[i * len..(i + 1) * len];
-            propose(ex, c0, geometry, p, eps, &mut rng);
+            propose(ex, c0, geometry, p, eps, &mut rngs[i]);
         }
         let c0 = gather(x0, &idx, len);
         threat.project(&mut cand, &c0, len);

@@ -125,7 +125,7 @@ impl<'a> Consts<'a> {
 
 /// How gradients pass through rounding (`--through-rounding`): QuantizeLinear, Round,
 /// Floor, Ceil and casts from float to integers (`rules/quant.rs`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Rounding {
     /// The exact derivative where it exists: zero (gradient attacks are blind).

@@ -417,7 +417,7 @@ pub fn rounding_ops(g: &pb::GraphProto, input: &str) -> BTreeMap<String, usize> 
 
 /// How gradients pass through a model's rounding ops, for the report (absent when the
 /// model has none on the input's path).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct RoundingFacts {
     /// `ste` or `zero` (`--through-rounding`).
     pub through_rounding: crate::autodiff::Rounding,

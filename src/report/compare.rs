@@ -662,6 +662,7 @@ mod tests {
                             distance: (!r).then_some(0.1),
                             evaluations: 2,
                             budget: 2,
+                            refused: false,
                         }],
                     }],
                 })

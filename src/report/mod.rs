@@ -21,6 +21,7 @@ pub mod images;
 pub mod json;
 pub mod junit;
 pub mod markdown;
+pub mod merge;
 pub mod outcomes;
 pub mod plot;
 pub mod sanity;

@@ -10,7 +10,7 @@
 
 use anyhow::Result;
 use ndarray::Array2;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::attack::pgd::PgdConfig;
 use crate::attack::square::Geometry;
@@ -18,7 +18,7 @@ use crate::attack::{gather, Head, Norm, Oracle, Threat};
 use crate::audit::{RobustPlan, RobustReport};
 use crate::model::OutputKind;
 use crate::oracle::ModelOracle;
-use crate::robust::{predictions, run_attack, AttackKind, AttackSpec};
+use crate::robust::{predictions, run_attack_at, AttackKind, AttackSpec};
 
 /// Labelled examples whose input gradient is checked.
 pub const GRADIENT_PROBE: usize = 64;
@@ -29,7 +29,7 @@ pub const REPEAT_PROBE: usize = 64;
 /// Share of probed points with a zero input gradient above which the check is flagged.
 pub const ZERO_GRADIENT_SHARE: f64 = 0.05;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Passed,
@@ -38,7 +38,7 @@ pub enum Status {
 }
 
 /// The outcome of one check.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Check {
     pub id: String,
     /// What a passing model shows.
@@ -203,6 +203,8 @@ pub struct Facts {
     pub classes: usize,
     pub range: (f32, f32),
     pub geometry: Geometry,
+    /// Values per example (the model's input).
+    pub example_len: usize,
     /// Labelled examples, and those classified correctly (the ones attacks run on).
     pub labelled: u64,
     pub correct: u64,
@@ -220,6 +222,45 @@ pub struct Probe {
     grad_y: Vec<usize>,
     atk_x: Vec<f32>,
     atk_y: Vec<usize>,
+    /// The attack probe's data positions (its examples' random streams).
+    atk_ids: Vec<u64>,
+}
+
+/// What the probes measured (the model runs of the checks), kept apart from the checks
+/// built on them so that an audit in shards (`--shard`) can carry them in its part and
+/// `report merge` can build the same checks from the merged numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeFacts {
+    pub gradients: Check,
+    pub randomness: Check,
+    /// The attack probe: why it did not run, or what it measured (`None` without
+    /// attacks).
+    pub attack: Option<AttackProbe>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttackProbe {
+    NotRun(String),
+    Ran {
+        /// Clean-correct probe examples.
+        n: u64,
+        /// Per eps of the plan.
+        per_eps: Vec<EpsProbe>,
+        /// Probe examples the iterative attack leaves robust at the large eps.
+        robust_at_large_eps: u64,
+    },
+}
+
+/// The attack probe at one eps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpsProbe {
+    /// Broken by FGSM and not by the iterative attack, and the other way round.
+    pub fgsm_only: u64,
+    pub iterative_only: u64,
+    /// Left robust by the iterative attack, and by the stronger one.
+    pub robust_base: u64,
+    pub robust_more: u64,
 }
 
 impl Probe {
@@ -233,10 +274,21 @@ impl Probe {
             grad_y: vec![],
             atk_x: vec![],
             atk_y: vec![],
+            atk_ids: vec![],
         }
     }
 
+    /// Whether the probes still take examples (the caller must then hand them every
+    /// example of the data in order, not only its shard's).
+    pub fn wants_more(&self) -> bool {
+        self.enabled
+            && (self.repeat_x.is_empty()
+                || self.grad_y.len() < GRADIENT_PROBE
+                || self.atk_y.len() < ATTACK_PROBE)
+    }
+
     /// Takes what the probes need from one batch (`x` mapped, `logits` its outputs).
+    /// `first`: the data position of the batch's first example.
     pub fn add_batch(
         &mut self,
         x: &[f32],
@@ -244,6 +296,7 @@ impl Probe {
         labels: &[Option<usize>],
         preds: &[usize],
         len: usize,
+        first: u64,
     ) -> Result<()> {
         if !self.enabled {
             return Ok(());
@@ -269,6 +322,7 @@ impl Probe {
             if preds[i] == y && self.atk_y.len() < ATTACK_PROBE {
                 self.atk_x.extend_from_slice(&x[i * len..(i + 1) * len]);
                 self.atk_y.push(y);
+                self.atk_ids.push(first + i as u64);
             }
         }
         Ok(())
@@ -282,39 +336,41 @@ impl Probe {
         plan: Option<&RobustPlan>,
         robust: Option<&RobustReport>,
     ) -> Result<Vec<Check>> {
-        let mut out = vec![logits_check(facts)];
+        let measured = self.measure(oracle, facts, plan)?;
+        Ok(checks(&measured, facts, plan, robust))
+    }
+
+    /// Runs the probes on the model: everything the checks need besides the audit's
+    /// numbers.
+    pub fn measure(
+        &self,
+        oracle: &mut ModelOracle,
+        facts: &Facts,
+        plan: Option<&RobustPlan>,
+    ) -> Result<ProbeFacts> {
         let grads_ok = match oracle.prepare(crate::autodiff::LossKind::CrossEntropy) {
             Ok(()) => Ok(()),
             Err(e) => Err(format!("no gradient graph for this model: {e:#}")),
         };
-        out.push(match &grads_ok {
+        let gradients = match &grads_ok {
             Err(why) => GRADIENTS.not_run(why.clone()),
             Ok(()) if self.grad_y.is_empty() => GRADIENTS.not_run("the data has no labels"),
             Ok(()) => self.gradient_check(oracle, facts)?,
-        });
-        out.push(self.randomness_check(oracle)?);
-        out.push(attacked_check(facts, plan.is_some()));
-        let Some(plan) = plan else {
-            for d in [&SINGLE_STEP, &BUDGET, &LARGE_EPS, &BLACK_BOX] {
-                out.push(d.not_run("needs attacks (--eps)"));
-            }
-            return Ok(out);
         };
-        match (&grads_ok, self.atk_y.is_empty()) {
-            (Err(why), _) => {
-                for d in [&SINGLE_STEP, &BUDGET, &LARGE_EPS] {
-                    out.push(d.not_run(why.clone()));
-                }
-            }
-            (Ok(()), true) => {
-                for d in [&SINGLE_STEP, &BUDGET, &LARGE_EPS] {
-                    out.push(d.not_run("no clean-correct labelled example to attack"));
-                }
-            }
-            (Ok(()), false) => out.extend(self.attack_checks(oracle, facts, plan, robust)?),
-        }
-        out.push(black_box_check(plan, robust));
-        Ok(out)
+        let randomness = self.randomness_check(oracle)?;
+        let attack = match (plan, &grads_ok, self.atk_y.is_empty()) {
+            (None, _, _) => None,
+            (Some(_), Err(why), _) => Some(AttackProbe::NotRun(why.clone())),
+            (Some(_), Ok(()), true) => Some(AttackProbe::NotRun(
+                "no clean-correct labelled example to attack".into(),
+            )),
+            (Some(plan), Ok(()), false) => Some(self.attack_probe(oracle, facts, plan)?),
+        };
+        Ok(ProbeFacts {
+            gradients,
+            randomness,
+            attack,
+        })
     }
 
     fn gradient_check(&self, oracle: &mut ModelOracle, facts: &Facts) -> Result<Check> {
@@ -384,89 +440,37 @@ impl Probe {
 
     /// FGSM versus the iterative attack, the iterative attack with more budget, and the
     /// iterative attack at a large eps, on the attack probe.
-    fn attack_checks(
+    fn attack_probe(
         &self,
         oracle: &mut ModelOracle,
         facts: &Facts,
         plan: &RobustPlan,
-        robust: Option<&RobustReport>,
-    ) -> Result<Vec<Check>> {
-        let seed = plan.attacks.iter().find_map(seed_of).unwrap_or_default();
-        let iterative = plan
-            .attacks
-            .iter()
-            .find(|a| a.kind() == AttackKind::Iterative)
-            .cloned()
-            .unwrap_or(AttackSpec::Pgd(PgdConfig {
-                seed,
-                ..Default::default()
-            }));
+    ) -> Result<AttackProbe> {
+        let iterative = probe_attack(plan);
         let stronger = iterative.stronger().unwrap_or_else(|| iterative.clone());
-        let name = budget_name(&iterative);
-        let n = self.atk_y.len() as u64;
-        let tol = tolerance(n);
-        let mut single_ev = vec![];
-        let mut single_flag = false;
-        let mut budget_ev = vec![];
-        let mut budget_flag = false;
-        for (e, &eps) in plan.eps.iter().enumerate() {
+        let mut per_eps = vec![];
+        for &eps in &plan.eps {
             let threat = Threat::new(plan.norm, eps, facts.range)?;
             let base = self.confirmed(oracle, &iterative, &threat, facts.geometry)?;
             let fgsm = self.confirmed(oracle, &AttackSpec::Fgsm, &threat, facts.geometry)?;
             let more = self.confirmed(oracle, &stronger, &threat, facts.geometry)?;
-            let fgsm_only = (0..base.len()).filter(|i| fgsm[*i] && !base[*i]).count() as u64;
-            let iter_only = (0..base.len()).filter(|i| base[*i] && !fgsm[*i]).count() as u64;
-            let mut s = format!(
-                "eps {eps}: on {n} clean-correct probe examples FGSM broke {fgsm_only} that {} missed ({} broke {iter_only} FGSM missed)",
-                iterative.name(),
-                iterative.name()
-            );
-            single_flag |= fgsm_only > tol;
-            if let Some(c) = robust
-                .and_then(|r| r.results.get(e))
-                .map(|r| &r.cross_checks)
-                .filter(|_| {
-                    let has = |k| plan.attacks.iter().any(|a| a.kind() == k);
-                    has(AttackKind::SingleStep) && has(AttackKind::Iterative)
-                })
-            {
-                s += &format!(
-                    "; in the run, single-step attacks broke {} of {} examples that iterative ones missed",
-                    c.single_step_beats_iterative, c.examples
-                );
-                single_flag |= c.single_step_beats_iterative > tolerance(c.examples);
-            }
-            single_ev.push(s);
-            let robust_base = base.iter().filter(|b| !**b).count() as u64;
-            let robust_more = more.iter().filter(|b| !**b).count() as u64;
-            budget_flag |= robust_more > robust_base + tol;
-            budget_ev.push(format!(
-                "eps {eps}: {name} leaves {robust_base} of {n} probe examples robust, {} leaves {robust_more}",
-                budget_name(&stronger)
-            ));
+            let count =
+                |f: &dyn Fn(usize) -> bool| (0..base.len()).filter(|i| f(*i)).count() as u64;
+            per_eps.push(EpsProbe {
+                fgsm_only: count(&|i| fgsm[i] && !base[i]),
+                iterative_only: count(&|i| base[i] && !fgsm[i]),
+                robust_base: count(&|i| !base[i]),
+                robust_more: count(&|i| !more[i]),
+            });
         }
-        let note = format!(" (flagged when more than {tol} of {n} disagree)");
         let large = large_eps(plan.norm, facts.range, self.len);
         let threat = Threat::new(plan.norm, large, facts.range)?;
         let broken = self.confirmed(oracle, &iterative, &threat, facts.geometry)?;
-        let left = broken.iter().filter(|b| !**b).count() as f64 / n as f64;
-        let chance = 1.0 / facts.classes.max(1) as f64;
-        let limit = chance + (1.0 - chance) / 2.0;
-        Ok(vec![
-            SINGLE_STEP.check(single_flag, single_ev.join("; ") + &note),
-            BUDGET.check(budget_flag, budget_ev.join("; ") + &note),
-            LARGE_EPS.check(
-                left > limit,
-                format!(
-                    "{name} at eps {} (half the input range{}) leaves {:.1}% of {n} clean-correct probe examples robust; chance is {:.1}% (flagged above {:.1}%, halfway from chance to 100%)",
-                    fmt_g(large),
-                    if plan.norm == Norm::L2 { ", times the square root of the input size" } else { "" },
-                    100.0 * left,
-                    100.0 * chance,
-                    100.0 * limit
-                ),
-            ),
-        ])
+        Ok(AttackProbe::Ran {
+            n: self.atk_y.len() as u64,
+            per_eps,
+            robust_at_large_eps: broken.iter().filter(|b| !**b).count() as u64,
+        })
     }
 
     /// Which probe examples `spec` breaks, each confirmed by a plain forward pass.
@@ -477,7 +481,15 @@ impl Probe {
         threat: &Threat,
         geometry: Geometry,
     ) -> Result<Vec<bool>> {
-        let out = run_attack(spec, oracle, &self.atk_x, &self.atk_y, threat, geometry)?;
+        let out = run_attack_at(
+            spec,
+            oracle,
+            &self.atk_x,
+            &self.atk_y,
+            &self.atk_ids,
+            threat,
+            geometry,
+        )?;
         let len = self.len;
         let idx: Vec<usize> = (0..self.atk_y.len()).filter(|i| out.success[*i]).collect();
         let mut res = vec![false; self.atk_y.len()];
@@ -495,6 +507,137 @@ impl Probe {
         }
         Ok(res)
     }
+}
+
+/// The checks from what the probes measured and the audit's numbers (`facts`, `robust`):
+/// the same for one run and for shards merged by `report merge`.
+pub fn checks(
+    measured: &ProbeFacts,
+    facts: &Facts,
+    plan: Option<&RobustPlan>,
+    robust: Option<&RobustReport>,
+) -> Vec<Check> {
+    let mut out = vec![
+        logits_check(facts),
+        measured.gradients.clone(),
+        measured.randomness.clone(),
+        attacked_check(facts, plan.is_some()),
+    ];
+    let Some(plan) = plan else {
+        for d in [&SINGLE_STEP, &BUDGET, &LARGE_EPS, &BLACK_BOX] {
+            out.push(d.not_run("needs attacks (--eps)"));
+        }
+        return out;
+    };
+    match &measured.attack {
+        None => {
+            for d in [&SINGLE_STEP, &BUDGET, &LARGE_EPS] {
+                out.push(d.not_run("the attack probe did not run"));
+            }
+        }
+        Some(AttackProbe::NotRun(why)) => {
+            for d in [&SINGLE_STEP, &BUDGET, &LARGE_EPS] {
+                out.push(d.not_run(why.clone()));
+            }
+        }
+        Some(AttackProbe::Ran {
+            n,
+            per_eps,
+            robust_at_large_eps,
+        }) => out.extend(attack_checks(
+            *n,
+            per_eps,
+            *robust_at_large_eps,
+            facts,
+            plan,
+            robust,
+        )),
+    }
+    out.push(black_box_check(plan, robust));
+    out
+}
+
+/// The iterative attack the attack probe runs: the plan's first, else PGD.
+fn probe_attack(plan: &RobustPlan) -> AttackSpec {
+    let seed = plan.attacks.iter().find_map(seed_of).unwrap_or_default();
+    plan.attacks
+        .iter()
+        .find(|a| a.kind() == AttackKind::Iterative)
+        .cloned()
+        .unwrap_or(AttackSpec::Pgd(PgdConfig {
+            seed,
+            ..Default::default()
+        }))
+}
+
+fn attack_checks(
+    n: u64,
+    per_eps: &[EpsProbe],
+    robust_at_large_eps: u64,
+    facts: &Facts,
+    plan: &RobustPlan,
+    robust: Option<&RobustReport>,
+) -> Vec<Check> {
+    let iterative = probe_attack(plan);
+    let stronger = iterative.stronger().unwrap_or_else(|| iterative.clone());
+    let name = budget_name(&iterative);
+    let tol = tolerance(n);
+    let mut single_ev = vec![];
+    let mut single_flag = false;
+    let mut budget_ev = vec![];
+    let mut budget_flag = false;
+    for (e, (&eps, p)) in plan.eps.iter().zip(per_eps).enumerate() {
+        let mut s = format!(
+            "eps {eps}: on {n} clean-correct probe examples FGSM broke {} that {} missed ({} broke {} FGSM missed)",
+            p.fgsm_only,
+            iterative.name(),
+            iterative.name(),
+            p.iterative_only
+        );
+        single_flag |= p.fgsm_only > tol;
+        if let Some(c) = robust
+            .and_then(|r| r.results.get(e))
+            .map(|r| &r.cross_checks)
+            .filter(|_| {
+                let has = |k| plan.attacks.iter().any(|a| a.kind() == k);
+                has(AttackKind::SingleStep) && has(AttackKind::Iterative)
+            })
+        {
+            s += &format!(
+                "; in the run, single-step attacks broke {} of {} examples that iterative ones missed",
+                c.single_step_beats_iterative, c.examples
+            );
+            single_flag |= c.single_step_beats_iterative > tolerance(c.examples);
+        }
+        single_ev.push(s);
+        budget_flag |= p.robust_more > p.robust_base + tol;
+        budget_ev.push(format!(
+            "eps {eps}: {name} leaves {} of {n} probe examples robust, {} leaves {}",
+            p.robust_base,
+            budget_name(&stronger),
+            p.robust_more
+        ));
+    }
+    let note = format!(" (flagged when more than {tol} of {n} disagree)");
+    let large = large_eps(plan.norm, facts.range, facts.example_len);
+    let left = robust_at_large_eps as f64 / n as f64;
+    let chance = 1.0 / facts.classes.max(1) as f64;
+    let limit = chance + (1.0 - chance) / 2.0;
+    vec![
+        SINGLE_STEP.check(single_flag, single_ev.join("; ") + &note),
+        BUDGET.check(budget_flag, budget_ev.join("; ") + &note),
+        LARGE_EPS.check(
+            left > limit,
+            format!(
+                "{name} at eps {} (half the input range{}) leaves {:.1}% of {n} clean-correct probe examples robust; chance is {:.1}% (flagged above {:.1}%, halfway from chance to 100%)",
+                fmt_g(large),
+                if plan.norm == Norm::L2 { ", times the square root of the input size" } else { "" },
+                100.0 * left,
+                100.0 * chance,
+                100.0 * limit
+            ),
+        ),
+    ]
 }
 
 fn logits_check(f: &Facts) -> Check {
@@ -623,6 +766,7 @@ mod tests {
             classes: 10,
             range: (0.0, 1.0),
             geometry: Geometry::Flat { len: 4 },
+            example_len: 4,
             labelled,
             correct,
             rounding: None,

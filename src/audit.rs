@@ -289,19 +289,7 @@ pub fn run_audit_logged(
             // only for the probes (the data's first examples).
             if probe.wants_more() {
                 let l = oracle.classifier().logits(&mapped[..n * len])?;
-                let all_preds: Vec<usize> = l
-                    .rows()
-                    .into_iter()
-                    .map(|r| argmax(&r.iter().copied().collect::<Vec<_>>()))
-                    .collect();
-                probe.add_batch(
-                    &mapped[..n * len],
-                    &l,
-                    &labels[..n],
-                    &all_preds,
-                    len,
-                    seen as u64,
-                )?;
+                probe.add_batch(&mapped[..n * len], &l, &labels[..n], len, seen as u64)?;
             }
             like_probs += rec.rows_like_probabilities;
             let mut rows = vec![];
@@ -390,19 +378,7 @@ pub fn run_audit_logged(
             }
         }
         if x_mine.is_none() && probe.wants_more() {
-            let all_preds: Vec<usize> = logits
-                .rows()
-                .into_iter()
-                .map(|r| argmax(&r.iter().copied().collect::<Vec<_>>()))
-                .collect();
-            probe.add_batch(
-                &mapped[..n * len],
-                &logits,
-                &labels[..n],
-                &all_preds,
-                len,
-                seen as u64,
-            )?;
+            probe.add_batch(&mapped[..n * len], &logits, &labels[..n], len, seen as u64)?;
         }
         let mut attacked = false;
         if let (Some(t), Some(p)) = (tally.as_mut(), plan) {

@@ -176,6 +176,9 @@ pub struct HardenArgs {
     /// sanity checks.
     #[command(flatten)]
     pub report: ReportArgs,
+    /// Skip the sanity checks (they attack a few examples again).
+    #[arg(long)]
+    pub no_sanity_checks: bool,
     /// Threat model norm.
     #[arg(long, value_enum, default_value = "linf")]
     pub norm: NormArg,
@@ -455,6 +458,9 @@ pub struct AuditArgs {
     pub attack_opts: AttackOpts,
     #[command(flatten)]
     pub report: ReportArgs,
+    /// Skip the sanity checks (they attack a few examples again).
+    #[arg(long)]
+    pub no_sanity_checks: bool,
     /// Compare with this earlier report.json (same data, examples, threat model and
     /// attacks; the seed may differ): paired per example, McNemar's exact test; exit 1 on
     /// a significant drop larger than --max-drop.
@@ -484,7 +490,8 @@ pub struct AuditArgs {
     pub rounding: RoundingArgs,
 }
 
-/// The report, its gates and the sanity checks (shared with the hardening command).
+/// The report, its gates and per-example file (shared by `audit`, the hardening command
+/// and `report merge`).
 #[derive(Args, Debug, Clone)]
 pub struct ReportArgs {
     /// Write report.json, report.md and report.html into DIR (created if missing).
@@ -499,9 +506,6 @@ pub struct ReportArgs {
     /// Write the gates as a JUnit XML file (one test case per gate).
     #[arg(long, value_name = "FILE")]
     pub junit: Option<PathBuf>,
-    /// Skip the sanity checks (they attack a few examples again).
-    #[arg(long)]
-    pub no_sanity_checks: bool,
     /// Write every example's outcome (label, clean prediction, per eps and attack: broken,
     /// adversarial prediction, distance, budget) to FILE: .jsonl (JSON Lines) or .csv.
     #[arg(long, value_name = "FILE")]
@@ -1150,7 +1154,7 @@ fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
         &s.mapping,
         plan.as_ref(),
         &audit::AuditOptions {
-            sanity: !a.report.no_sanity_checks,
+            sanity: !a.no_sanity_checks,
             // The baseline's robust examples: those that break now are shown with images.
             watch: baseline
                 .as_ref()

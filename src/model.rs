@@ -217,12 +217,7 @@ impl OnnxModel {
 
     /// The version of the default (`ai.onnx`) opset.
     pub fn opset(&self) -> i64 {
-        self.proto
-            .opset_import
-            .iter()
-            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-            .map(|o| o.version)
-            .unwrap_or(0)
+        opset_of(&self.proto)
     }
 
     pub fn producer(&self) -> String {
@@ -444,6 +439,16 @@ fn node_label(n: &pb::NodeProto) -> String {
     }
 }
 
+/// The default (`ai.onnx`) opset a model imports; 0 when it imports none.
+pub fn opset_of(proto: &pb::ModelProto) -> i64 {
+    proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .unwrap_or(0)
+}
+
 /// ONNX element type names, as in the spec's TensorProto.DataType.
 pub fn elem_type_name(t: i32) -> &'static str {
     match t {
@@ -461,6 +466,13 @@ pub fn elem_type_name(t: i32) -> &'static str {
         12 => "uint32",
         13 => "uint64",
         16 => "bfloat16",
+        17 => "float8e4m3fn",
+        18 => "float8e4m3fnuz",
+        19 => "float8e5m2",
+        20 => "float8e5m2fnuz",
+        21 => "uint4",
+        22 => "int4",
+        23 => "float4e2m1",
         _ => "unknown",
     }
 }

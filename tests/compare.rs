@@ -9,7 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{f, fails_with, harden, root};
+use common::{f, fails_with, golden, harden, root, MLP_AUDIT};
 use serde_json::Value;
 
 /// The demo run: the demo model on the first 200 examples of the bundled slice, FGSM and
@@ -416,53 +416,13 @@ fn per_example_files_agree_with_the_report() {
     );
 }
 
-/// Compares `got` with tests/golden/NAME (or writes it with HARDEN_BLESS set).
-fn golden(name: &str, got: &str) {
-    let path = root().join("tests/golden").join(name);
-    if std::env::var_os("HARDEN_BLESS").is_some() {
-        std::fs::write(&path, got).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (HARDEN_BLESS=1 writes it)", path.display()));
-    if want != got {
-        let line = want
-            .lines()
-            .zip(got.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(want.lines().count().min(got.lines().count()));
-        panic!(
-            "{name} differs from the golden file at line {}:\nwant: {:?}\n got: {:?}\n(HARDEN_BLESS=1 rewrites it)",
-            line + 1,
-            want.lines().nth(line),
-            got.lines().nth(line)
-        );
-    }
-}
-
-const MLP_ARGS: &[&str] = &[
-    "--data",
-    "fixtures/data/tiny.npz",
-    "--runtime",
-    "tract",
-    "--threads",
-    "1",
-    "--eps",
-    "0.02,0.05",
-    "--attacks",
-    "fgsm,pgd,square",
-    "--square-queries",
-    "100",
-    "--seed",
-    "3",
-];
-
-/// `harden audit MODEL MLP_ARGS --report DIR` from the repository root; the JSON.
+/// `harden audit MODEL` with the golden MLP audit's flags and `--report DIR`, from the
+/// repository root; the JSON.
 fn mlp_report(model: &str, dir: &Path) -> String {
     let out = harden()
         .current_dir(root())
         .args(["audit", model])
-        .args(MLP_ARGS)
+        .args(&MLP_AUDIT[1..])
         .args(["--report", &s(dir)])
         .output()
         .unwrap();

@@ -9,7 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{f, fails_with, harden, root};
+use common::{f, fails_with, golden, harden, root, MLP_AUDIT};
 use serde_json::Value;
 
 /// Runs `harden audit ARGS --report DIR` from the repository root (so paths in the report
@@ -49,52 +49,9 @@ fn markdown_body(md: &str) -> &str {
         .unwrap()
 }
 
-/// Compares `got` with tests/golden/NAME (or writes it with HARDEN_BLESS set).
-fn golden(name: &str, got: &str) {
-    let path = root().join("tests/golden").join(name);
-    if std::env::var_os("HARDEN_BLESS").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, got).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (HARDEN_BLESS=1 writes it)", path.display()));
-    if want != got {
-        let line = want
-            .lines()
-            .zip(got.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or(want.lines().count().min(got.lines().count()));
-        panic!(
-            "{name} differs from the golden file at line {}:\nwant: {:?}\n got: {:?}\n(HARDEN_BLESS=1 rewrites it)",
-            line + 1,
-            want.lines().nth(line),
-            got.lines().nth(line)
-        );
-    }
-}
-
-const MLP_ARGS: &[&str] = &[
-    "fixtures/mlp.onnx",
-    "--data",
-    "fixtures/data/tiny.npz",
-    "--runtime",
-    "tract",
-    "--threads",
-    "1",
-    "--eps",
-    "0.02,0.05",
-    "--attacks",
-    "fgsm,pgd,square",
-    "--square-queries",
-    "100",
-    "--seed",
-    "3",
-];
-
 #[test]
 fn golden_json_and_markdown() {
-    let (code, json, md, html) = report(MLP_ARGS);
+    let (code, json, md, html) = report(MLP_AUDIT);
     assert_eq!(code, 0);
     assert_eq!(json["schema_version"], 3);
     assert_eq!(json["kind"], "audit");
@@ -123,7 +80,7 @@ fn same_seed_same_report() {
         runtimes.push("ort");
     }
     for rt in runtimes {
-        let args: Vec<&str> = MLP_ARGS
+        let args: Vec<&str> = MLP_AUDIT
             .iter()
             .map(|a| if *a == "tract" { rt } else { a })
             .collect();
@@ -136,7 +93,7 @@ fn same_seed_same_report() {
 
 #[test]
 fn html_is_self_contained_with_plot_and_grid() {
-    let (_, json, _, html) = report(MLP_ARGS);
+    let (_, json, _, html) = report(MLP_AUDIT);
     assert!(html.starts_with("<!DOCTYPE html>"));
     assert!(html.contains("<svg") && html.contains("<polyline"), "plot");
     let kept: usize = json["audit"]["robust"]["results"]

@@ -7,28 +7,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{fails_with, harden, root};
+use common::{fails_with, harden, root, MLP_AUDIT};
 use serde_json::Value;
-
-/// The MLP fixture on the 20 tiny examples: FGSM, PGD and Square at two eps, sanity
-/// checks on (about a second on tract).
-const MLP: &[&str] = &[
-    "fixtures/mlp.onnx",
-    "--data",
-    "fixtures/data/tiny.npz",
-    "--runtime",
-    "tract",
-    "--threads",
-    "1",
-    "--eps",
-    "0.02,0.05",
-    "--attacks",
-    "fgsm,pgd,square",
-    "--square-queries",
-    "100",
-    "--seed",
-    "3",
-];
 
 /// The demo CNN on 150 examples of the bundled slice with the `standard` cascade (APGD-CE,
 /// APGD-T, Square), short budgets: batches of 64 or 128 examples cut the data differently.
@@ -172,7 +152,7 @@ fn merged_equals_unsharded(base: &[&str], n: u64, html: bool) {
 
 #[test]
 fn three_shards_merge_into_the_unsharded_report() {
-    merged_equals_unsharded(MLP, 3, true);
+    merged_equals_unsharded(MLP_AUDIT, 3, true);
 }
 
 #[test]
@@ -226,7 +206,7 @@ fn batch_size_does_not_change_any_outcome() {
 #[test]
 fn gates_apply_to_the_merged_numbers() {
     let d = tempfile::tempdir().unwrap();
-    let files = parts(MLP, 2, d.path());
+    let files = parts(MLP_AUDIT, 2, d.path());
     let junit = d.path().join("junit.xml");
     let out = d.path().join("merged.json");
     let mut merge: Vec<String> = vec!["report".into(), "merge".into()];
@@ -262,7 +242,7 @@ fn shard_auto_reads_the_job_index() {
     let out = harden()
         .current_dir(root())
         .env("JOB_COMPLETION_INDEX", "1")
-        .args(audit(MLP, &["--shard", "auto/4", "--json", &s(&p)]))
+        .args(audit(MLP_AUDIT, &["--shard", "auto/4", "--json", &s(&p)]))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
@@ -295,11 +275,11 @@ fn merge_fails(files: &[&Path], needle: &str) {
 #[test]
 fn parts_that_do_not_belong_together_are_refused() {
     let d = tempfile::tempdir().unwrap();
-    let files = parts(MLP, 3, d.path());
+    let files = parts(MLP_AUDIT, 3, d.path());
     let (p0, p1, p2) = (&files[0], &files[1], &files[2]);
     // Another seed.
     let other = d.path().join("seed4.json");
-    let mut a = audit(MLP, &["--shard", "2/3", "--json", &s(&other)]);
+    let mut a = audit(MLP_AUDIT, &["--shard", "2/3", "--json", &s(&other)]);
     let i = a.iter().position(|x| x == "3").unwrap();
     a[i] = "4".into();
     assert_eq!(run(&a).0, 0);
@@ -308,7 +288,7 @@ fn parts_that_do_not_belong_together_are_refused() {
     let cnn = d.path().join("cnn.json");
     let (code, _, err) = run(&audit(
         &["fixtures/mlp_matmul.onnx"],
-        &args(&MLP[1..], &["--shard", "2/3", "--json", &s(&cnn)])
+        &args(&MLP_AUDIT[1..], &["--shard", "2/3", "--json", &s(&cnn)])
             .iter()
             .map(String::as_str)
             .collect::<Vec<_>>(),
@@ -320,7 +300,7 @@ fn parts_that_do_not_belong_together_are_refused() {
     merge_fails(&[p0, p1, p2, p1], "given twice");
     let half = d.path().join("half.json");
     assert_eq!(
-        run(&audit(MLP, &["--shard", "1/2", "--json", &s(&half)])).0,
+        run(&audit(MLP_AUDIT, &["--shard", "1/2", "--json", &s(&half)])).0,
         0
     );
     merge_fails(&[p0, &half, p2], "of 2");
@@ -330,7 +310,7 @@ fn parts_that_do_not_belong_together_are_refused() {
     std::fs::write(&cut, &text[..text.len() / 2]).unwrap();
     merge_fails(&[p0, &cut, p2], "not a complete JSON file");
     let full = d.path().join("full.json");
-    assert_eq!(run(&audit(MLP, &["--json", &s(&full)])).0, 0);
+    assert_eq!(run(&audit(MLP_AUDIT, &["--json", &s(&full)])).0, 0);
     merge_fails(&[p0, &full, p2], "kind is \"audit\"");
 }
 
@@ -338,7 +318,7 @@ fn parts_that_do_not_belong_together_are_refused() {
 fn bad_shard_flags_are_refused() {
     let m = |more: &[&str]| {
         let mut v = vec!["audit"];
-        v.extend(MLP);
+        v.extend(MLP_AUDIT);
         v.extend(more);
         v.into_iter().map(String::from).collect::<Vec<_>>()
     };
@@ -449,7 +429,7 @@ fn resume_refuses_another_runs_checkpoint() {
     let d = tempfile::tempdir().unwrap();
     let ck = d.path().join("ck.jsonl");
     let out = d.path().join("out.json");
-    let mut a = audit(MLP, &["--checkpoint", &s(&ck), "--json", &s(&out)]);
+    let mut a = audit(MLP_AUDIT, &["--checkpoint", &s(&ck), "--json", &s(&out)]);
     assert_eq!(run(&a).0, 0);
     std::fs::remove_file(&out).unwrap();
     let i = a.iter().position(|x| x == "0.02,0.05").unwrap();
@@ -488,15 +468,15 @@ fn ray_launcher_merges_like_one_run() {
     }
     let d = tempfile::tempdir().unwrap();
     let one = d.path().join("one.json");
-    assert_eq!(run(&audit(MLP, &["--json", &s(&one)])).0, 0);
+    assert_eq!(run(&audit(MLP_AUDIT, &["--json", &s(&one)])).0, 0);
     let merged = d.path().join("merged.json");
     let out = std::process::Command::new(&py)
         .current_dir(root())
         .arg("scripts/ray-audit.py")
         .args([
-            MLP[0],
+            MLP_AUDIT[0],
             "--data",
-            MLP[2],
+            MLP_AUDIT[2],
             "--shards",
             "3",
             "--json",
@@ -505,7 +485,7 @@ fn ray_launcher_merges_like_one_run() {
         .args(["--harden", &s(&assert_cmd::cargo::cargo_bin("harden"))])
         .args(["--work", &s(&d.path().join("work"))])
         .arg("--")
-        .args(&MLP[3..])
+        .args(&MLP_AUDIT[3..])
         .output()
         .unwrap();
     assert!(

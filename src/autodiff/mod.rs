@@ -563,12 +563,7 @@ fn build(
         .graph
         .as_ref()
         .ok_or_else(|| anyhow!("the model has no graph"))?;
-    let opset = proto
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
-        .unwrap_or(0);
+    let opset = crate::model::opset_of(proto);
     // (Taken out of `fb`, whose graph and values `Consts` borrows below.)
     let shapes = std::mem::take(&mut fb.shapes);
     let logits = logits_name(g0)?;
@@ -741,12 +736,7 @@ pub fn recognised_subgraphs(
         .graph
         .as_ref()
         .ok_or_else(|| anyhow!("the model has no graph"))?;
-    let opset = proto
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version)
-        .unwrap_or(0);
+    let opset = crate::model::opset_of(proto);
     let mut out: Vec<(usize, &'static str, String)> = rules::find_fused(g, opset, &shapes, &consts)
         .into_iter()
         .map(|(root, f)| (root, f.pattern, node_label(&g.node[root])))

@@ -376,7 +376,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         a.audit_limit,
         &plan,
         &opts,
-        !a.report.no_sanity_checks,
+        !a.no_sanity_checks,
         env,
     )?;
     let k = before.classes;
@@ -521,7 +521,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         a.audit_limit,
         &plan,
         &opts,
-        !a.report.no_sanity_checks,
+        !a.no_sanity_checks,
         env,
     )?;
     if let Some(r) = worst_case(&after) {

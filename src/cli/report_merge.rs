@@ -15,36 +15,16 @@ pub struct MergeArgs {
     /// any order.
     #[arg(required = true, value_name = "PART.json")]
     pub parts: Vec<PathBuf>,
-    /// Write report.json, report.md and report.html into DIR (created if missing).
-    #[arg(long, value_name = "DIR")]
-    pub report: Option<PathBuf>,
     /// Write the merged report as JSON to FILE (`-` for standard output).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Gate: exit with 1 when clean accuracy is below X (a fraction, 0.9 for 90%).
-    #[arg(long, value_name = "X", allow_hyphen_values = true)]
-    pub min_clean_accuracy: Option<f64>,
-    /// Gate: exit with 1 when the worst-case robust accuracy at any eps is below X.
-    #[arg(long, value_name = "X", allow_hyphen_values = true)]
-    pub min_robust_accuracy: Option<f64>,
-    /// Write the gates as a JUnit XML file (one test case per gate).
-    #[arg(long, value_name = "FILE")]
-    pub junit: Option<PathBuf>,
-    /// Write every example's outcome to FILE: .jsonl (JSON Lines) or .csv.
-    #[arg(long, value_name = "FILE")]
-    pub per_example: Option<PathBuf>,
+    #[command(flatten)]
+    pub report: ReportArgs,
 }
 
 pub fn run(a: MergeArgs, env: &Env) -> Result<i32> {
     let started = unix_now();
-    let ra = ReportArgs {
-        report: a.report.clone(),
-        min_clean_accuracy: a.min_clean_accuracy,
-        min_robust_accuracy: a.min_robust_accuracy,
-        junit: a.junit.clone(),
-        no_sanity_checks: false,
-        per_example: a.per_example.clone(),
-    };
+    let ra = &a.report;
     if let Some(p) = a.json.as_deref().filter(|p| *p != Path::new("-")) {
         check_writable("--json", p)?;
     }
@@ -64,10 +44,10 @@ pub fn run(a: MergeArgs, env: &Env) -> Result<i32> {
             write_atomic(p, json.as_bytes())?;
             print_stdout(&(text + "\n" + &summary))?;
         }
-        None if a.report.is_some() => print_stdout(&summary)?,
+        None if a.report.report.is_some() => print_stdout(&summary)?,
         None => print_stdout(&(text + "\n" + &summary))?,
     }
-    if let (Some(d), false) = (&a.report, a.json.as_deref() == Some(Path::new("-"))) {
+    if let (Some(d), false) = (&a.report.report, a.json.as_deref() == Some(Path::new("-"))) {
         print_stdout(&format!("report   {}\n", d.join("report.html").display()))?;
     }
     Ok(code)

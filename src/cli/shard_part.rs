@@ -70,7 +70,7 @@ pub fn write(
         restarts: a.attack_opts.restarts,
         square_queries: a.attack_opts.square_queries,
         seed: a.attack_opts.seed,
-        sanity: !a.report.no_sanity_checks,
+        sanity: !a.no_sanity_checks,
         keep_examples: crate::audit::AuditOptions::default().keep_examples,
     };
     let meta = Meta {
@@ -129,7 +129,7 @@ pub(super) fn open_log(
         "restarts": a.attack_opts.restarts,
         "square_queries": a.attack_opts.square_queries,
         "seed": a.attack_opts.seed,
-        "sanity": !a.report.no_sanity_checks,
+        "sanity": !a.no_sanity_checks,
         "shard": shard,
     });
     Ok(Some(if a.resume {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::{float_values, node_label, pb};
+use super::{elem_type_name, float_values, node_label, pb};
 
 /// Ops of the QOperator format (integer kernels): harden supports QDQ models only.
 pub const QOPERATOR_OPS: &[&str] = &[
@@ -37,31 +37,6 @@ const INT_TYPES: &[(i32, &str, i64, i64)] = &[
     // DequantizeLinear of biases (ONNX Runtime quantizes Conv biases to int32).
     (6, "int32", i32::MIN as i64, i32::MAX as i64),
 ];
-
-/// The name of an ONNX element type, for messages.
-pub fn type_name(t: i32) -> &'static str {
-    match t {
-        1 => "float",
-        2 => "uint8",
-        3 => "int8",
-        4 => "uint16",
-        5 => "int16",
-        6 => "int32",
-        7 => "int64",
-        9 => "bool",
-        10 => "float16",
-        11 => "double",
-        16 => "bfloat16",
-        17 => "float8e4m3fn",
-        18 => "float8e4m3fnuz",
-        19 => "float8e5m2",
-        20 => "float8e5m2fnuz",
-        21 => "uint4",
-        22 => "int4",
-        23 => "float4e2m1",
-        _ => "an unknown type",
-    }
-}
 
 /// Whether ONNX type `t` is an integer type (the targets of float-to-int casts).
 pub fn is_int_type(t: i64) -> bool {
@@ -214,7 +189,7 @@ fn params(
         bail!(
             "{op} '{label}': the scale '{}' is {}; harden supports float scales",
             n.input[1],
-            type_name(st.data_type)
+            elem_type_name(st.data_type)
         );
     }
     let scales = float_values(st)
@@ -246,7 +221,7 @@ fn params(
     let Some((lo, hi)) = int_range(int_type) else {
         bail!(
             "{op} '{label}' uses {}; harden supports int8 and uint8 quantization (and int32 for dequantized biases)",
-            type_name(int_type)
+            elem_type_name(int_type)
         );
     };
     if is_q(n) && int_type == 6 {
@@ -255,8 +230,8 @@ fn params(
     if let Some(t) = input_type.filter(|t| *t != int_type) {
         bail!(
             "{op} '{label}' reads {} data with a {} zero point",
-            type_name(t),
-            type_name(int_type)
+            elem_type_name(t),
+            elem_type_name(int_type)
         );
     }
     let zero_points = match zero_points {
@@ -267,7 +242,7 @@ fn params(
             if let Some(z) = v.iter().find(|z| **z < lo || **z > hi) {
                 bail!(
                     "{op} '{label}': the zero point '{name}' has the value {z}, outside the {} range [{lo}, {hi}]",
-                    type_name(int_type)
+                    elem_type_name(int_type)
                 );
             }
             if v.len() != scales.len() && v.len() != 1 {
@@ -299,7 +274,7 @@ fn quant_tensor(tensor: &str, p: &Params) -> QuantTensor {
     let (smin, smax) = fold(&p.scales);
     QuantTensor {
         tensor: tensor.to_string(),
-        int_type: type_name(p.int_type).to_string(),
+        int_type: elem_type_name(p.int_type).to_string(),
         granularity: if p.scales.len() > 1 {
             format!("per-channel (axis {}, {} channels)", p.axis, p.scales.len())
         } else {

@@ -294,13 +294,17 @@ impl Probe {
         x: &[f32],
         logits: &Array2<f32>,
         labels: &[Option<usize>],
-        preds: &[usize],
         len: usize,
         first: u64,
     ) -> Result<()> {
         if !self.enabled {
             return Ok(());
         }
+        let preds: Vec<usize> = logits
+            .rows()
+            .into_iter()
+            .map(|r| crate::metrics::argmax(&r.iter().copied().collect::<Vec<_>>()))
+            .collect();
         self.len = len;
         if self.repeat_x.is_empty() {
             let n = labels.len().min(REPEAT_PROBE);

@@ -174,3 +174,48 @@ pub fn classifier_proto(
         ..Default::default()
     }
 }
+
+/// `harden audit` arguments of the golden MLP audit: the MLP fixture on the 20 tiny
+/// examples, FGSM, PGD and Square at two eps, on tract (about a second); the model first.
+pub const MLP_AUDIT: &[&str] = &[
+    "fixtures/mlp.onnx",
+    "--data",
+    "fixtures/data/tiny.npz",
+    "--runtime",
+    "tract",
+    "--threads",
+    "1",
+    "--eps",
+    "0.02,0.05",
+    "--attacks",
+    "fgsm,pgd,square",
+    "--square-queries",
+    "100",
+    "--seed",
+    "3",
+];
+
+/// Compares `got` with tests/golden/NAME (or writes it with HARDEN_BLESS set).
+pub fn golden(name: &str, got: &str) {
+    let path = root().join("tests/golden").join(name);
+    if std::env::var_os("HARDEN_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (HARDEN_BLESS=1 writes it)", path.display()));
+    if want != got {
+        let line = want
+            .lines()
+            .zip(got.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(want.lines().count().min(got.lines().count()));
+        panic!(
+            "{name} differs from the golden file at line {}:\nwant: {:?}\n got: {:?}\n(HARDEN_BLESS=1 rewrites it)",
+            line + 1,
+            want.lines().nth(line),
+            got.lines().nth(line)
+        );
+    }
+}

@@ -21,7 +21,12 @@ use crate::spec::{DataMapping, InputSpec, Layout, SpecArgs};
 
 pub use crate::files::write_atomic;
 
+mod attack_command;
+mod audit_command;
+mod falsify_command;
+mod grad_command;
 mod main_command;
+mod report_diff;
 mod report_merge;
 mod shard_part;
 
@@ -221,13 +226,13 @@ pub enum Command {
     },
     /// Measure a model on data: clean accuracy, per-class precision/recall/F1, confusion,
     /// and with --eps robust accuracy under attacks (per attack and worst case).
-    Audit(AuditArgs),
+    Audit(audit_command::AuditArgs),
     /// Run one attack on data and save the adversarial examples.
-    Attack(AttackArgs),
+    Attack(attack_command::AttackArgs),
     /// Search a VNN-COMP property's input box for a counterexample: prints sat or unknown.
-    Falsify(FalsifyArgs),
+    Falsify(falsify_command::FalsifyArgs),
     /// Write the gradient graph of a model (loss and input gradient, standard ONNX ops).
-    Grad(GradArgs),
+    Grad(grad_command::GradArgs),
     /// Work on existing reports (report.json files) without running anything.
     #[command(subcommand)]
     Report(ReportCommand),
@@ -239,25 +244,12 @@ pub enum ReportCommand {
     /// examples, threat model and attacks, per example, with McNemar's exact test. Prints
     /// the comparison as Markdown; exits 1 when a metric drops by more than --max-drop
     /// and significantly at --alpha.
-    Diff(DiffArgs),
+    Diff(report_diff::DiffArgs),
     /// Merge the parts of a sharded audit (`audit --shard K/N --json PART.json`) into the
     /// report one unsharded run writes, after checking that they are the shards of one
     /// audit (same model, data, flags, seed and runtime; each shard once, none missing);
     /// the gates apply to the merged numbers.
     Merge(report_merge::MergeArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct DiffArgs {
-    /// The baseline report.json.
-    pub baseline: PathBuf,
-    /// The report.json to compare with it.
-    pub report: PathBuf,
-    #[command(flatten)]
-    pub compare: CompareArgs,
-    /// Write the compared metrics as a JUnit XML file (one test case per metric).
-    #[arg(long, value_name = "FILE")]
-    pub junit: Option<PathBuf>,
 }
 
 /// How a report is compared with its baseline (`audit --baseline`, `report diff`).
@@ -352,142 +344,6 @@ impl RoundingArgs {
             crate::autodiff::set_through_rounding(&mut model.proto, self.rounding());
         }
     }
-}
-
-#[derive(Args, Debug)]
-pub struct AttackArgs {
-    /// The ONNX model.
-    pub model: PathBuf,
-    /// Data (as for `audit`).
-    #[arg(long)]
-    pub data: Option<String>,
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// The attack: fgsm, pgd, pgd-margin, apgd-ce, apgd-dlr, apgd-t or square.
-    #[arg(long)]
-    pub attack: String,
-    /// Radius of the threat model, in raw input units.
-    #[arg(long, allow_hyphen_values = true)]
-    pub eps: f32,
-    /// Write the adversarial examples, original and new labels to this .npz file.
-    #[arg(long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    #[command(flatten)]
-    pub attack_opts: AttackOpts,
-    #[command(flatten)]
-    pub input: InputArgs,
-    #[command(flatten)]
-    pub run: RunArgs,
-    #[command(flatten)]
-    pub rounding: RoundingArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct FalsifyArgs {
-    /// The ONNX model.
-    pub model: PathBuf,
-    /// The VNN-COMP property (.vnnlib).
-    pub property: PathBuf,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 20.0)]
-    pub timeout: f64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Also write the answer to FILE (the competition's result file).
-    #[arg(long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    #[command(flatten)]
-    pub run: RunArgs,
-    #[command(flatten)]
-    pub rounding: RoundingArgs,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LossArg {
-    Ce,
-    TargetedCe,
-    Margin,
-    Dlr,
-    DlrTargeted,
-    Kl,
-    Linear,
-}
-
-#[derive(Args, Debug)]
-pub struct GradArgs {
-    /// The ONNX model.
-    pub model: PathBuf,
-    /// Where to write the gradient graph.
-    #[arg(short, long)]
-    pub output: PathBuf,
-    /// The loss whose input gradient the graph computes.
-    #[arg(long, value_enum, default_value = "ce")]
-    pub loss: LossArg,
-    /// Examples per run (the graph has static shapes).
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
-    #[command(flatten)]
-    pub input: InputArgs,
-    #[command(flatten)]
-    pub rounding: RoundingArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct AuditArgs {
-    /// The ONNX model.
-    pub model: PathBuf,
-    /// Data: fashion-mnist[:train|:test], mnist[:...], an IDX/.npz/.npy/.vnnlib file, or a
-    /// folder (IDX files, one sub-folder of images per class, or .vnnlib files). Default: the
-    /// Fashion-MNIST test set if installed, else the bundled slice (28x28 models only).
-    #[arg(long)]
-    pub data: Option<String>,
-    /// Use only the first N examples.
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// Write the report as JSON to FILE (`-` for standard output).
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-    /// Attack at these radii (comma-separated, raw input units).
-    #[arg(long, value_name = "E[,E...]", allow_hyphen_values = true)]
-    pub eps: Option<String>,
-    /// Attacks: names (fgsm, pgd, pgd-margin, apgd-ce, apgd-dlr, apgd-t, square) or
-    /// `standard` (APGD-CE, APGD-T, Square in a cascade). Needs --eps.
-    #[arg(long, value_name = "LIST", requires = "eps")]
-    pub attacks: Option<String>,
-    #[command(flatten)]
-    pub attack_opts: AttackOpts,
-    #[command(flatten)]
-    pub report: ReportArgs,
-    /// Skip the sanity checks (they attack a few examples again).
-    #[arg(long)]
-    pub no_sanity_checks: bool,
-    /// Compare with this earlier report.json (same data, examples, threat model and
-    /// attacks; the seed may differ): paired per example, McNemar's exact test; exit 1 on
-    /// a significant drop larger than --max-drop.
-    #[arg(long, value_name = "REPORT.json")]
-    pub baseline: Option<PathBuf>,
-    #[command(flatten)]
-    pub compare: CompareArgs,
-    /// Audit only shard K of N (K from 0: examples whose position % N == K) and write its
-    /// part file to --json, for `harden report merge`; `auto` (or `auto/N`) takes K from
-    /// JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID (Slurm array;
-    /// N from SLURM_ARRAY_TASK_COUNT).
-    #[arg(long, value_name = "K/N")]
-    pub shard: Option<String>,
-    /// Append every finished batch's outcomes to FILE (JSON Lines, synced), so that a
-    /// killed audit can be resumed with --resume.
-    #[arg(long, value_name = "FILE")]
-    pub checkpoint: Option<PathBuf>,
-    /// Resume the audit checkpointed in --checkpoint FILE: finished batches are not run
-    /// again; the report equals an uninterrupted run's.
-    #[arg(long, requires = "checkpoint")]
-    pub resume: bool,
-    #[command(flatten)]
-    pub input: InputArgs,
-    #[command(flatten)]
-    pub run: RunArgs,
-    #[command(flatten)]
-    pub rounding: RoundingArgs,
 }
 
 /// The report, its gates and per-example file (shared by `audit`, the hardening command
@@ -929,11 +785,11 @@ pub fn run(cli: Cli) -> Result<i32> {
             print_stdout(&out)?;
             Ok(EXIT_OK)
         }
-        Command::Audit(a) => audit_command(a, &env),
-        Command::Attack(a) => attack_command(a, &env),
-        Command::Falsify(a) => falsify_command(a, &env),
-        Command::Grad(a) => grad_command(a),
-        Command::Report(ReportCommand::Diff(a)) => diff_command(a),
+        Command::Audit(a) => audit_command::run(a, &env),
+        Command::Attack(a) => attack_command::run(a, &env),
+        Command::Falsify(a) => falsify_command::run(a, &env),
+        Command::Grad(a) => grad_command::run(a),
+        Command::Report(ReportCommand::Diff(a)) => report_diff::run(a),
         Command::Report(ReportCommand::Merge(a)) => report_merge::run(a, &env),
     }
 }
@@ -1070,433 +926,6 @@ fn open_session(
         mapping,
         oracle,
     })
-}
-
-fn parse_eps_list(s: &str) -> Result<Vec<f32>> {
-    let v = parse_floats("--eps", s)?;
-    if let Some(bad) = v.iter().find(|e| !(e.is_finite() && **e > 0.0)) {
-        bail!("--eps {bad}: every eps must be a positive number");
-    }
-    Ok(v)
-}
-
-fn audit_command(a: AuditArgs, env: &Env) -> Result<i32> {
-    let started = Instant::now();
-    let started_unix = unix_now();
-    let shard = shard_part::parse(&a)?;
-    a.report
-        .validate_with(a.eps.is_some(), a.baseline.is_some())?;
-    if let Some(p) = a.json.as_deref().filter(|p| *p != Path::new("-")) {
-        check_writable("--json", p)?;
-    }
-    // The baseline is read and checked as far as the flags allow before any work.
-    let baseline = match &a.baseline {
-        Some(p) => {
-            crate::report::compare::check_settings(a.compare.max_drop, a.compare.alpha)?;
-            Some(crate::report::compare::Side::read(p)?)
-        }
-        None => None,
-    };
-    let plan = match &a.eps {
-        None => None,
-        Some(e) => {
-            let eps = parse_eps_list(e)?;
-            let (attacks, cascade) = crate::robust::parse_attacks(
-                a.attacks.as_deref().unwrap_or("standard"),
-                &a.attack_opts.knobs(),
-            )?;
-            Some(audit::RobustPlan {
-                norm: a.attack_opts.norm(),
-                eps,
-                attacks,
-                cascade,
-            })
-        }
-    };
-    if let Some(b) = &baseline {
-        crate::report::compare::check_plan(b, plan.as_ref())?;
-    }
-    // A clean audit and gradient attacks need every op supported; Square alone does not.
-    let gradient_free = plan
-        .as_ref()
-        .is_some_and(|p| p.attacks.iter().all(|x| !x.needs_gradients()));
-    let mut s = open_session(
-        &a.model,
-        !gradient_free,
-        a.data.as_deref(),
-        a.limit,
-        &a.input,
-        &a.run,
-        &a.rounding,
-        env,
-    )?;
-    if let Some(b) = &baseline {
-        crate::report::compare::check_data(b, &s.data_spec)?;
-    }
-    if let Some(p) = &plan {
-        for &eps in &p.eps {
-            crate::attack::Threat::new(p.norm, eps, s.spec.range)?;
-        }
-        if p.attacks.iter().any(|x| x.needs_gradients()) {
-            // Build the gradient graphs up front: a missing rule is an error now, not
-            // after the first batches.
-            s.oracle.prepare(LossKind::CrossEntropy)?;
-        }
-    }
-    let mut log = shard_part::open_log(&a, &mut s, plan.as_ref(), shard)?;
-    let bar = progress_bar(s.source.len().map(|n| n as u64), "auditing");
-    let mut report = audit::run_audit_logged(
-        &s.model,
-        &s.spec,
-        &mut s.oracle,
-        s.source.as_mut(),
-        &s.data_spec,
-        &s.mapping,
-        plan.as_ref(),
-        &audit::AuditOptions {
-            sanity: !a.no_sanity_checks,
-            // The baseline's robust examples: those that break now are shown with images.
-            watch: baseline
-                .as_ref()
-                .map(|b| {
-                    b.per_example
-                        .iter()
-                        .filter(|o| o.eps.iter().any(|e| e.robust))
-                        .map(|o| o.example)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            shard,
-            ..Default::default()
-        },
-        log.as_mut(),
-        &mut |n| bar.set_position(n),
-    )?;
-    bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64();
-    report.meta = audit::Meta {
-        harden_version: env!("CARGO_PKG_VERSION").to_string(),
-        seconds: secs,
-        examples_per_second: report.data.examples as f64 / secs.max(1e-9),
-    };
-    if let Some(sh) = shard {
-        let eps = plan.as_ref().map(|p| p.eps.clone()).unwrap_or_default();
-        let device = s.ort.device.to_string();
-        return shard_part::write(
-            &a,
-            &report,
-            sh,
-            eps,
-            started_unix,
-            secs,
-            device,
-            env.command.clone(),
-        );
-    }
-    let text = audit::render_text(&report);
-    let mut report = crate::report::Report::audit(report);
-    report.stamp(
-        env!("CARGO_PKG_VERSION"),
-        started_unix,
-        &host_name(),
-        started.elapsed().as_secs_f64(),
-    );
-    stamp_device(&mut report, &s.ort);
-    report.meta.command = env.command.clone();
-    if let Some(b) = &baseline {
-        let now = crate::report::compare::Side::of_report(&report)?;
-        report.baseline = Some(crate::report::compare::compare(
-            b,
-            &now,
-            a.compare.max_drop,
-            a.compare.alpha,
-        )?);
-    }
-    let code = a.report.finish(&mut report)?;
-    let json = report.to_json()?;
-    let summary = crate::report::summary(&report);
-    match a.json.as_deref() {
-        Some(p) if p == Path::new("-") => print_stdout(&json)?,
-        Some(p) => {
-            write_atomic(p, json.as_bytes())?;
-            print_stdout(&(text + "\n" + &summary))?;
-        }
-        None if a.report.report.is_some() => print_stdout(&summary)?,
-        None => print_stdout(&(text + "\n" + &summary))?,
-    }
-    if let (Some(d), false) = (&a.report.report, a.json.as_deref() == Some(Path::new("-"))) {
-        print_stdout(&format!("report   {}\n", d.join("report.html").display()))?;
-    }
-    Ok(code)
-}
-
-/// `harden report diff A B`: the comparison of two existing reports.
-fn diff_command(a: DiffArgs) -> Result<i32> {
-    use crate::report::compare;
-    compare::check_settings(a.compare.max_drop, a.compare.alpha)?;
-    if let Some(j) = &a.junit {
-        check_writable("--junit", j)?;
-    }
-    let before = compare::Side::read(&a.baseline)?;
-    let after = compare::Side::read(&a.report)?;
-    let c = compare::compare(&before, &after, a.compare.max_drop, a.compare.alpha)?;
-    if let Some(j) = &a.junit {
-        let props = [
-            ("model", after.model_path.as_str()),
-            ("sha256", after.sha256.as_str()),
-            ("baseline", before.file.as_str()),
-        ];
-        let xml = crate::report::junit::render_parts(
-            &props,
-            &[],
-            Some(&c),
-            &crate::report::Meta::default(),
-        );
-        write_atomic(j, xml.as_bytes())?;
-    }
-    let mut out = compare::markdown(&c, &after.model_path);
-    for m in &c.metrics {
-        out += &m.line();
-        out.push('\n');
-    }
-    print_stdout(&out)?;
-    Ok(if c.passed { EXIT_OK } else { EXIT_GATE_FAILED })
-}
-
-fn attack_command(a: AttackArgs, env: &Env) -> Result<i32> {
-    let (mut attacks, _) = crate::robust::parse_attacks(&a.attack, &a.attack_opts.knobs())?;
-    if attacks.len() != 1 || a.attack.contains(',') || a.attack == "standard" {
-        bail!("--attack takes one attack name (use `harden audit --attacks` for several)");
-    }
-    let spec_attack = attacks.remove(0);
-    let mut s = open_session(
-        &a.model,
-        spec_attack.needs_gradients(),
-        a.data.as_deref(),
-        a.limit,
-        &a.input,
-        &a.run,
-        &a.rounding,
-        env,
-    )?;
-    let threat = crate::attack::Threat::new(a.attack_opts.norm(), a.eps, s.spec.range)?;
-    let geo = audit::geometry(s.spec.layout, &s.mapping.example_shape);
-    let len = s.mapping.example_len();
-    let (mut raw, mut labels, mut mapped) = (vec![], vec![], vec![]);
-    let (mut all_adv, mut ys, mut clean_pred, mut adv_pred, mut success) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    let mut seen = 0;
-    let bar = progress_bar(s.source.len().map(|n| n as u64), "attacking");
-    loop {
-        raw.clear();
-        labels.clear();
-        let n =
-            s.source
-                .next_batch(s.oracle.classifier().batch().max(64), &mut raw, &mut labels)?;
-        if n == 0 {
-            break;
-        }
-        s.mapping.map_batch(&raw, &mut mapped, seen)?;
-        let k = s.oracle.classifier().num_classes();
-        let y: Vec<usize> = labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| match l {
-                Some(v) if *v < k => Ok(*v),
-                Some(v) => bail!(
-                    "data example {} has label {v}, out of range for a model with {k} outputs",
-                    seen + i
-                ),
-                None => bail!(
-                    "data example {} has no label; attacks need labelled data",
-                    seen + i
-                ),
-            })
-            .collect::<Result<_>>()?;
-        let clean_logits = s.oracle.classifier().logits(&mapped)?;
-        crate::classifier::check_finite(&clean_logits, seen)?;
-        let clean = crate::robust::predictions(&clean_logits);
-        let out =
-            crate::robust::run_attack(&spec_attack, &mut s.oracle, &mapped, &y, &threat, geo)?;
-        // Re-check with a plain forward pass of the original model.
-        let after = crate::robust::predictions(&s.oracle.classifier().logits(&out.x_adv)?);
-        for i in 0..n {
-            let inside = threat.contains(
-                &out.x_adv[i * len..(i + 1) * len],
-                &mapped[i * len..(i + 1) * len],
-            );
-            success.push(inside && clean[i] == y[i] && after[i] != y[i]);
-        }
-        all_adv.extend_from_slice(&out.x_adv);
-        ys.extend(y);
-        clean_pred.extend(clean);
-        adv_pred.extend(after);
-        seen += n;
-        bar.set_position(seen as u64);
-    }
-    bar.finish_and_clear();
-    if seen == 0 {
-        bail!("the data holds no examples");
-    }
-    let correct = ys.iter().zip(&clean_pred).filter(|(a, b)| a == b).count();
-    let broken = success.iter().filter(|b| **b).count();
-    if let Some(out) = &a.out {
-        let mut shape = vec![seen];
-        shape.extend(&s.mapping.example_shape);
-        let to_i64 = |v: &[usize]| v.iter().map(|x| *x as i64).collect::<Vec<_>>();
-        let bytes = crate::npz::write_npz(&[
-            ("x_adv", crate::npz::Array::F32(&shape, &all_adv)),
-            ("y", crate::npz::Array::I64(&[seen], &to_i64(&ys))),
-            (
-                "y_clean",
-                crate::npz::Array::I64(&[seen], &to_i64(&clean_pred)),
-            ),
-            ("y_adv", crate::npz::Array::I64(&[seen], &to_i64(&adv_pred))),
-            ("success", crate::npz::Array::Bool(&[seen], &success)),
-        ])?;
-        write_atomic(out, &bytes)?;
-    }
-    print_stdout(&format!(
-        "{} eps={} on {} examples ({}): clean accuracy {:.2}%, robust accuracy {:.2}% ({} of {} correct examples broken, each re-checked by a plain forward pass){}\n",
-        spec_attack.name(),
-        a.eps,
-        seen,
-        s.oracle.classifier().runtime_name(),
-        100.0 * correct as f64 / seen as f64,
-        100.0 * (correct - broken) as f64 / seen as f64,
-        broken,
-        correct,
-        a.out.as_ref().map(|p| format!("; saved to {}", p.display())).unwrap_or_default()
-    ))?;
-    Ok(EXIT_OK)
-}
-
-fn falsify_command(a: FalsifyArgs, env: &Env) -> Result<i32> {
-    let started = Instant::now();
-    if !(a.timeout.is_finite() && a.timeout > 0.0) {
-        bail!("--timeout must be a positive number of seconds");
-    }
-    let mut model = OnnxModel::load(&a.model)?;
-    a.rounding.apply(&mut model);
-    let info = model.classifier_input()?;
-    let props = crate::data::vnnlib::parse_vnnlib_file(&a.property)?;
-    let example_shape = info.example_shape()?;
-    let lo = props
-        .iter()
-        .flat_map(|p| p.input_lo.iter())
-        .cloned()
-        .fold(f64::INFINITY, f64::min) as f32;
-    let hi = props
-        .iter()
-        .flat_map(|p| p.input_hi.iter())
-        .cloned()
-        .fold(f64::NEG_INFINITY, f64::max) as f32;
-    let spec_args = SpecArgs {
-        layout: Some(Layout::Flat),
-        range: Some((lo, if hi > lo { hi } else { lo + 1.0 })),
-        ..Default::default()
-    };
-    let spec = InputSpec::resolve(&info, &spec_args)?;
-    let opts = a.run.options(env)?;
-    let classifier = Classifier::open(&model, &spec, &example_shape, &opts)?;
-    let mut oracle = ModelOracle::new(&model, &spec, classifier, &opts)?;
-    let gradients =
-        model.unsupported_nodes().is_empty() && oracle.prepare(LossKind::Linear).is_ok();
-    let deadline = a.timeout;
-    let mut answer = String::from("unknown\n");
-    for (i, prop) in props.iter().enumerate() {
-        let cfg = crate::falsify::FalsifyConfig {
-            seed: a.seed.wrapping_add(i as u64),
-            // Without gradients only sampling runs.
-            steps: if gradients { 60 } else { 0 },
-            ..Default::default()
-        };
-        let mut stop = || started.elapsed().as_secs_f64() > deadline;
-        let (found, _stats) = crate::falsify::falsify(&mut oracle, prop, &cfg, &mut stop)?;
-        if let Some(cx) = found {
-            // Re-check on the original model with a plain forward pass, inside the box.
-            let y = oracle.classifier().logits(&cx.x)?;
-            let y: Vec<f32> = y.iter().copied().collect();
-            let inside =
-                cx.x.iter().enumerate().all(|(j, v)| {
-                    (*v as f64) >= prop.input_lo[j] && (*v as f64) <= prop.input_hi[j]
-                });
-            if inside && prop.is_unsafe(&y) {
-                answer = crate::falsify::render_counterexample(&crate::falsify::Counterexample {
-                    x: cx.x,
-                    y,
-                });
-                break;
-            }
-        }
-        if started.elapsed().as_secs_f64() > deadline {
-            break;
-        }
-    }
-    if let Some(p) = &a.output {
-        write_atomic(p, answer.as_bytes())?;
-    }
-    print_stdout(&answer)?;
-    Ok(EXIT_OK)
-}
-
-fn grad_command(a: GradArgs) -> Result<i32> {
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    let mut model = OnnxModel::load(&a.model)?;
-    a.rounding.apply(&mut model);
-    let info = model.classifier_input()?;
-    let spec =
-        InputSpec::resolve(&info, &a.input.to_spec_args()?).map_err(|e| a.input.explain(e))?;
-    let example_shape = info.example_shape()?;
-    let kind = match a.loss {
-        LossArg::Ce => LossKind::CrossEntropy,
-        LossArg::TargetedCe => LossKind::TargetedCrossEntropy,
-        LossArg::Margin => LossKind::Margin,
-        LossArg::Dlr => LossKind::Dlr,
-        LossArg::DlrTargeted => LossKind::DlrTargeted,
-        LossArg::Kl => LossKind::Kl,
-        LossArg::Linear => LossKind::Linear,
-    };
-    let mut proto = spec.wrap(&model)?;
-    if let (Some(b), true) = (spec.fixed_batch(), a.batch > 1) {
-        if a.batch != b {
-            proto = crate::model::free_batch(&proto, &spec.input_name)
-                .ok_or_else(|| anyhow!("cannot change the model's fixed batch {b}"))?;
-        }
-    }
-    let g =
-        crate::autodiff::gradient_graph(&proto, &spec.input_name, &example_shape, a.batch, kind)?;
-    write_atomic(&a.output, &prost::Message::encode_to_vec(&g.proto))?;
-    print_stdout(&format!(
-        "wrote {}: inputs {} [{}, ...]{}, outputs {} [{}, {}], {} [{}], {} (d loss / d input)\n",
-        a.output.display(),
-        spec.input_name,
-        a.batch,
-        match g.head_inputs {
-            2 => format!(
-                ", {} and {} [{}, {}]",
-                crate::autodiff::HEAD_A,
-                crate::autodiff::HEAD_B,
-                a.batch,
-                g.num_classes
-            ),
-            _ => format!(
-                ", {} [{}, {}]",
-                crate::autodiff::HEAD_A,
-                a.batch,
-                g.num_classes
-            ),
-        },
-        crate::autodiff::LOGITS,
-        a.batch,
-        g.num_classes,
-        crate::autodiff::LOSS,
-        a.batch,
-        crate::autodiff::GRAD
-    ))?;
-    Ok(EXIT_OK)
 }
 
 /// A progress bar on a terminal, nothing otherwise (CI, pipes).

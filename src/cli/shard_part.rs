@@ -5,7 +5,8 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use super::{host_name, print_stdout, write_atomic, AuditArgs, EXIT_OK};
+use super::audit_command::AuditArgs;
+use super::{host_name, print_stdout, write_atomic, EXIT_OK};
 use crate::audit::AuditReport;
 use crate::report::merge::{part_json, Settings};
 use crate::report::{AuditMeta, Meta};

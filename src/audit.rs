@@ -7,12 +7,12 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::attack::square::Geometry;
-use crate::attack::Norm;
 use crate::data::DataSource;
 use crate::metrics::{argmax, CleanMetrics, Confusion};
 use crate::model::{OnnxModel, OutputKind, TensorInfo};
 use crate::oracle::ModelOracle;
-use crate::robust::{AttackSpec, EpsResult, ExampleOutcome, RobustTally};
+use crate::robust::{ExampleOutcome, RobustTally};
+pub use crate::robust::{RobustPlan, RobustReport};
 use crate::spec::{DataMapping, InputSpec, Layout};
 
 /// The version of the report's JSON (`report::Report`), which holds `AuditReport`s.
@@ -93,7 +93,7 @@ pub struct AuditReport {
     /// Attacks, when asked for (`--eps`).
     pub robust: Option<RobustReport>,
     /// Sanity checks (empty when turned off).
-    pub sanity: Vec<crate::report::sanity::Check>,
+    pub sanity: Vec<crate::sanity::Check>,
     /// The shape of one example as the model sees it (for the image grid).
     pub example_shape: Vec<usize>,
     /// Every example's outcome, in data order (`report::Report::to_json` writes one line
@@ -104,7 +104,7 @@ pub struct AuditReport {
     /// What the sanity probes measured (`None` with the checks off, or in a shard other
     /// than 0); a part file carries it for `report merge`.
     #[serde(skip)]
-    pub probe: Option<crate::report::sanity::ProbeFacts>,
+    pub probe: Option<crate::sanity::ProbeFacts>,
     /// Volatile facts; a `report::Report` gathers them under its one `meta` key.
     #[serde(skip)]
     pub meta: Meta,
@@ -136,28 +136,6 @@ impl Default for AuditOptions {
             shard: None,
         }
     }
-}
-
-/// The robust part of a report.
-#[derive(Clone, Debug, Serialize)]
-pub struct RobustReport {
-    pub norm: Norm,
-    pub range: (f32, f32),
-    /// Attacks run as a cascade (each on the points the previous left robust)?
-    pub cascade: bool,
-    pub attacks: Vec<AttackSpec>,
-    /// Labelled examples attacked (clean-correct ones are attacked, the others count as
-    /// not robust).
-    pub examples: u64,
-    pub results: Vec<EpsResult>,
-}
-
-/// What to attack with during an audit.
-pub struct RobustPlan {
-    pub norm: Norm,
-    pub eps: Vec<f32>,
-    pub attacks: Vec<AttackSpec>,
-    pub cascade: bool,
 }
 
 /// How the attacks see an example's values (for Square's windows).
@@ -250,8 +228,7 @@ pub fn run_audit_logged(
         None => vec![],
     };
     let shard = opts.shard;
-    let mut probe =
-        crate::report::sanity::Probe::new(opts.sanity && shard.is_none_or(|s| s.index == 0));
+    let mut probe = crate::sanity::Probe::new(opts.sanity && shard.is_none_or(|s| s.index == 0));
     let mut confusion = Confusion::new(k);
     let mut predictions = vec![];
     let mut all_labels: Vec<Option<usize>> = vec![];
@@ -477,7 +454,7 @@ pub fn run_audit_logged(
         }
         _ => None,
     };
-    let facts = crate::report::sanity::Facts {
+    let facts = crate::sanity::Facts {
         output_kind: model.output_kind(),
         rows_like_probabilities: like_probs,
         examples: predictions.len() as u64,
@@ -496,7 +473,7 @@ pub fn run_audit_logged(
     };
     // A shard's checks are built by `report merge`, from the merged numbers.
     let sanity = match (&probe_facts, shard) {
-        (Some(m), None) => crate::report::sanity::checks(m, &facts, plan, robust.as_ref()),
+        (Some(m), None) => crate::sanity::checks(m, &facts, plan, robust.as_ref()),
         _ => vec![],
     };
     Ok(AuditReport {

@@ -21,6 +21,7 @@ pub mod report;
 pub mod rng;
 pub mod robust;
 pub mod runtime;
+pub mod sanity;
 pub mod shard;
 pub mod spec;
 #[cfg(test)]

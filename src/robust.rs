@@ -13,6 +13,28 @@ use crate::attack::square::{square_at, Geometry, SquareConfig};
 use crate::attack::{gather, local_ids, Norm, Oracle, Outcome, Threat};
 use crate::metrics::argmax;
 
+/// The robust part of a report.
+#[derive(Clone, Debug, Serialize)]
+pub struct RobustReport {
+    pub norm: Norm,
+    pub range: (f32, f32),
+    /// Attacks run as a cascade (each on the points the previous left robust)?
+    pub cascade: bool,
+    pub attacks: Vec<AttackSpec>,
+    /// Labelled examples attacked (clean-correct ones are attacked, the others count as
+    /// not robust).
+    pub examples: u64,
+    pub results: Vec<EpsResult>,
+}
+
+/// What to attack with during an audit.
+pub struct RobustPlan {
+    pub norm: Norm,
+    pub eps: Vec<f32>,
+    pub attacks: Vec<AttackSpec>,
+    pub cascade: bool,
+}
+
 /// One attack as configured.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "attack", rename_all = "kebab-case")]

@@ -305,7 +305,7 @@ fn demo_model_passes_every_check() {
     for (id, st) in statuses(&json) {
         assert_eq!(st, "passed", "{id}: {}", json["audit"]["sanity"]);
     }
-    assert_eq!(statuses(&json).len(), harden::report::sanity::ALL.len());
+    assert_eq!(statuses(&json).len(), harden::sanity::ALL.len());
 }
 
 fn junit_cases(path: &Path) -> Vec<(String, bool)> {

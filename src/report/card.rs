@@ -10,10 +10,10 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::content::{attack_desc, pct};
-use super::sanity::Status;
 use super::stats::{wilson, Z95};
 use super::Report;
 use crate::audit::AuditReport;
+use crate::sanity::Status;
 
 /// One accuracy with its interval.
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -575,7 +575,7 @@ pub fn section(c: &Comparison, model_now: &str, audit: Option<usize>) -> Section
                     label(f.prediction, &c.class_names),
                     f.attack.clone().unwrap_or_else(|| "clean".into()),
                     f.distance
-                        .map(super::sanity::fmt_g)
+                        .map(crate::sanity::fmt_g)
                         .unwrap_or_else(|| "–".into()),
                 ]
             })

@@ -2,12 +2,12 @@
 //! renderers only format them. With two audits (before and after hardening) every table
 //! has one column per audit, or cells `before → after`.
 
-use super::sanity::Status;
 use super::{Report, ReportKind};
 use crate::audit::AuditReport;
 use crate::data::classes::label;
 use crate::metrics::MANY_CLASSES;
 use crate::model::{shape_string, OutputKind};
+use crate::sanity::Status;
 
 /// Rows of the per-class summaries when there are more than [`MANY_CLASSES`] classes.
 pub const REPORT_ROWS: usize = 20;

@@ -148,7 +148,7 @@ fn pair(
             &a.class_names
         )),
         esc(&p.attack),
-        super::sanity::fmt_g(p.distance)
+        crate::sanity::fmt_g(p.distance)
     );
 }
 

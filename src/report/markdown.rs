@@ -84,7 +84,7 @@ fn grid(s: &mut String, a: &crate::audit::AuditReport) {
                     label(p.label, &a.class_names),
                     label(p.adversarial_prediction, &a.class_names),
                     p.attack.clone(),
-                    super::sanity::fmt_g(p.distance),
+                    crate::sanity::fmt_g(p.distance),
                 ]
             })
         })

@@ -23,8 +23,8 @@ use crate::attack::Norm;
 use crate::audit::{self, AuditReport, DataFacts, ModelFacts, RobustPlan, RobustReport};
 use crate::audit_log::first_difference;
 use crate::metrics::Confusion;
-use crate::report::sanity::{self, ProbeFacts};
 use crate::robust::{self, AdvPair, AttackKnobs, EpsOutcome, ExampleOutcome};
+use crate::sanity::{self, ProbeFacts};
 use crate::shard::Shard;
 use crate::spec::InputSpec;
 

@@ -24,7 +24,6 @@ pub mod markdown;
 pub mod merge;
 pub mod outcomes;
 pub mod plot;
-pub mod sanity;
 pub mod stats;
 
 pub use gate::Gate;
@@ -305,14 +304,14 @@ pub fn summary(r: &Report) -> String {
         let flagged: Vec<&str> = a
             .sanity
             .iter()
-            .filter(|c| c.status == sanity::Status::Flagged)
+            .filter(|c| c.status == crate::sanity::Status::Flagged)
             .map(|c| c.id.as_str())
             .collect();
         if !a.sanity.is_empty() {
             let passed = a
                 .sanity
                 .iter()
-                .filter(|c| c.status == sanity::Status::Passed)
+                .filter(|c| c.status == crate::sanity::Status::Passed)
                 .count();
             if flagged.is_empty() {
                 let _ = writeln!(s, "{who}sanity: {passed} checks passed, none flagged");

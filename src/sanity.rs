@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::attack::pgd::PgdConfig;
 use crate::attack::square::Geometry;
 use crate::attack::{gather, Head, Norm, Oracle, Threat};
-use crate::audit::{RobustPlan, RobustReport};
+
 use crate::model::OutputKind;
 use crate::oracle::ModelOracle;
-use crate::robust::{predictions, run_attack_at, AttackKind, AttackSpec};
+use crate::robust::{predictions, run_attack_at, AttackKind, AttackSpec, RobustPlan, RobustReport};
 
 /// Labelled examples whose input gradient is checked.
 pub const GRADIENT_PROBE: usize = 64;

@@ -408,6 +408,34 @@ impl ReportArgs {
         Ok(())
     }
 
+    /// [`ReportArgs::finish`], then the terminal output of a command that also takes
+    /// `--json FILE` (`-`: the JSON on standard output and nothing else): the audit's
+    /// `text` and the report's summary, or the summary alone when a report folder is
+    /// written, and where that folder's HTML is.
+    pub fn finish_and_print(
+        &self,
+        report: &mut crate::report::Report,
+        text: String,
+        json_to: Option<&Path>,
+    ) -> Result<i32> {
+        let code = self.finish(report)?;
+        let json = report.to_json()?;
+        let summary = crate::report::summary(report);
+        match json_to {
+            Some(p) if p == Path::new("-") => print_stdout(&json)?,
+            Some(p) => {
+                write_atomic(p, json.as_bytes())?;
+                print_stdout(&(text + "\n" + &summary))?;
+            }
+            None if self.report.is_some() => print_stdout(&summary)?,
+            None => print_stdout(&(text + "\n" + &summary))?,
+        }
+        if let (Some(d), false) = (&self.report, json_to == Some(Path::new("-"))) {
+            print_stdout(&format!("report   {}\n", d.join("report.html").display()))?;
+        }
+        Ok(code)
+    }
+
     /// Evaluates the gates on the report's audit, adds the robustness card and writes the
     /// report folder, JUnit file and per-example file; returns the exit code (0 all gates
     /// passed and no significant drop from the baseline, 1 otherwise).

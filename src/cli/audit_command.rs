@@ -193,22 +193,8 @@ pub(super) fn run(a: AuditArgs, env: &Env) -> Result<i32> {
             a.compare.alpha,
         )?);
     }
-    let code = a.report.finish(&mut report)?;
-    let json = report.to_json()?;
-    let summary = crate::report::summary(&report);
-    match a.json.as_deref() {
-        Some(p) if p == Path::new("-") => print_stdout(&json)?,
-        Some(p) => {
-            write_atomic(p, json.as_bytes())?;
-            print_stdout(&(text + "\n" + &summary))?;
-        }
-        None if a.report.report.is_some() => print_stdout(&summary)?,
-        None => print_stdout(&(text + "\n" + &summary))?,
-    }
-    if let (Some(d), false) = (&a.report.report, a.json.as_deref() == Some(Path::new("-"))) {
-        print_stdout(&format!("report   {}\n", d.join("report.html").display()))?;
-    }
-    Ok(code)
+    a.report
+        .finish_and_print(&mut report, text, a.json.as_deref())
 }
 
 fn parse_eps_list(s: &str) -> Result<Vec<f32>> {

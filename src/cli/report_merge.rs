@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::Args;
 
-use super::{check_writable, host_name, print_stdout, unix_now, write_atomic, Env, ReportArgs};
+use super::{check_writable, host_name, unix_now, Env, ReportArgs};
 
 #[derive(Args, Debug)]
 pub struct MergeArgs {
@@ -35,20 +35,5 @@ pub fn run(a: MergeArgs, env: &Env) -> Result<i32> {
     let mut report = crate::report::Report::audit(audit);
     report.stamp(env!("CARGO_PKG_VERSION"), started, &host_name(), seconds);
     report.meta.command = env.command.clone();
-    let code = ra.finish(&mut report)?;
-    let json = report.to_json()?;
-    let summary = crate::report::summary(&report);
-    match a.json.as_deref() {
-        Some(p) if p == Path::new("-") => print_stdout(&json)?,
-        Some(p) => {
-            write_atomic(p, json.as_bytes())?;
-            print_stdout(&(text + "\n" + &summary))?;
-        }
-        None if a.report.report.is_some() => print_stdout(&summary)?,
-        None => print_stdout(&(text + "\n" + &summary))?,
-    }
-    if let (Some(d), false) = (&a.report.report, a.json.as_deref() == Some(Path::new("-"))) {
-        print_stdout(&format!("report   {}\n", d.join("report.html").display()))?;
-    }
-    Ok(code)
+    ra.finish_and_print(&mut report, text, a.json.as_deref())
 }

@@ -193,9 +193,20 @@ fn fingerprint(model: &OnnxModel, cfg: &HardenConfig, data: &str, n: usize, val:
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
-    let started = Instant::now();
-    let started_unix = super::unix_now();
+/// The main command's settings, checked (and its output paths probed) before any work.
+struct Flags {
+    model_path: PathBuf,
+    eps: f32,
+    ort: crate::runtime::OrtLocator,
+    cfg: HardenConfig,
+    plan: RobustPlan,
+    out_path: PathBuf,
+    ckpt_path: Option<PathBuf>,
+}
+
+/// Stage 1: the flags checked, the device resolved, the output and checkpoint paths
+/// probed, so that a bad flag fails before the model or the data is read.
+fn check_flags(a: &HardenArgs, env: &Env) -> Result<Flags> {
     let model_path = a
         .model
         .clone()
@@ -214,7 +225,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         bail!("--threads must be at least 1");
     }
     let ort = super::resolve_device(env, &a.device, a.precision, a.runtime)?;
-    let cfg = config_of(&a, eps);
+    let cfg = config_of(a, eps);
     cfg.check()?;
     let knobs = AttackKnobs {
         steps: None,
@@ -252,6 +263,29 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         }
         None => None,
     };
+    Ok(Flags {
+        model_path,
+        eps,
+        ort,
+        cfg,
+        plan,
+        out_path,
+        ckpt_path,
+    })
+}
+
+pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
+    let started = Instant::now();
+    let started_unix = super::unix_now();
+    let Flags {
+        model_path,
+        eps,
+        ort,
+        cfg,
+        plan,
+        out_path,
+        ckpt_path,
+    } = check_flags(&a, env)?;
 
     // The model and its input space.
     let mut model = OnnxModel::load(&model_path)?;

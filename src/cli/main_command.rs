@@ -193,6 +193,119 @@ fn fingerprint(model: &OnnxModel, cfg: &HardenConfig, data: &str, n: usize, val:
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What the training data gives the main command: the mapping and threat model it
+/// fixed, the train and validation examples (mapped, in memory), their labels, and the
+/// audits' data.
+struct TrainingData {
+    mapping: DataMapping,
+    threat: Threat,
+    data_desc: String,
+    train_set: Examples,
+    val_set: Examples,
+    ys: Vec<usize>,
+    audit_data: AuditData,
+}
+
+/// Stage 2: the training data read into memory (stored values), checked (labels, at
+/// least two classes), split into train and validation by the seed, and the audits'
+/// data chosen (`--audit-data`, the set's test split, or the held-out validation split).
+fn training_data(
+    a: &HardenArgs,
+    env: &Env,
+    spec: &mut InputSpec,
+    range_given: bool,
+    model_example_len: Option<usize>,
+    cfg: &HardenConfig,
+    eps: f32,
+) -> Result<TrainingData> {
+    // Training data, held in memory (stored values), split into train and validation.
+    let (data_spec, mut source) = match a.data.as_deref() {
+        Some(s) => (s.to_string(), open_spec(s, env)?),
+        None => default_data("train", model_example_len, env)?,
+    };
+    if let Some(n) = a.limit {
+        source = data::limit(source, n);
+    }
+    if !range_given {
+        if let Some(bounds) = source.value_bounds() {
+            spec.range_from_data(bounds)?;
+        }
+    }
+    let mapping = DataMapping::new(spec, source.example_shape(), source.kind())?;
+    let threat = Threat::new(cfg.norm, eps, spec.range)?;
+    // A bad --train-eps fails now, not after reading the data.
+    cfg.train_threat(&threat)?;
+    let data_desc = source.describe();
+    let (raw, labels) = read_all(source.as_mut())?;
+    let stored_len: usize = source.example_shape().iter().product();
+    let mut ys = Vec::with_capacity(labels.len());
+    for (i, l) in labels.iter().enumerate() {
+        ys.push(l.ok_or_else(|| {
+            anyhow!("training data example {i} has no label; hardening needs labelled data")
+        })?);
+    }
+    let mut classes: Vec<usize> = ys.clone();
+    classes.sort_unstable();
+    classes.dedup();
+    if classes.len() < 2 {
+        bail!(
+            "the training data holds {} class{} ({} examples); hardening needs examples of at least two classes",
+            classes.len(),
+            if classes.len() == 1 { "" } else { "es" },
+            ys.len()
+        );
+    }
+    let n = ys.len();
+    let val_n = a.val_size.min(n / 5);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::derive(a.seed, 0x5350_4C54);
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    let (val_idx, train_idx) = order.split_at(val_n);
+    let take = |idx: &[usize]| -> Result<(Vec<f32>, Vec<usize>, Vec<f32>)> {
+        let raw_sel = crate::attack::gather(&raw, idx, stored_len);
+        let mut mapped = vec![];
+        mapping.map_batch(&raw_sel, &mut mapped, 0)?;
+        Ok((mapped, idx.iter().map(|i| ys[*i]).collect(), raw_sel))
+    };
+    let len = mapping.example_len();
+    let (tx, ty, _) = take(train_idx)?;
+    let (vx, vy, vraw) = take(val_idx)?;
+    let train_set = Examples { x: tx, y: ty, len };
+    let val_set = Examples {
+        x: vx,
+        y: vy.clone(),
+        len,
+    };
+    drop(raw);
+
+    let audit_data = match (&a.audit_data, a.data.is_none()) {
+        (Some(s), _) => AuditData::Spec(s.clone()),
+        (None, true) => AuditData::Spec(default_data("test", model_example_len, env)?.0),
+        (None, false) => match test_split_of(&data_spec, env) {
+            Some(t) => AuditData::Spec(t),
+            None if val_n > 0 => AuditData::Held(
+                vraw,
+                vy.iter().map(|v| Some(*v)).collect(),
+                source.example_shape().to_vec(),
+                source.kind(),
+                source.label_names(),
+            ),
+            None => bail!("too few training examples to hold out audit data; pass --audit-data"),
+        },
+    };
+    Ok(TrainingData {
+        mapping,
+        threat,
+        data_desc,
+        train_set,
+        val_set,
+        ys,
+        audit_data,
+    })
+}
+
 /// The main command's settings, checked (and its output paths probed) before any work.
 struct Flags {
     model_path: PathBuf,
@@ -312,83 +425,24 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         .map(|d| d.fixed())
         .product::<Option<usize>>();
 
-    // Training data, held in memory (stored values), split into train and validation.
-    let (data_spec, mut source) = match a.data.as_deref() {
-        Some(s) => (s.to_string(), open_spec(s, env)?),
-        None => default_data("train", model_example_len, env)?,
-    };
-    if let Some(n) = a.limit {
-        source = data::limit(source, n);
-    }
-    if spec_args.range.is_none() {
-        if let Some(bounds) = source.value_bounds() {
-            spec.range_from_data(bounds)?;
-        }
-    }
-    let mapping = DataMapping::new(&spec, source.example_shape(), source.kind())?;
-    let threat = Threat::new(cfg.norm, eps, spec.range)?;
-    // A bad --train-eps fails now, not after reading the data.
-    cfg.train_threat(&threat)?;
-    let data_desc = source.describe();
-    let (raw, labels) = read_all(source.as_mut())?;
-    let stored_len: usize = source.example_shape().iter().product();
-    let mut ys = Vec::with_capacity(labels.len());
-    for (i, l) in labels.iter().enumerate() {
-        ys.push(l.ok_or_else(|| {
-            anyhow!("training data example {i} has no label; hardening needs labelled data")
-        })?);
-    }
-    let mut classes: Vec<usize> = ys.clone();
-    classes.sort_unstable();
-    classes.dedup();
-    if classes.len() < 2 {
-        bail!(
-            "the training data holds {} class{} ({} examples); hardening needs examples of at least two classes",
-            classes.len(),
-            if classes.len() == 1 { "" } else { "es" },
-            ys.len()
-        );
-    }
-    let n = ys.len();
-    let val_n = a.val_size.min(n / 5);
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = Rng::derive(a.seed, 0x5350_4C54);
-    for i in (1..n).rev() {
-        order.swap(i, rng.below(i + 1));
-    }
-    let (val_idx, train_idx) = order.split_at(val_n);
-    let take = |idx: &[usize]| -> Result<(Vec<f32>, Vec<usize>, Vec<f32>)> {
-        let raw_sel = crate::attack::gather(&raw, idx, stored_len);
-        let mut mapped = vec![];
-        mapping.map_batch(&raw_sel, &mut mapped, 0)?;
-        Ok((mapped, idx.iter().map(|i| ys[*i]).collect(), raw_sel))
-    };
+    let TrainingData {
+        mapping,
+        threat,
+        data_desc,
+        train_set,
+        val_set,
+        ys,
+        audit_data,
+    } = training_data(
+        &a,
+        env,
+        &mut spec,
+        spec_args.range.is_some(),
+        model_example_len,
+        &cfg,
+        eps,
+    )?;
     let len = mapping.example_len();
-    let (tx, ty, _) = take(train_idx)?;
-    let (vx, vy, vraw) = take(val_idx)?;
-    let train_set = Examples { x: tx, y: ty, len };
-    let val_set = Examples {
-        x: vx,
-        y: vy.clone(),
-        len,
-    };
-    drop(raw);
-
-    let audit_data = match (&a.audit_data, a.data.is_none()) {
-        (Some(s), _) => AuditData::Spec(s.clone()),
-        (None, true) => AuditData::Spec(default_data("test", model_example_len, env)?.0),
-        (None, false) => match test_split_of(&data_spec, env) {
-            Some(t) => AuditData::Spec(t),
-            None if val_n > 0 => AuditData::Held(
-                vraw,
-                vy.iter().map(|v| Some(*v)).collect(),
-                source.example_shape().to_vec(),
-                source.kind(),
-                source.label_names(),
-            ),
-            None => bail!("too few training examples to hold out audit data; pass --audit-data"),
-        },
-    };
 
     let opts = RunOptions {
         runtime: a.runtime,

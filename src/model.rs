@@ -541,13 +541,15 @@ pub fn node_reads(n: &pb::NodeProto, out: &mut HashSet<String>) {
     }
 }
 
-/// A float tensor value-info, for graphs harden builds.
 /// The first Mod node of an encoded model whose dividend is a constant (an initializer
 /// or a Constant node's output) and divisor is not: tract 0.23 swaps such a Mod's
-/// operands (integer or float) once the batch is above 1, so the tract runtime refuses these models rather than compute wrong
-/// numbers. Models without "Mod" in their bytes are not decoded.
+/// operands (integer or float) once the batch is above 1, so the tract runtime refuses
+/// these models rather than compute wrong numbers. Only models holding a node whose
+/// op_type is "Mod" are decoded: the encoded field (NodeProto field 4, length 3) is
+/// looked for first, where a plain "Mod" would also match names such as "/model/...".
 pub fn mod_with_constant_dividend(bytes: &[u8]) -> Option<String> {
-    if !bytes.windows(3).any(|w| w == b"Mod") {
+    const MOD_OP_TYPE: &[u8] = b"\x22\x03Mod";
+    if !bytes.windows(MOD_OP_TYPE.len()).any(|w| w == MOD_OP_TYPE) {
         return None;
     }
     let proto = pb::ModelProto::decode(bytes).ok()?;
@@ -563,6 +565,7 @@ pub fn mod_with_constant_dividend(bytes: &[u8]) -> Option<String> {
         .map(|n| n.name.clone())
 }
 
+/// A float tensor value-info, for graphs harden builds.
 pub fn float_value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
     let mut v = pb::ValueInfoProto {
         name: name.to_string(),

@@ -8,10 +8,11 @@ use anyhow::{bail, Result};
 use ndarray::{Array2, ArrayD, IxDyn};
 
 use crate::attack::{Head, LossGrad, Oracle};
+use crate::autodiff::step::{self, StepJob, StepRule, StepsDone};
 use crate::autodiff::{self, LossKind};
 use crate::classifier::{Classifier, RunOptions};
 use crate::model::{self, pb, OnnxModel};
-use crate::runtime::{first_rows, Join, Split};
+use crate::runtime::{first_rows, Join, Split, StepLoops};
 use crate::spec::InputSpec;
 
 pub struct ModelOracle {
@@ -30,6 +31,24 @@ pub struct ModelOracle {
     /// Most examples per graph run (see [`crate::runtime::chunk_for`]), found when the
     /// first gradient graph opens.
     chunk: Option<usize>,
+    /// How PGD's steps run ([`Oracle::run_steps`]).
+    step_mode: StepMode,
+    /// Step graphs by loss kind, mode and step rule ([`StepRule::key`]), in runs of the run
+    /// size; `None` where the model's opset has no step graph (the host loop runs).
+    step_loops: HashMap<(LossKind, StepMode, [u32; 5]), Option<StepLoops>>,
+}
+
+/// How an attack's steps run (see [`Oracle::run_steps`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StepMode {
+    /// The attack's own loop: a gradient graph run per step, the step taken on the host.
+    Host,
+    /// The step graph ([`autodiff::step`]), each step run on host arrays (any runtime).
+    Graph,
+    /// The step graph with the iterate kept in the session's memory between steps
+    /// (ONNX Runtime's `IoBinding`; device memory on CUDA): one copy in and one out per
+    /// run of examples. On tract, as `Graph`.
+    Bound,
 }
 
 impl ModelOracle {
@@ -55,7 +74,24 @@ impl ModelOracle {
             opts: opts.clone(),
             graphs: HashMap::new(),
             chunk: None,
+            // On a GPU the iterate stays on the device; on the CPU the host loop, which
+            // drops examples from the batch once broken, costs as little or less.
+            step_mode: if opts.ort.device.cuda_ids().is_empty() {
+                StepMode::Host
+            } else {
+                StepMode::Bound
+            },
+            step_loops: HashMap::new(),
         })
+    }
+
+    /// Sets how attacks' steps run (default: `Bound` on CUDA, else `Host`).
+    pub fn set_step_mode(&mut self, mode: StepMode) {
+        self.step_mode = mode;
+    }
+
+    pub fn step_mode(&self) -> StepMode {
+        self.step_mode
     }
 
     pub fn classifier(&mut self) -> &mut Classifier {
@@ -183,6 +219,45 @@ impl Oracle for ModelOracle {
 
     fn logits(&mut self, x: &[f32]) -> Result<Array2<f32>> {
         self.classifier.logits(x)
+    }
+
+    fn run_steps(
+        &mut self,
+        x: &[f32],
+        x0: &[f32],
+        head: Head<'_>,
+        rule: &StepRule,
+        job: &StepJob<'_>,
+    ) -> Result<Option<StepsDone>> {
+        if self.step_mode == StepMode::Host {
+            return Ok(None);
+        }
+        let k = self.num_classes();
+        let (kind, extra) = head_inputs(head, k);
+        let key = (kind, self.step_mode, rule.key());
+        if !self.step_loops.contains_key(&key) {
+            let size = self.run_size().unwrap_or(self.batch);
+            let grad = self.graph_at(kind, size)?;
+            // A model whose opset has no step graph steps on the host.
+            let loops = match step::step_graph(&grad, &self.input, rule) {
+                Ok(p) => Some(StepLoops::open(
+                    self.opts.runtime,
+                    self.step_mode == StepMode::Bound,
+                    &prost::Message::encode_to_vec(&p),
+                    size,
+                    &self.example_shape,
+                    k,
+                    self.opts.threads,
+                    &self.opts.ort,
+                )?),
+                Err(_) => None,
+            };
+            self.step_loops.insert(key, loops);
+        }
+        match self.step_loops.get_mut(&key) {
+            Some(Some(loops)) => loops.run(x, x0, &extra, job).map(Some),
+            _ => Ok(None),
+        }
     }
 
     fn loss_grad(&mut self, x: &[f32], head: Head<'_>) -> Result<LossGrad> {

@@ -11,6 +11,9 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{ArrayD, ArrayViewD};
 
+mod steps;
+pub use steps::StepLoops;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RuntimeChoice {
@@ -256,6 +259,16 @@ pub fn open(
             Ok(_) => Ok(Box::new(OrtRuntime::new(model_bytes, threads, ort)?)),
             Err(_) => Ok(Box::new(TractRuntime::new(model_bytes)?)),
         },
+    }
+}
+
+/// Whether graphs opened with `choice` run on ONNX Runtime (`auto`: when its library
+/// loads).
+pub fn uses_ort(choice: RuntimeChoice, ort: &OrtLocator) -> bool {
+    match choice {
+        RuntimeChoice::Ort => true,
+        RuntimeChoice::Tract => false,
+        RuntimeChoice::Auto => ort_environment(ort).is_ok(),
     }
 }
 
@@ -1104,6 +1117,20 @@ pub struct OrtRuntime {
 
 impl OrtRuntime {
     pub fn new(model_bytes: &[u8], threads: usize, loc: &OrtLocator) -> Result<Self> {
+        Ok(OrtRuntime {
+            session: ort_session(model_bytes, threads, loc)?,
+        })
+    }
+}
+
+/// An ONNX Runtime session for `model_bytes` with `threads` intra-op threads, on the
+/// device `loc` names (its first CUDA device, or the CPU).
+fn ort_session(
+    model_bytes: &[u8],
+    threads: usize,
+    loc: &OrtLocator,
+) -> Result<ort::session::Session> {
+    {
         let (env, _) = ort_environment(loc)?;
         use ort::session::builder::GraphOptimizationLevel;
         let err =
@@ -1128,10 +1155,9 @@ impl OrtRuntime {
                 .with_execution_providers([cuda_provider(id, loc.tf32)])
                 .map_err(|e| anyhow!("onnxruntime: CUDA device {id}: {e}"))?,
         };
-        let session = builder
+        builder
             .commit_from_memory(model_bytes)
-            .map_err(|e| anyhow!("onnxruntime cannot load the model: {e}"))?;
-        Ok(OrtRuntime { session })
+            .map_err(|e| anyhow!("onnxruntime cannot load the model: {e}"))
     }
 }
 

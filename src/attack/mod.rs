@@ -10,6 +10,7 @@
 use anyhow::{bail, Result};
 use ndarray::Array2;
 
+use crate::autodiff::step::{StepJob, StepRule, StepsDone};
 use crate::metrics::argmax;
 
 pub mod apgd;
@@ -228,6 +229,21 @@ pub trait Oracle {
     fn logits(&mut self, x: &[f32]) -> Result<Array2<f32>>;
     /// Loss and input gradient for `x` under `head`.
     fn loss_grad(&mut self, x: &[f32], head: Head<'_>) -> Result<LossGrad>;
+    /// `job.steps` PGD steps from `x` (around `x0`) under `head`, each taking the
+    /// iterate along the steepest-ascent direction and projecting it as `rule` says
+    /// ([`Threat::ascend`], [`Threat::project`]), run by the model's runtime as a step
+    /// graph ([`crate::autodiff::step`]); `None` when this oracle steps on the host only
+    /// (the caller then runs its own loop on [`Oracle::loss_grad`]).
+    fn run_steps(
+        &mut self,
+        _x: &[f32],
+        _x0: &[f32],
+        _head: Head<'_>,
+        _rule: &StepRule,
+        _job: &StepJob<'_>,
+    ) -> Result<Option<StepsDone>> {
+        Ok(None)
+    }
 }
 
 /// What an attack found, per example.

@@ -5,7 +5,8 @@
 
 use anyhow::{bail, Result};
 
-use super::{check_batch, gather, record, Head, Oracle, Outcome, Threat};
+use super::{check_batch, gather, is_success, record, Head, Oracle, Outcome, Threat};
+use crate::autodiff::step::{StepJob, StepRule};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PgdConfig {
@@ -109,7 +110,58 @@ pub fn pgd_at(
         } else {
             c0.clone()
         };
-        for step in 0..cfg.steps {
+        let in_graph = {
+            let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
+            let t: Option<Vec<usize>> = targets.map(|t| idx.iter().map(|i| t[*i]).collect());
+            let head = match (&t, cfg.margin_loss) {
+                (Some(t), _) => Head::TargetedCrossEntropy { targets: t },
+                (None, true) => Head::Margin { labels: &y },
+                (None, false) => Head::CrossEntropy { labels: &y },
+            };
+            let judge = |j: usize, row: &[f32]| {
+                let i = idx[j];
+                is_success(row, labels[i], targets.map(|t| t[i]))
+            };
+            let job = StepJob {
+                steps: cfg.steps,
+                judge_from: usize::from(!cfg.random_start),
+                stop_early: !cfg.every_step,
+                judge: &judge,
+            };
+            let rule = StepRule {
+                threat: *threat,
+                alpha,
+            };
+            oracle.run_steps(&x, &c0, head, &rule, &job)?
+        };
+        let in_graph_ran = in_graph.is_some();
+        if let Some(done) = in_graph {
+            // The same outcome as the loop below: an example's first adversarial
+            // iterate is kept, and it counts the evaluations the loop would have spent
+            // on it (up to that step; every step with `every_step`), though the runtime
+            // may have run it along with the others.
+            for (j, &i) in idx.iter().enumerate() {
+                let spent = match done.first[j] {
+                    Some(t) if !cfg.every_step => t + 1,
+                    _ => cfg.steps,
+                } as u64;
+                out.spent[i] += spent;
+                out.evaluations += spent;
+                if done.first[j].is_some() {
+                    out.success[i] = true;
+                    out.x_adv[i * len..(i + 1) * len]
+                        .copy_from_slice(&done.kept[j * len..(j + 1) * len]);
+                }
+            }
+            let keep: Vec<usize> = (0..idx.len())
+                .filter(|j| cfg.every_step || !out.success[idx[*j]])
+                .collect();
+            x = gather(&done.last, &keep, len);
+            idx = keep.iter().map(|j| idx[*j]).collect();
+        }
+        // The host loop, unless the runtime ran the steps.
+        let steps = if in_graph_ran { 0 } else { cfg.steps };
+        for step in 0..steps {
             let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
             let t: Option<Vec<usize>> = targets.map(|t| idx.iter().map(|i| t[*i]).collect());
             let head = match (&t, cfg.margin_loss) {
@@ -208,6 +260,104 @@ mod tests {
             let broken = stop.success.iter().filter(|s| **s).count();
             assert!(broken > 10 && broken < y.len() - 10, "{broken} broken");
             assert!(stop.evaluations < every.evaluations);
+        }
+    }
+
+    /// A [`TinyNet`] that runs the K steps itself, as a step graph would: every example
+    /// every step (no example leaves the batch), the step taken by `Threat::ascend` and
+    /// `Threat::project` on the whole batch.
+    struct Stepping(TinyNet);
+
+    impl Oracle for Stepping {
+        fn num_classes(&self) -> usize {
+            self.0.num_classes()
+        }
+        fn example_len(&self) -> usize {
+            self.0.example_len()
+        }
+        fn logits(&mut self, x: &[f32]) -> Result<ndarray::Array2<f32>> {
+            self.0.logits(x)
+        }
+        fn loss_grad(&mut self, _x: &[f32], _head: Head<'_>) -> Result<crate::attack::LossGrad> {
+            anyhow::bail!("the stepping oracle runs whole attacks only")
+        }
+        fn run_steps(
+            &mut self,
+            x: &[f32],
+            x0: &[f32],
+            head: Head<'_>,
+            rule: &StepRule,
+            job: &StepJob<'_>,
+        ) -> Result<Option<crate::autodiff::step::StepsDone>> {
+            let (len, k) = (self.0.example_len(), self.0.num_classes());
+            let n = x.len() / len;
+            let mut x = x.to_vec();
+            let mut done = crate::autodiff::step::StepsDone {
+                first: vec![None; n],
+                kept: vec![0.0; x.len()],
+                ..Default::default()
+            };
+            for t in 0..job.steps {
+                let lg = self.0.loss_grad(&x, head)?;
+                let l = lg.logits.as_slice().unwrap();
+                for j in 0..n {
+                    if t >= job.judge_from
+                        && done.first[j].is_none()
+                        && (job.judge)(j, &l[j * k..(j + 1) * k])
+                    {
+                        done.first[j] = Some(t);
+                        done.kept[j * len..(j + 1) * len]
+                            .copy_from_slice(&x[j * len..(j + 1) * len]);
+                    }
+                }
+                rule.threat
+                    .ascend(&mut x, &lg.grad, &vec![rule.alpha; n], len);
+                rule.threat.project(&mut x, x0, len);
+            }
+            done.last = x;
+            Ok(Some(done))
+        }
+    }
+
+    /// PGD through an oracle that runs the steps itself keeps the host loop's outcome:
+    /// the same adversarial points, successes and evaluations per example, for every
+    /// kind of run (random start or not, stopping at broken examples or not, targeted,
+    /// margin, restarts, both norms).
+    #[test]
+    fn steps_run_by_the_oracle_keep_the_outcome() {
+        for norm in [Norm::Linf, Norm::L2] {
+            let eps = if norm == Norm::Linf { 0.05 } else { 0.4 };
+            let threat = Threat::new(norm, eps, (0.0, 1.0)).unwrap();
+            let mut net = TinyNet::new(20, 16, 4, 13);
+            let (x, y) = dataset(&mut net, 96, 14);
+            let t: Vec<usize> = y.iter().map(|v| (v + 1) % 4).collect();
+            let mut stepping = Stepping(TinyNet::new(20, 16, 4, 13));
+            for (random_start, every_step, restarts, margin, targeted) in [
+                (true, false, 1, false, false),
+                (true, true, 1, false, false),
+                (false, false, 1, false, false),
+                (false, true, 2, true, false),
+                (true, false, 2, false, true),
+            ] {
+                let cfg = PgdConfig {
+                    steps: 6,
+                    random_start,
+                    every_step,
+                    restarts,
+                    margin_loss: margin,
+                    ..Default::default()
+                };
+                let targets = targeted.then_some(t.as_slice());
+                let host = pgd(&mut net, &x, &y, targets, &threat, &cfg).unwrap();
+                let steps = pgd(&mut stepping, &x, &y, targets, &threat, &cfg).unwrap();
+                let what = format!("{norm:?} {cfg:?} targeted {targeted}");
+                assert_eq!(host.success, steps.success, "{what}");
+                assert_eq!(host.x_adv, steps.x_adv, "{what}");
+                assert_eq!(host.spent, steps.spent, "{what}");
+                assert_eq!(host.evaluations, steps.evaluations, "{what}");
+                let broken = host.success.iter().filter(|s| **s).count();
+                assert!(broken > 5 && broken < 91, "{what}: {broken} broken");
+            }
         }
     }
 

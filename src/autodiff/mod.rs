@@ -28,6 +28,7 @@ mod builder;
 mod heads;
 mod rules;
 mod shapes;
+pub mod step;
 
 pub use heads::LossKind;
 pub use shapes::{largest_activation, FixedBatch, Shapes};

@@ -1,0 +1,427 @@
+//! K attack steps run by a runtime: a step graph (`autodiff::step`) run K times, each
+//! run's next iterate the following run's input.
+//!
+//! On ONNX Runtime with `bound`, the runs go through an `IoBinding`: the clean examples
+//! and the loss head's inputs are bound once per run of examples, the iterate ping-pongs
+//! between two values allocated by the session's device allocator (CUDA memory on a
+//! CUDA device, host memory on the CPU), and only the logits ([B,K]) come back to the
+//! host after each step, for the caller to judge which examples are adversarial. An
+//! iterate comes back whole only at a step where an example was first judged
+//! adversarial (the rows kept), and once at the end: one copy in and one copy out per
+//! run of examples, not per step. Otherwise (tract, or `bound` off) each step runs the
+//! graph on host arrays, the iterate copied in and out every step.
+
+use anyhow::{anyhow, bail, Result};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+
+use super::{device_of, even, open, OrtLocator, Runtime, RuntimeChoice};
+use crate::autodiff::step::{StepJob, StepsDone, NEXT, X0};
+use crate::autodiff::LOGITS;
+
+/// A step graph opened for runs of exactly `size` examples, once per thread (or CUDA
+/// device): a batch of any size runs as `size`-example runs spread over them, the last
+/// padded with zeros.
+pub struct StepLoops {
+    size: usize,
+    example: Vec<usize>,
+    classes: usize,
+    loops: Vec<Box<dyn StepLoop>>,
+}
+
+impl StepLoops {
+    /// Opens the step graph `bytes` (built for runs of `size` examples shaped
+    /// `example`, `classes` logits each) on `threads` single-threaded sessions, bound
+    /// (see the module documentation) when `bound` and the runtime is ONNX Runtime.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        choice: RuntimeChoice,
+        bound: bool,
+        bytes: &[u8],
+        size: usize,
+        example: &[usize],
+        classes: usize,
+        threads: usize,
+        ort: &OrtLocator,
+    ) -> Result<StepLoops> {
+        let gpus = ort.device.cuda_ids().len();
+        let threads = if gpus > 0 { gpus } else { threads.max(1) };
+        let bound = bound && super::uses_ort(choice, ort);
+        let loops = (0..threads)
+            .map(|i| -> Result<Box<dyn StepLoop>> {
+                let loc = device_of(ort, i);
+                Ok(if bound {
+                    Box::new(BoundLoop::new(bytes, &loc)?)
+                } else {
+                    Box::new(HostLoop {
+                        runtime: open(choice, bytes, 1, &loc)?,
+                    })
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(StepLoops {
+            size: size.max(1),
+            example: example.to_vec(),
+            classes,
+            loops,
+        })
+    }
+
+    /// Whether the runs are bound (ONNX Runtime's `IoBinding`).
+    pub fn bound(&self) -> bool {
+        self.loops.first().is_some_and(|l| l.bound())
+    }
+
+    /// Runs `job.steps` steps from `x` around `x0` (`n` examples each), the loss head's
+    /// inputs `heads` (`n * classes` values each): per example, the first judged
+    /// adversarial step and its iterate, and the last iterate.
+    pub fn run(
+        &mut self,
+        x: &[f32],
+        x0: &[f32],
+        heads: &[Vec<f32>],
+        job: &StepJob<'_>,
+    ) -> Result<StepsDone> {
+        let len: usize = self.example.iter().product();
+        let k = self.classes;
+        if len == 0 || x.len() % len != 0 || x0.len() != x.len() {
+            bail!(
+                "step runs take examples of {len} values; got {} and {} values",
+                x.len(),
+                x0.len()
+            );
+        }
+        let n = x.len() / len;
+        if heads.iter().any(|h| h.len() != n * k) {
+            bail!("the loss inputs do not match {n} examples of {k} classes");
+        }
+        let size = self.size;
+        let runs = n.div_ceil(size).max(1);
+        let rows = runs * size;
+        let pad = |v: &[f32], per: usize| {
+            let mut v = v.to_vec();
+            v.resize(rows * per, 0.0);
+            v
+        };
+        let (x, x0) = (pad(x, len), pad(x0, len));
+        let heads: Vec<Vec<f32>> = heads.iter().map(|h| pad(h, k)).collect();
+        // Consecutive runs per thread.
+        let per = even(runs, self.loops.len().min(runs));
+        let mut jobs = vec![];
+        let mut start = 0;
+        for count in per {
+            jobs.push((start, count));
+            start += count;
+        }
+        let shape = &self.example;
+        let work = |lp: &mut Box<dyn StepLoop>, (first, count): (usize, usize)| {
+            (first..first + count)
+                .map(|r| {
+                    let (a, b) = (r * size, (r + 1) * size);
+                    let real = n.saturating_sub(a).min(size);
+                    let hs: Vec<&[f32]> = heads.iter().map(|h| &h[a * k..b * k]).collect();
+                    let run = Run {
+                        x: &x[a * len..b * len],
+                        x0: &x0[a * len..b * len],
+                        heads: &hs,
+                        size,
+                        example: shape,
+                        classes: k,
+                        offset: a,
+                        real,
+                    };
+                    lp.run(&run, job)
+                })
+                .collect::<Result<Vec<StepsDone>>>()
+        };
+        let parts: Vec<Vec<StepsDone>> = std::thread::scope(|s| {
+            let (mine, rest) = self.loops.split_at_mut(1);
+            let handles: Vec<_> = rest
+                .iter_mut()
+                .zip(jobs.iter().skip(1))
+                .map(|(lp, j)| s.spawn(move || work(lp, *j)))
+                .collect();
+            let mut parts = vec![work(&mut mine[0], jobs[0])?];
+            for h in handles {
+                parts.push(
+                    h.join()
+                        .map_err(|_| anyhow!("a step-loop thread panicked"))??,
+                );
+            }
+            Ok::<_, anyhow::Error>(parts)
+        })?;
+        let mut done = StepsDone::default();
+        for d in parts.into_iter().flatten() {
+            done.append(d);
+        }
+        done.first.truncate(n);
+        done.kept.truncate(n * len);
+        done.last.truncate(n * len);
+        Ok(done)
+    }
+}
+
+/// One run of `size` examples, of which the first `real` are examples (the rest
+/// padding), the first being example `offset` of the batch.
+struct Run<'a> {
+    x: &'a [f32],
+    x0: &'a [f32],
+    heads: &'a [&'a [f32]],
+    size: usize,
+    example: &'a [usize],
+    classes: usize,
+    offset: usize,
+    real: usize,
+}
+
+impl Run<'_> {
+    fn x_shape(&self) -> Vec<usize> {
+        let mut s = vec![self.size];
+        s.extend(self.example);
+        s
+    }
+
+    fn len(&self) -> usize {
+        self.example.iter().product()
+    }
+
+    /// Judges step `t`'s logits: marks the examples first found adversarial, keeps
+    /// their rows of `xt` (the step's input, fetched only when one is found), and says
+    /// whether the run is done.
+    fn judge(
+        &self,
+        job: &StepJob<'_>,
+        t: usize,
+        logits: &[f32],
+        done: &mut StepsDone,
+        mut xt: impl FnMut() -> Result<Vec<f32>>,
+    ) -> Result<bool> {
+        let (k, len) = (self.classes, self.len());
+        if t >= job.judge_from {
+            let found: Vec<usize> = (0..self.real)
+                .filter(|&r| {
+                    done.first[r].is_none()
+                        && (job.judge)(self.offset + r, &logits[r * k..(r + 1) * k])
+                })
+                .collect();
+            if !found.is_empty() {
+                let x = xt()?;
+                for r in found {
+                    done.first[r] = Some(t);
+                    done.kept[r * len..(r + 1) * len].copy_from_slice(&x[r * len..(r + 1) * len]);
+                }
+            }
+        }
+        Ok(job.stop_early && done.first[..self.real].iter().all(Option::is_some))
+    }
+
+    fn start(&self) -> StepsDone {
+        StepsDone {
+            first: vec![None; self.size],
+            kept: vec![0.0; self.size * self.len()],
+            last: vec![],
+            copies_in: 0,
+            copies_out: 0,
+        }
+    }
+}
+
+trait StepLoop: Send {
+    fn bound(&self) -> bool;
+    fn run(&mut self, run: &Run<'_>, job: &StepJob<'_>) -> Result<StepsDone>;
+}
+
+/// Each step on host arrays (any runtime): the iterate copied in and out every step.
+struct HostLoop {
+    runtime: Box<dyn Runtime>,
+}
+
+impl StepLoop for HostLoop {
+    fn bound(&self) -> bool {
+        false
+    }
+
+    fn run(&mut self, run: &Run<'_>, job: &StepJob<'_>) -> Result<StepsDone> {
+        let shape = run.x_shape();
+        let hshape = [run.size, run.classes];
+        let x0 = ArrayViewD::from_shape(IxDyn(&shape), run.x0)?;
+        let heads: Vec<ArrayViewD<'_, f32>> = run
+            .heads
+            .iter()
+            .map(|h| ArrayViewD::from_shape(IxDyn(&hshape), *h))
+            .collect::<std::result::Result<_, _>>()?;
+        let mut done = run.start();
+        let mut x = ArrayD::from_shape_vec(IxDyn(&shape), run.x.to_vec())?;
+        for t in 0..job.steps {
+            let mut inputs = vec![x.view(), x0.view()];
+            inputs.extend(heads.iter().map(|h| h.view()));
+            let mut out = self.runtime.run(&inputs)?;
+            done.copies_in += 1;
+            done.copies_out += 1;
+            if out.len() != 2 {
+                bail!("the step graph returned {} outputs, expected 2", out.len());
+            }
+            let next = out.pop().unwrap_or_default();
+            let logits = out.pop().unwrap_or_default();
+            let logits = logits
+                .as_slice()
+                .ok_or_else(|| anyhow!("the step graph's logits are not contiguous"))?;
+            let stop = run.judge(job, t, logits, &mut done, || {
+                Ok(x.as_slice().map(<[f32]>::to_vec).unwrap_or_default())
+            })?;
+            x = next;
+            if stop {
+                break;
+            }
+        }
+        done.last = x.into_raw_vec_and_offset().0;
+        Ok(done)
+    }
+}
+
+/// The steps through ONNX Runtime's `IoBinding` (see the module documentation).
+struct BoundLoop {
+    session: ort::session::Session,
+    /// The CUDA device the session runs on, if any.
+    cuda: Option<usize>,
+    x_name: String,
+    head_names: Vec<String>,
+}
+
+impl BoundLoop {
+    fn new(bytes: &[u8], loc: &OrtLocator) -> Result<BoundLoop> {
+        let session = super::ort_session(bytes, 1, loc)?;
+        let names: Vec<String> = session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
+        if names.len() < 2 || names[1] != X0 {
+            bail!("not a step graph: inputs {names:?}");
+        }
+        let outs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        if outs != [LOGITS, NEXT] {
+            bail!("not a step graph: outputs {outs:?}");
+        }
+        Ok(BoundLoop {
+            cuda: loc.device.cuda_ids().first().copied(),
+            x_name: names[0].clone(),
+            head_names: names[2..].to_vec(),
+            session,
+        })
+    }
+}
+
+type Tensor = ort::value::Tensor<f32>;
+
+/// A host copy of a bound value's data (from device memory on CUDA).
+fn to_host(v: &Tensor, cuda: bool) -> Result<Vec<f32>> {
+    if cuda {
+        let h = v
+            .to(ort::memory::AllocationDevice::CPU, 0)
+            .map_err(|e| anyhow!("onnxruntime: copying an iterate to the host: {e}"))?;
+        Ok(h.extract_tensor().1.to_vec())
+    } else {
+        Ok(v.extract_tensor().1.to_vec())
+    }
+}
+
+fn ort_err(what: &'static str) -> impl Fn(ort::Error) -> anyhow::Error {
+    move |e| anyhow!("onnxruntime: {what}: {e}")
+}
+
+impl StepLoop for BoundLoop {
+    fn bound(&self) -> bool {
+        true
+    }
+
+    fn run(&mut self, run: &Run<'_>, job: &StepJob<'_>) -> Result<StepsDone> {
+        use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+        let shape = run.x_shape();
+        let host = |v: &[f32], s: &[usize]| {
+            Tensor::from_array((s.to_vec(), v.to_vec().into_boxed_slice()))
+                .map_err(ort_err("an input"))
+        };
+        let cuda = self.cuda;
+        let session = &mut self.session;
+        let mut binding = session.create_binding().map_err(ort_err("binding"))?;
+        let mut done = run.start();
+        // Bound once: the clean examples and the head's inputs (copied to the device
+        // here on CUDA), and the first iterate.
+        binding
+            .bind_input(X0, &host(run.x0, &shape)?)
+            .map_err(ort_err("binding x0"))?;
+        for (name, h) in self.head_names.iter().zip(run.heads) {
+            binding
+                .bind_input(name.as_str(), &host(h, &[run.size, run.classes])?)
+                .map_err(ort_err("binding a loss input"))?;
+        }
+        binding
+            .bind_input(self.x_name.as_str(), &host(run.x, &shape)?)
+            .map_err(ort_err("binding x"))?;
+        done.copies_in += 1;
+        // The iterates' two values on the session's device; the logits on the host.
+        let alloc = match cuda {
+            None => Allocator::default(),
+            Some(id) => Allocator::new(
+                session,
+                MemoryInfo::new(
+                    AllocationDevice::CUDA,
+                    i32::try_from(id).unwrap_or(0),
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                )
+                .map_err(ort_err("CUDA memory"))?,
+            )
+            .map_err(ort_err("CUDA allocator"))?,
+        };
+        let mut bufs = [
+            Tensor::new(&alloc, shape.clone()).map_err(ort_err("allocating an iterate"))?,
+            Tensor::new(&alloc, shape.clone()).map_err(ort_err("allocating an iterate"))?,
+        ];
+        let mut logits = Tensor::new(&Allocator::default(), [run.size, run.classes])
+            .map_err(ort_err("allocating logits"))?;
+        binding
+            .bind_output(LOGITS, &mut logits)
+            .map_err(ort_err("binding logits"))?;
+        // Step t writes bufs[t % 2] from bufs[(t + 1) % 2] (from the host x at step 0).
+        let mut last_out = None;
+        for t in 0..job.steps {
+            let (o, i) = (t % 2, (t + 1) % 2);
+            if t > 0 {
+                binding
+                    .bind_input(self.x_name.as_str(), &bufs[i])
+                    .map_err(ort_err("binding the iterate"))?;
+            }
+            binding
+                .bind_output(NEXT, &mut bufs[o])
+                .map_err(ort_err("binding the next iterate"))?;
+            session
+                .run_binding(&binding)
+                .map_err(|e| super::run_failure(&e.to_string(), Some(run.size)))?;
+            if cuda.is_some() {
+                binding
+                    .synchronize_outputs()
+                    .map_err(ort_err("synchronising"))?;
+            }
+            last_out = Some(o);
+            let stop = run.judge(job, t, logits.extract_tensor().1, &mut done, || {
+                if t == 0 {
+                    return Ok(run.x.to_vec());
+                }
+                to_host(&bufs[i], cuda.is_some())
+            })?;
+            if t > 0 && done.first.iter().any(|f| *f == Some(t)) {
+                done.copies_out += 1;
+            }
+            if stop {
+                break;
+            }
+        }
+        done.last = match last_out {
+            Some(o) => to_host(&bufs[o], cuda.is_some())?,
+            None => run.x.to_vec(),
+        };
+        done.copies_out += 1;
+        Ok(done)
+    }
+}

@@ -1,0 +1,296 @@
+//! The attack step as a graph (`autodiff::step`) and the bound K-step loop
+//! (`runtime::StepLoops`): one step of the graph against the host step, PGD with the
+//! steps in the graph (step by step, and bound through ONNX Runtime's IoBinding) against
+//! PGD's host loop, and the copies a bound run makes; on the demo CNN and the MLP
+//! fixture, on tract and ONNX Runtime.
+
+mod common;
+
+use harden::attack::pgd::{pgd, PgdConfig};
+use harden::attack::{is_success, Head, Norm, Oracle, Outcome, Threat};
+use harden::autodiff::step::{StepJob, StepRule};
+use harden::classifier::Classifier;
+use harden::oracle::{ModelOracle, StepMode};
+use harden::runtime::RuntimeChoice;
+use harden::spec::{DataMapping, InputSpec, SpecArgs};
+
+/// The demo CNN on the Fashion-MNIST slice, or the MLP fixture on its tiny data set.
+#[derive(Clone, Copy, Debug)]
+enum Net {
+    Demo,
+    Mlp,
+}
+
+fn open(net: Net, runtime: RuntimeChoice, n: usize) -> (ModelOracle, Vec<f32>, Vec<usize>) {
+    let (model, data) = match net {
+        Net::Demo => ("models/fmnist_cnn.onnx", "data/fashion-mnist-slice"),
+        Net::Mlp => ("fixtures/mlp.onnx", "fixtures/data/tiny.npz"),
+    };
+    let root = common::root();
+    let m = harden::model::OnnxModel::load(&root.join(model)).unwrap();
+    let spec = InputSpec::resolve(&m.classifier_input().unwrap(), &SpecArgs::default()).unwrap();
+    let src = harden::data::open(root.join(data).to_str().unwrap(), None, None).unwrap();
+    let mut src = harden::data::limit(src, n);
+    let mapping = DataMapping::new(&spec, src.example_shape(), src.kind()).unwrap();
+    let (mut raw, mut ys) = (vec![], vec![]);
+    while src.next_batch(4096, &mut raw, &mut ys).unwrap() > 0 {}
+    let mut x = vec![];
+    mapping.map_batch(&raw, &mut x, 0).unwrap();
+    let labels: Vec<usize> = ys.iter().map(|y| y.unwrap()).collect();
+    let opts = common::options(runtime);
+    let c = Classifier::open(&m, &spec, &mapping.example_shape, &opts).unwrap();
+    (ModelOracle::new(&m, &spec, c, &opts).unwrap(), x, labels)
+}
+
+fn runtimes() -> Vec<RuntimeChoice> {
+    let mut v = vec![RuntimeChoice::Tract];
+    if common::ort_available() {
+        v.push(RuntimeChoice::Ort);
+    }
+    v
+}
+
+/// Distance in units in the last place between two floats of the same sign (0 for
+/// equal values, +0 and -0 included).
+fn ulps(a: f32, b: f32) -> u32 {
+    if a == b {
+        return 0;
+    }
+    let key = |v: f32| {
+        let i = v.to_bits() as i32;
+        if i < 0 {
+            i32::MIN - i
+        } else {
+            i
+        }
+    };
+    key(a).abs_diff(key(b))
+}
+
+fn max_ulps(a: &[f32], b: &[f32]) -> u32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| ulps(*x, *y))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The largest absolute difference between two vectors.
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn threat(norm: Norm) -> Threat {
+    match norm {
+        Norm::Linf => Threat::new(Norm::Linf, 0.05, (0.0, 1.0)).unwrap(),
+        Norm::L2 => Threat::new(Norm::L2, 1.0, (0.0, 1.0)).unwrap(),
+    }
+}
+
+/// One step of the step graph gives the host's step from the same gradient: Linf bit
+/// for bit; L2 within a few ulps (its norms are summed in another order).
+#[test]
+fn one_step_of_the_graph_is_the_host_step() {
+    for rt in runtimes() {
+        for net in [Net::Demo, Net::Mlp] {
+            let (mut o, x0, y) = open(net, rt, 40);
+            let len = o.example_len();
+            let n = y.len();
+            for norm in [Norm::Linf, Norm::L2] {
+                let threat = threat(norm);
+                let x = threat.random_starts(&x0, len, 7, 0, &harden::attack::local_ids(n));
+                let rule = StepRule {
+                    threat,
+                    alpha: threat.eps / 4.0,
+                };
+                let lg = o.loss_grad(&x, Head::CrossEntropy { labels: &y }).unwrap();
+                let mut host = x.clone();
+                threat.ascend(&mut host, &lg.grad, &vec![rule.alpha; n], len);
+                threat.project(&mut host, &x0, len);
+                // The step must move the points, or the comparison proves little.
+                assert!(max_ulps(&host, &x) > 1000, "{net:?} {norm:?}: no step");
+                for mode in [StepMode::Graph, StepMode::Bound] {
+                    o.set_step_mode(mode);
+                    let never = |_: usize, _: &[f32]| false;
+                    let job = StepJob {
+                        steps: 1,
+                        judge_from: 0,
+                        stop_early: false,
+                        judge: &never,
+                    };
+                    let done = o
+                        .run_steps(&x, &x0, Head::CrossEntropy { labels: &y }, &rule, &job)
+                        .unwrap()
+                        .expect("the oracle runs step graphs");
+                    let d = max_ulps(&done.last, &host);
+                    let a = max_abs(&done.last, &host);
+                    let what = format!("{rt:?} {net:?} {norm:?} {mode:?}");
+                    eprintln!("{what}: one step, at most {d} ulps, {a:e} from the host step");
+                    // Values in [0, 1]: a float32 rounding or two of 1 is 1.2e-7 each.
+                    match norm {
+                        Norm::Linf => assert_eq!(d, 0, "{what}"),
+                        Norm::L2 => assert!(a <= 1e-6, "{what}: {a:e} apart"),
+                    }
+                    for i in 0..n {
+                        let (a, c) = (
+                            &done.last[i * len..(i + 1) * len],
+                            &x0[i * len..(i + 1) * len],
+                        );
+                        assert!(threat.contains(a, c), "{what}: example {i} left the ball");
+                    }
+                }
+                o.set_step_mode(StepMode::Host);
+            }
+        }
+    }
+}
+
+/// How closely two runs' adversarial points must agree.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Agree {
+    /// Bit for bit.
+    Exact,
+    /// Within float32 roundings (1e-5 on values in [0, 1]).
+    Close,
+    /// Only the successes and evaluations: the runs' batches had other shapes, for
+    /// which tract rounds its gradients differently, and an L2 step follows the
+    /// gradient's values (not only their signs).
+    Outcome,
+}
+
+fn same_outcome(a: &Outcome, b: &Outcome, agree: Agree, what: &str) {
+    assert_eq!(a.success, b.success, "{what}: successes differ");
+    assert_eq!(a.spent, b.spent, "{what}: evaluations per example differ");
+    assert_eq!(a.evaluations, b.evaluations, "{what}");
+    let d = max_ulps(&a.x_adv, &b.x_adv);
+    let e = max_abs(&a.x_adv, &b.x_adv);
+    eprintln!("{what}: adversarial points at most {d} ulps, {e:e} apart");
+    match agree {
+        Agree::Exact => assert_eq!(d, 0, "{what}: adversarial points differ"),
+        Agree::Close => assert!(e <= 1e-5, "{what}: adversarial points {e:e} apart"),
+        Agree::Outcome => {}
+    }
+}
+
+/// PGD with its steps in the graph (step by step, and bound) finds what its host loop
+/// finds: the same successes, evaluations and adversarial points (Linf bit for bit).
+#[test]
+fn pgd_in_the_graph_keeps_the_host_outcome() {
+    for rt in runtimes() {
+        for net in [Net::Demo, Net::Mlp] {
+            let (mut o, x, y) = open(net, rt, 64);
+            for norm in [Norm::Linf, Norm::L2] {
+                let threat = threat(norm);
+                for (every_step, random_start, margin) in [
+                    (true, true, false),
+                    (false, true, false),
+                    (false, false, true),
+                ] {
+                    let cfg = PgdConfig {
+                        steps: 5,
+                        every_step,
+                        random_start,
+                        margin_loss: margin,
+                        seed: 3,
+                        ..Default::default()
+                    };
+                    o.set_step_mode(StepMode::Host);
+                    let host = pgd(&mut o, &x, &y, None, &threat, &cfg).unwrap();
+                    let broken = host.success.iter().filter(|s| **s).count();
+                    let what = format!("{rt:?} {net:?} {norm:?} {cfg:?}");
+                    assert!(broken > 0 && broken < y.len(), "{what}: {broken} broken");
+                    for mode in [StepMode::Graph, StepMode::Bound] {
+                        o.set_step_mode(mode);
+                        let g = pgd(&mut o, &x, &y, None, &threat, &cfg).unwrap();
+                        // tract rounds differently for different batch shapes, and the
+                        // host loop shrinks its batch unless every step.
+                        let same_shapes = rt == RuntimeChoice::Ort || every_step;
+                        let agree = match (norm, same_shapes) {
+                            (Norm::Linf, _) => Agree::Exact,
+                            (Norm::L2, true) => Agree::Close,
+                            (Norm::L2, false) => Agree::Outcome,
+                        };
+                        same_outcome(&host, &g, agree, &format!("{what} {mode:?}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A bound run copies the iterate in once and out once (plus once per step at which
+/// an example was first judged adversarial, to keep its iterate), where a run on host
+/// arrays copies it in and out every step; the kept iterate of step t is the iterate
+/// t steps from the start.
+#[test]
+fn bound_runs_copy_the_iterate_once() {
+    if !common::ort_available() {
+        return;
+    }
+    for net in [Net::Demo, Net::Mlp] {
+        let (mut o, x0, y) = open(net, RuntimeChoice::Ort, 40);
+        let len = o.example_len();
+        let n = y.len();
+        let threat = threat(Norm::Linf);
+        let rule = StepRule {
+            threat,
+            alpha: 0.01,
+        };
+        let head = Head::CrossEntropy { labels: &y };
+        let run = |o: &mut ModelOracle,
+                   steps,
+                   judge_from,
+                   judge: &(dyn Fn(usize, &[f32]) -> bool + Sync)| {
+            let job = StepJob {
+                steps,
+                judge_from,
+                stop_early: false,
+                judge,
+            };
+            o.run_steps(&x0, &x0, head, &rule, &job).unwrap().unwrap()
+        };
+        let never = |_: usize, _: &[f32]| false;
+        let always = |_: usize, _: &[f32]| true;
+        o.set_step_mode(StepMode::Graph);
+        let host = run(&mut o, 6, 0, &never);
+        o.set_step_mode(StepMode::Bound);
+        let bound = run(&mut o, 6, 0, &never);
+        // The runs of the batch: as many copies in as runs when bound, six times as
+        // many on host arrays.
+        let runs = bound.copies_in;
+        assert!(runs >= 1, "{net:?}");
+        assert_eq!(bound.copies_out, runs, "{net:?}");
+        assert_eq!(host.copies_in, 6 * runs, "{net:?}");
+        assert_eq!(host.copies_out, 6 * runs, "{net:?}");
+        assert_eq!(bound.last, host.last, "{net:?}: six bound steps");
+        assert!(bound.first.iter().all(Option::is_none));
+        // Everything judged adversarial from step 3: the iterate of step 3 is kept (one
+        // more copy out per run), and it is the end point of a 3-step run.
+        let found = run(&mut o, 6, 3, &always);
+        assert_eq!(found.copies_out, 2 * runs, "{net:?}");
+        assert!(found.first.iter().all(|f| *f == Some(3)), "{net:?}");
+        let three = run(&mut o, 3, 0, &never);
+        assert_eq!(found.kept, three.last, "{net:?}: the kept iterate is x_3");
+        assert_ne!(three.last, bound.last, "{net:?}: steps move the iterate");
+        // Step 0's iterate is the start, which the host holds: no copy.
+        let zero = run(&mut o, 2, 0, &always);
+        assert_eq!(zero.copies_out, runs);
+        assert_eq!(zero.kept, x0);
+        // The judge sees each example's logits: a judge on the clean prediction
+        // agrees with the classifier.
+        let logits = o.logits(&x0).unwrap();
+        let wrong: Vec<bool> = (0..n)
+            .map(|i| is_success(logits.row(i).as_slice().unwrap(), y[i], None))
+            .collect();
+        let judge = |i: usize, row: &[f32]| is_success(row, y[i], None);
+        let first = run(&mut o, 1, 0, &judge);
+        let judged: Vec<bool> = first.first.iter().map(Option::is_some).collect();
+        assert_eq!(judged, wrong, "{net:?}");
+        assert_eq!(first.kept.len(), n * len);
+    }
+}

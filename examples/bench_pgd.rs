@@ -2,11 +2,14 @@
 //! of runs of its fused gradient graph alone (the floor set by the runtime).
 //! Usage: cargo run --example bench_pgd -- [--runtime ort|tract] [--images 1024]
 //!        [--batch 128] [--threads 2] [--model models/fmnist_cnn.onnx|models/wong_cnn.onnx]
-//!        [--stop-when-broken]
+//!        [--stop-when-broken] [--step host|graph|bound]
 //! By default every example is attacked for every step (`PgdConfig::every_step`, the work of
 //! a plain PGD loop, what other tools do); with `--stop-when-broken`, as harden's audits run
 //! it: an example leaves the batch once broken (same outcome, fewer runs). The overhead
-//! ratio always compares the every-step attack with the graph runs.
+//! ratio always compares the every-step attack with the graph runs. `--step` says how
+//! PGD's steps run (`oracle::StepMode`): PGD's loop on the host (default), the step graph
+//! step by step on host arrays, or bound (ONNX Runtime's IoBinding, one copy in and out
+//! per run of examples).
 mod common;
 
 use std::time::Instant;
@@ -14,7 +17,7 @@ use std::time::Instant;
 use harden::attack::pgd::{pgd, PgdConfig};
 use harden::attack::{Head, Norm, Oracle, Threat};
 use harden::classifier::Classifier;
-use harden::oracle::ModelOracle;
+use harden::oracle::{ModelOracle, StepMode};
 
 fn main() -> anyhow::Result<()> {
     let get = common::arg;
@@ -31,6 +34,13 @@ fn main() -> anyhow::Result<()> {
     let (batch, threads) = (opts.batch_size, opts.threads);
     let classifier = Classifier::open(&model, &spec, &mapping.example_shape, &opts)?;
     let mut oracle = ModelOracle::new(&model, &spec, classifier, &opts)?;
+    let step = get("--step", "host");
+    oracle.set_step_mode(match step.as_str() {
+        "host" => StepMode::Host,
+        "graph" => StepMode::Graph,
+        "bound" => StepMode::Bound,
+        s => anyhow::bail!("--step {s}: expected host, graph or bound"),
+    });
     let len = oracle.example_len();
     let threat = Threat::new(Norm::Linf, 0.1, (0.0, 1.0))?;
     let stop_when_broken = std::env::args().any(|a| a == "--stop-when-broken");
@@ -86,7 +96,7 @@ fn main() -> anyhow::Result<()> {
     }
     let n = labels.len() as f64;
     println!(
-        "{{\"tool\": \"harden-{}\", \"model\": {:?}, \"work\": \"{}\", \"images\": {}, \"batch\": {batch}, \"threads\": {threads}, \"images_per_s\": {:.1}, \"graph_only_images_per_s\": {:.1}, \"overhead_over_graph\": {:.3}, \"not_broken\": {robust}}}",
+        "{{\"tool\": \"harden-{}\", \"model\": {:?}, \"work\": \"{}\", \"images\": {}, \"batch\": {batch}, \"threads\": {threads}, \"step\": \"{step}\", \"images_per_s\": {:.1}, \"graph_only_images_per_s\": {:.1}, \"overhead_over_graph\": {:.3}, \"not_broken\": {robust}}}",
         oracle.classifier().runtime_name(),
         common::model_path(),
         if stop_when_broken { "pgd10-stop" } else { "pgd10" },

@@ -7,8 +7,36 @@
 # TensorFlow's (the floor ratio: what a zero-cost loop around the graph would reach).
 # Usage: scripts/bench-pgd.sh [REPS] [IMAGES] [NET]     (defaults: 3, 1024, demo|wong)
 # Needs the TensorFlow virtualenv (models/PROVENANCE.md); TF_PYTHON overrides its python.
+#
+# scripts/bench-pgd.sh --in-graph [REPS] [IMAGES] [NET]: harden alone, PGD-10 with its
+# steps run three ways (examples/bench_pgd.rs --step): PGD's loop on the host (a gradient
+# graph run per step, the step on the host), the step graph run step by step on host
+# arrays, and the step graph bound through ONNX Runtime's IoBinding (the iterate stays
+# in the session's memory); best img/s of each and the ratios to the host loop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--in-graph" ]; then
+  shift
+  REPS="${1:-3}"; N="${2:-1024}"; NET="${3:-demo}"
+  . scripts/bench-net.sh
+  MODEL=$(bench_model "$NET")
+  export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/fetch-onnxruntime.sh)}"
+  cargo build --quiet --example bench_pgd
+  BIN=target/debug/examples/bench_pgd
+  echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  declare -A best=([host]=0 [graph]=0 [bound]=0)
+  for rep in $(seq "$REPS"); do
+    for step in host graph bound; do
+      r=$("$BIN" --runtime ort --images "$N" --model "$MODEL" --step "$step")
+      echo "$step: $r"
+      v=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["images_per_s"])' "$r")
+      best[$step]=$(python3 -c "print(max(${best[$step]}, $v))")
+    done
+  done
+  echo "best of $REPS, PGD-10 img/s: host loop ${best[host]}, step graph ${best[graph]}, bound ${best[bound]}"
+  python3 -c "print('ratio to the host loop: step graph %.2fx, bound %.2fx' % (${best[graph]} / ${best[host]}, ${best[bound]} / ${best[host]}))"
+  exit 0
+fi
 REPS="${1:-3}"
 N="${2:-1024}"
 NET="${3:-demo}"

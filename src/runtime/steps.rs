@@ -83,7 +83,7 @@ impl StepLoops {
     ) -> Result<StepsDone> {
         let len: usize = self.example.iter().product();
         let k = self.classes;
-        if len == 0 || x.len() % len != 0 || x0.len() != x.len() {
+        if len == 0 || !x.len().is_multiple_of(len) || x0.len() != x.len() {
             bail!(
                 "step runs take examples of {len} values; got {} and {} values",
                 x.len(),
@@ -247,7 +247,7 @@ impl StepLoop for HostLoop {
         let heads: Vec<ArrayViewD<'_, f32>> = run
             .heads
             .iter()
-            .map(|h| ArrayViewD::from_shape(IxDyn(&hshape), *h))
+            .map(|h| ArrayViewD::from_shape(IxDyn(&hshape), h))
             .collect::<std::result::Result<_, _>>()?;
         let mut done = run.start();
         let mut x = ArrayD::from_shape_vec(IxDyn(&shape), run.x.to_vec())?;
@@ -410,7 +410,7 @@ impl StepLoop for BoundLoop {
                 }
                 to_host(&bufs[i], cuda.is_some())
             })?;
-            if t > 0 && done.first.iter().any(|f| *f == Some(t)) {
+            if t > 0 && done.first.contains(&Some(t)) {
                 done.copies_out += 1;
             }
             if stop {

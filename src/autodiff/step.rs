@@ -130,9 +130,14 @@ pub fn step_graph(grad: &GradGraph, input: &str, rule: &StepRule) -> Result<pb::
     let mut b = Builder::new(opset, "harden_s_");
     let t = &rule.threat;
     let (lo, hi) = t.range;
-    let alpha = b.scalar(rule.alpha);
-    let eps = b.scalar(t.eps);
-    let zero = b.scalar(0.0);
+    // Constants of X's rank ([1, 1, ...]): ONNX Runtime 1.31's CPU kernels broadcast a
+    // rank-0 or [1] operand against a 4-d tensor through a slow path, 20x the time of a
+    // same-rank one (measured: 238 us against 10 us for a Mul on 16x28x28x1).
+    let ones = vec![1; x_shape.len()];
+    let scalar = |b: &mut Builder, v: f32| b.const_f32(&ones, vec![v]);
+    let alpha = scalar(&mut b, rule.alpha);
+    let eps = scalar(&mut b, t.eps);
+    let zero = scalar(&mut b, 0.0);
     let stepped = match t.norm {
         Norm::Linf => {
             // sign(g) with sign(0) = sign(NaN) = 0, as `attack::sign`.
@@ -150,7 +155,7 @@ pub fn step_graph(grad: &GradGraph, input: &str, rule: &StepRule) -> Result<pb::
         }
         Norm::L2 => {
             let axes: Vec<i64> = (1..x_shape.len() as i64).collect();
-            let tiny = b.scalar(1e-12);
+            let tiny = scalar(&mut b, 1e-12);
             let gg = b.mul(GRAD, GRAD);
             let n2 = b.reduce_sum(&gg, &axes, true);
             let n = b.op("Sqrt", &[&n2], vec![]);
@@ -170,8 +175,8 @@ pub fn step_graph(grad: &GradGraph, input: &str, rule: &StepRule) -> Result<pb::
             b.op("Where", &[&outside, &onto, &xs], vec![])
         }
     };
-    let lo = b.scalar(lo);
-    let hi = b.scalar(hi);
+    let lo = scalar(&mut b, lo);
+    let hi = scalar(&mut b, hi);
     let m = b.op("Max", &[&stepped, &lo], vec![]);
     b.op_into("Min", &[&m, &hi], vec![], NEXT);
     g.node.extend(b.nodes);

@@ -236,7 +236,16 @@ impl Oracle for ModelOracle {
         let (kind, extra) = head_inputs(head, k);
         let key = (kind, self.step_mode, rule.key());
         if !self.step_loops.contains_key(&key) {
-            let size = self.run_size().unwrap_or(self.batch);
+            // Runs of the gradient graphs' size, and at least one per thread (or
+            // device) for a full batch.
+            let ways = match self.opts.ort.device.cuda_ids().len() {
+                0 => self.opts.threads.max(1),
+                n => n,
+            };
+            let mut size = self.run_size().unwrap_or(self.batch);
+            if self.dynamic && self.batch / ways >= crate::runtime::MIN_PART {
+                size = size.min(self.batch.div_ceil(ways));
+            }
             let grad = self.graph_at(kind, size)?;
             // A model whose opset has no step graph steps on the host.
             let loops = match step::step_graph(&grad, &self.input, rule) {

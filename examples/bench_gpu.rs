@@ -3,11 +3,13 @@
 //! the device asked for; prints one JSON line like scripts/gpu_bench_torch.py's.
 //! Usage: cargo run --example bench_gpu -- --model preact18.onnx --device cuda
 //!        [--work pgd|fast|pgd-at] [--images N] [--batch 512] [--threads 2]
-//!        [--runtime ort|tract] [--precision tf32|fp32]
+//!        [--runtime ort|tract] [--precision tf32|fp32] [--step host|graph|bound]
 //! `pgd`: PGD-10 Linf (eps 8/255, step 2/255), every example every step (a plain PGD
 //! loop's work), default 10,000 images. `fast`: one Fast-AT epoch (FGSM with a random
 //! start, eps 8/255), `pgd-at`: one PGD-7 adversarial-training epoch (SGD, momentum 0.9),
 //! default 50,000 images. A warm-up batch first builds and opens the graphs (not timed).
+//! `--step` (pgd): how PGD's steps run (`oracle::StepMode`; default the oracle's: bound,
+//! the iterate kept on the device, on CUDA; PGD's host loop on the CPU).
 mod common;
 
 use std::time::Instant;
@@ -16,7 +18,7 @@ use harden::attack::pgd::{pgd, PgdConfig};
 use harden::attack::{Norm, Threat};
 use harden::autodiff::trainable_params;
 use harden::classifier::{Classifier, RunOptions};
-use harden::oracle::ModelOracle;
+use harden::oracle::{ModelOracle, StepMode};
 use harden::runtime::Device;
 use harden::spec::{InputSpec, SpecArgs};
 use harden::train::{self, optim, Examples, HardenConfig, Method, TrainNet};
@@ -58,10 +60,19 @@ fn main() -> anyhow::Result<()> {
     let labels: Vec<usize> = (0..images).map(|_| rng.below(10)).collect();
     let eps = 8.0 / 255.0;
     let threat = Threat::new(Norm::Linf, eps, (0.0, 1.0))?;
+    let mut step = String::new();
     let (secs, done) = match work.as_str() {
         "pgd" => {
             let classifier = Classifier::open(&model, &spec, &example_shape, &opts)?;
             let mut oracle = ModelOracle::new(&model, &spec, classifier, &opts)?;
+            match get("--step", "").as_str() {
+                "" => {}
+                "host" => oracle.set_step_mode(StepMode::Host),
+                "graph" => oracle.set_step_mode(StepMode::Graph),
+                "bound" => oracle.set_step_mode(StepMode::Bound),
+                s => anyhow::bail!("--step {s}: expected host, graph or bound"),
+            }
+            step = format!("{:?}", oracle.step_mode()).to_lowercase();
             let cfg = PgdConfig {
                 steps: 10,
                 step_size: Some(2.0 / 255.0),
@@ -151,7 +162,7 @@ fn main() -> anyhow::Result<()> {
         w => anyhow::bail!("--work {w}: expected pgd, fast or pgd-at"),
     };
     println!(
-        "{{\"tool\": \"harden-{precision}\", \"device\": \"{}\", \"work\": \"{work}\", \"images\": {done}, \"batch\": {batch}, \"seconds\": {secs:.3}, \"images_per_s\": {:.1}}}",
+        "{{\"tool\": \"harden-{precision}\", \"device\": \"{}\", \"work\": \"{work}\", \"step\": \"{step}\", \"images\": {done}, \"batch\": {batch}, \"seconds\": {secs:.3}, \"images_per_s\": {:.1}}}",
         ort.device,
         done as f64 / secs
     );

@@ -5,7 +5,9 @@
 # epoch and one PGD-7 AT epoch on 50,000 images; PyTorch in eager fp32 and bf16 autocast
 # (and torch.compile fp32 with GPU_BENCH_COMPILE=1). Peak GPU memory per run: the device's
 # used memory sampled by nvidia-smi every 100 ms, less what was in use before the run
-# (so CUDA context and allocator caches included, for both tools alike).
+# (so CUDA context and allocator caches included, for both tools alike). harden's PGD runs
+# twice: with its steps in the graph and the iterate bound on the device (the default on
+# CUDA), and with PGD's host loop (harden-pgd-hostloop).
 #
 # Usage: scripts/gpu-bench.sh [WORKDIR]
 #   BENCH_GPU  harden's benchmark binary (default: target/debug/examples/bench_gpu,
@@ -67,6 +69,11 @@ for work_kind in pgd fast pgd-at; do
   n=$N_TRAIN; [ "$work_kind" = pgd ] && n=$N_PGD
   if has harden; then
     run "harden-$work_kind" "$BENCH" --model "$MODEL" --device cuda --precision "${GPU_BENCH_PRECISION:-tf32}" --work "$work_kind" --images "$n" --batch 512
+    # PGD also with its host loop (a gradient graph run per step, the step on the host),
+    # against the default above: the step graph with the iterate bound on the device.
+    if [ "$work_kind" = pgd ]; then
+      run "harden-pgd-hostloop" "$BENCH" --model "$MODEL" --device cuda --precision "${GPU_BENCH_PRECISION:-tf32}" --work pgd --step host --images "$n" --batch 512
+    fi
   fi
   has torch || continue
   run "torch-fp32-$work_kind" "$PY" "$TORCH_SCRIPT" bench --work "$work_kind" --precision fp32 --images "$n"
@@ -84,7 +91,7 @@ print()
 print(f"{'work':8} {'run':22} {'images/s':>10} {'seconds':>9} {'peak MiB':>9} {'harden time / this':>19}")
 for w in ["pgd", "fast", "pgd-at"]:
     h = by.get(f"harden-{w}")
-    for name in [f"harden-{w}", f"torch-fp32-{w}", f"torch-bf16-{w}", f"torch-compile-{w}"]:
+    for name in [f"harden-{w}", f"harden-{w}-hostloop", f"torch-fp32-{w}", f"torch-bf16-{w}", f"torch-compile-{w}"]:
         r = by.get(name)
         if r is None:
             continue

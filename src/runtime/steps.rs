@@ -425,3 +425,28 @@ impl StepLoop for BoundLoop {
         Ok(done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The copy an iterate takes back from device memory (`Tensor::to`, through ONNX
+    /// Runtime's copy session) gives the values the session wrote, here from host memory
+    /// to host memory (no GPU here; on CUDA the same call copies device to host).
+    #[test]
+    fn iterates_come_back_through_the_copy_session() {
+        let Some(lib) = std::env::var_os("ORT_DYLIB_PATH") else {
+            eprintln!("skipping: ORT_DYLIB_PATH is not set");
+            return;
+        };
+        let loc = OrtLocator::standard(Some(lib.into()), None, None);
+        if super::super::ort_environment(&loc).is_err() {
+            eprintln!("skipping: ONNX Runtime does not load");
+            return;
+        }
+        let values: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let t = Tensor::from_array((vec![2usize, 3, 4], values.clone().into_boxed_slice())).unwrap();
+        assert_eq!(to_host(&t, false).unwrap(), values);
+        assert_eq!(to_host(&t, true).unwrap(), values);
+    }
+}

@@ -13,7 +13,8 @@
 #   checks and side of the benchmark, then the table; all (default): both.
 # Checks: the CUDA provider starts (`--device cuda`, and `auto` picks it); the same audits
 # on the CPU and on CUDA agree (clean accuracy exactly, robust accuracies within two
-# examples, and `cuda:0,0`, the batch split over two sessions, as `cuda:0`); a hardening
+# examples, and `cuda:0,0`, the batch split over two sessions, as `cuda:0`; PGD with its
+# steps bound on the device against PGD's host loop on the CPU); a hardening
 # run on CUDA; bad devices are refused with exit 2 (`cuda:7`, tract with cuda).
 # Logs and reports go to $OUT (default DIR/out) as well as stdout.
 set -uo pipefail
@@ -151,6 +152,11 @@ audit auto-fmnist "$M" auto
 "$PY" -c 'import json,sys; m=json.load(open(sys.argv[1]))["meta"]; print("auto ran on", m.get("device"), m.get("device_note",""))' "$OUT/auto-fmnist.json" 2>/dev/null
 audit split-fmnist "$M" cuda:0,0
 compare cuda-fmnist split-fmnist
+# PGD: on CUDA its steps run in the step graph with the iterate bound on the device
+# (oracle::StepMode::Bound), on the CPU in PGD's host loop.
+audit cpu-fmnist-pgd "$M" cpu --threads 8 --attacks pgd
+audit cuda-fmnist-pgd "$M" cuda --attacks pgd
+compare cpu-fmnist-pgd cuda-fmnist-pgd
 audit cpu-wong models/wong_cnn.onnx cpu --threads 8
 audit cuda-wong models/wong_cnn.onnx cuda
 compare cpu-wong cuda-wong

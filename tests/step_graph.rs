@@ -294,3 +294,66 @@ fn bound_runs_copy_the_iterate_once() {
         assert_eq!(first.kept.len(), n * len);
     }
 }
+
+/// A whole audit with PGD (two restarts, two radii, the first-adversarial pairs, the
+/// re-checks and the sanity probes) reports the same with PGD's steps bound on ONNX
+/// Runtime as with its host loop: every number and example, times apart.
+#[test]
+fn audits_report_the_same_with_bound_steps() {
+    use harden::audit::{run_audit, RobustPlan};
+    use harden::robust::{parse_attacks, AttackKnobs};
+    if !common::ort_available() {
+        return;
+    }
+    for net in [Net::Demo, Net::Mlp] {
+        let (model, data) = match net {
+            Net::Demo => ("models/fmnist_cnn.onnx", "data/fashion-mnist-slice"),
+            Net::Mlp => ("fixtures/mlp.onnx", "fixtures/data/tiny.npz"),
+        };
+        let root = common::root();
+        let m = harden::model::OnnxModel::load(&root.join(model)).unwrap();
+        let spec =
+            InputSpec::resolve(&m.classifier_input().unwrap(), &SpecArgs::default()).unwrap();
+        let knobs = AttackKnobs {
+            steps: Some(6),
+            restarts: 2,
+            seed: 5,
+            square_queries: None,
+        };
+        let (attacks, cascade) = parse_attacks("pgd", &knobs).unwrap();
+        let plan = RobustPlan {
+            norm: Norm::Linf,
+            eps: vec![0.02, 0.05],
+            attacks,
+            cascade,
+        };
+        let report = |mode: StepMode| {
+            let src = harden::data::open(root.join(data).to_str().unwrap(), None, None).unwrap();
+            let mut src = harden::data::limit(src, 96);
+            let mapping = DataMapping::new(&spec, src.example_shape(), src.kind()).unwrap();
+            let opts = common::options(RuntimeChoice::Ort);
+            let c = Classifier::open(&m, &spec, &mapping.example_shape, &opts).unwrap();
+            let mut o = ModelOracle::new(&m, &spec, c, &opts).unwrap();
+            o.set_step_mode(mode);
+            let a = run_audit(
+                &m,
+                &spec,
+                &mut o,
+                src.as_mut(),
+                data,
+                &mapping,
+                Some(&plan),
+                &mut |_| {},
+            )
+            .unwrap();
+            let mut v = serde_json::to_value(&a).unwrap();
+            v.as_object_mut().unwrap().remove("meta");
+            v
+        };
+        let host = report(StepMode::Host);
+        let bound = report(StepMode::Bound);
+        let robust = host["robust"]["results"].to_string();
+        assert!(robust.contains("robust_accuracy"), "{net:?}: {robust}");
+        assert_eq!(host, bound, "{net:?}");
+    }
+}

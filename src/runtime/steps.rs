@@ -445,7 +445,8 @@ mod tests {
             return;
         }
         let values: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
-        let t = Tensor::from_array((vec![2usize, 3, 4], values.clone().into_boxed_slice())).unwrap();
+        let t =
+            Tensor::from_array((vec![2usize, 3, 4], values.clone().into_boxed_slice())).unwrap();
         assert_eq!(to_host(&t, false).unwrap(), values);
         assert_eq!(to_host(&t, true).unwrap(), values);
     }

@@ -264,7 +264,7 @@ impl Oracle for ModelOracle {
             self.step_loops.insert(key, loops);
         }
         match self.step_loops.get_mut(&key) {
-            Some(Some(loops)) => loops.run(x, x0, &extra, job).map(Some),
+            Some(Some(loops)) => loops.run(x, x0, &extra, &[], job).map(Some),
             _ => Ok(None),
         }
     }

@@ -357,3 +357,111 @@ fn audits_report_the_same_with_bound_steps() {
         assert_eq!(host, bound, "{net:?}");
     }
 }
+
+/// Adversarial training (PGD-3 and FGSM-RS examples) with the attack's steps in the step
+/// graph (weights as its inputs, bound once per run of examples) trains the same weights
+/// as with the host loop, bit for bit on ONNX Runtime.
+#[test]
+fn training_with_steps_in_the_graph_trains_the_same_weights() {
+    use harden::autodiff::trainable_params;
+    use harden::train::{self, optim, Examples, HardenConfig, Method, TrainNet};
+    if !common::ort_available() {
+        return;
+    }
+    for net_kind in [Net::Demo, Net::Mlp] {
+        let (o, x, y) = open(net_kind, RuntimeChoice::Ort, 80);
+        let len = o.example_len();
+        drop(o);
+        let model = match net_kind {
+            Net::Demo => "models/fmnist_cnn.onnx",
+            Net::Mlp => "fixtures/mlp.onnx",
+        };
+        let m = harden::model::OnnxModel::load(&common::root().join(model)).unwrap();
+        let spec =
+            InputSpec::resolve(&m.classifier_input().unwrap(), &SpecArgs::default()).unwrap();
+        let shape: Vec<usize> = spec.model_shape[1..]
+            .iter()
+            .map(|d| d.fixed().unwrap())
+            .collect();
+        let set = Examples { x, y, len };
+        let threat = threat(Norm::Linf);
+        for (method, steps) in [(Method::Pgd, 3), (Method::Fast, 1)] {
+            let cfg = HardenConfig {
+                method,
+                norm: Norm::Linf,
+                eps: threat.eps,
+                train_eps: None,
+                epochs: 1,
+                batch_size: 32,
+                adv_ratio: 1.0,
+                attack_steps: steps,
+                step_size: None,
+                beta: 6.0,
+                optim: optim::OptimConfig {
+                    kind: optim::OptimizerKind::Sgd,
+                    lr: 0.01,
+                    momentum: 0.9,
+                    weight_decay: 5e-4,
+                    schedule: optim::Schedule::Cosine,
+                    warmup_steps: 0,
+                    total_steps: 0,
+                },
+                warmup_epochs: 0.0,
+                seed: 4,
+                val_steps: 1,
+                patience: None,
+            };
+            let train_with = |mode: StepMode| {
+                let opts = common::options(RuntimeChoice::Ort);
+                let mut net = TrainNet::new(
+                    spec.wrap(&m).unwrap(),
+                    &spec.input_name,
+                    &shape,
+                    10,
+                    trainable_params(&m.proto),
+                    &opts,
+                    32,
+                )
+                .unwrap();
+                net.set_step_mode(mode);
+                let none = Examples::default();
+                train::fit(
+                    &mut net,
+                    &set,
+                    &none,
+                    &threat,
+                    &cfg,
+                    None,
+                    None,
+                    &mut |_| {},
+                    &mut || 0.0,
+                )
+                .unwrap();
+                net.values.clone()
+            };
+            let before = TrainNet::new(
+                spec.wrap(&m).unwrap(),
+                &spec.input_name,
+                &shape,
+                10,
+                trainable_params(&m.proto),
+                &common::options(RuntimeChoice::Ort),
+                32,
+            )
+            .unwrap()
+            .values;
+            let host = train_with(StepMode::Host);
+            assert_ne!(
+                host, before,
+                "{net_kind:?} {method:?}: training moved nothing"
+            );
+            for mode in [StepMode::Graph, StepMode::Bound] {
+                let w = train_with(mode);
+                assert!(
+                    w == host,
+                    "{net_kind:?} {method:?} {mode:?}: other weights than the host loop's"
+                );
+            }
+        }
+    }
+}

@@ -72,13 +72,15 @@ impl StepLoops {
     }
 
     /// Runs `job.steps` steps from `x` around `x0` (`n` examples each), the loss head's
-    /// inputs `heads` (`n * classes` values each): per example, the first judged
-    /// adversarial step and its iterate, and the last iterate.
+    /// inputs `heads` (`n * classes` values each) and the graph's inputs after them
+    /// (`shared`, whole to every run: the weights of a model being trained): per example,
+    /// the first judged adversarial step and its iterate, and the last iterate.
     pub fn run(
         &mut self,
         x: &[f32],
         x0: &[f32],
         heads: &[Vec<f32>],
+        shared: &[ArrayViewD<'_, f32>],
         job: &StepJob<'_>,
     ) -> Result<StepsDone> {
         let len: usize = self.example.iter().product();
@@ -123,6 +125,7 @@ impl StepLoops {
                         x: &x[a * len..b * len],
                         x0: &x0[a * len..b * len],
                         heads: &hs,
+                        shared,
                         size,
                         example: shape,
                         classes: k,
@@ -166,6 +169,7 @@ struct Run<'a> {
     x: &'a [f32],
     x0: &'a [f32],
     heads: &'a [&'a [f32]],
+    shared: &'a [ArrayViewD<'a, f32>],
     size: usize,
     example: &'a [usize],
     classes: usize,
@@ -254,6 +258,7 @@ impl StepLoop for HostLoop {
         for t in 0..job.steps {
             let mut inputs = vec![x.view(), x0.view()];
             inputs.extend(heads.iter().map(|h| h.view()));
+            inputs.extend(run.shared.iter().map(|v| v.view()));
             let mut out = self.runtime.run(&inputs)?;
             done.copies_in += 1;
             done.copies_out += 1;
@@ -284,7 +289,8 @@ struct BoundLoop {
     /// The CUDA device the session runs on, if any.
     cuda: Option<usize>,
     x_name: String,
-    head_names: Vec<String>,
+    /// The inputs after X and x0: the head's, then the shared ones.
+    rest_names: Vec<String>,
 }
 
 impl BoundLoop {
@@ -305,7 +311,7 @@ impl BoundLoop {
         Ok(BoundLoop {
             cuda: loc.device.cuda_ids().first().copied(),
             x_name: names[0].clone(),
-            head_names: names[2..].to_vec(),
+            rest_names: names[2..].to_vec(),
             session,
         })
     }
@@ -350,10 +356,24 @@ impl StepLoop for BoundLoop {
         binding
             .bind_input(X0, &host(run.x0, &shape)?)
             .map_err(ort_err("binding x0"))?;
-        for (name, h) in self.head_names.iter().zip(run.heads) {
+        if self.rest_names.len() != run.heads.len() + run.shared.len() {
+            bail!(
+                "the step graph takes {} inputs after x0, given {}",
+                self.rest_names.len(),
+                run.heads.len() + run.shared.len()
+            );
+        }
+        let (head_names, shared_names) = self.rest_names.split_at(run.heads.len());
+        for (name, h) in head_names.iter().zip(run.heads) {
             binding
                 .bind_input(name.as_str(), &host(h, &[run.size, run.classes])?)
                 .map_err(ort_err("binding a loss input"))?;
+        }
+        for (name, v) in shared_names.iter().zip(run.shared) {
+            let t = Tensor::from_array(v.to_owned()).map_err(ort_err("a shared input"))?;
+            binding
+                .bind_input(name.as_str(), &t)
+                .map_err(ort_err("binding a shared input"))?;
         }
         binding
             .bind_input(self.x_name.as_str(), &host(run.x, &shape)?)

@@ -252,6 +252,13 @@ fn perturb(
     steps: usize,
     alpha: f32,
 ) -> Result<Vec<f32>> {
+    let rule = crate::autodiff::step::StepRule {
+        threat: *threat,
+        alpha,
+    };
+    if let Some(x) = net.run_steps(kind, heads, x0, &x, &rule, steps)? {
+        return Ok(x);
+    }
     let len = net.example_len();
     let n = x0.len() / len;
     let alphas = vec![alpha; n];

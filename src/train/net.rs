@@ -12,11 +12,12 @@ use anyhow::{anyhow, bail, Result};
 use ndarray::{Array2, ArrayD, ArrayViewD, IxDyn};
 
 use crate::attack::{Head, LossGrad, Oracle};
+use crate::autodiff::step::{self, StepJob, StepRule};
 use crate::autodiff::{self, LossKind, Wrt};
 use crate::classifier::RunOptions;
 use crate::model::pb;
-use crate::oracle::head_inputs;
-use crate::runtime::{self, first_rows, Join, Runtime, Split};
+use crate::oracle::{head_inputs, StepMode};
+use crate::runtime::{self, first_rows, Join, Runtime, Split, StepLoops};
 
 /// What a gradient-graph run gives back.
 pub struct GraphOut {
@@ -44,6 +45,11 @@ pub struct TrainNet {
     /// Most examples per graph run (see [`runtime::chunk_for`]), found when the first
     /// gradient graph opens.
     pub(crate) chunk: Option<usize>,
+    /// How the training attacks' steps run (see [`TrainNet::run_steps`]).
+    step_mode: StepMode,
+    /// Step graphs (weights as inputs) by loss kind, step rule and run size; `None`
+    /// where the model's opset has none.
+    step_loops: HashMap<(LossKind, [u32; 5], usize), Option<StepLoops>>,
 }
 
 impl TrainNet {
@@ -89,7 +95,93 @@ impl TrainNet {
             forward: None,
             graphs: HashMap::new(),
             chunk: None,
+            step_mode: if opts.ort.device.cuda_ids().is_empty() {
+                StepMode::Host
+            } else {
+                StepMode::Bound
+            },
+            step_loops: HashMap::new(),
         })
+    }
+
+    /// Sets how the training attacks' steps run (default: `Bound` on CUDA, else `Host`).
+    pub fn set_step_mode(&mut self, mode: StepMode) {
+        self.step_mode = mode;
+    }
+
+    /// `steps` attack steps from `x` around `x0` under the loss `kind` (head inputs
+    /// `heads`), each as [`crate::attack::Threat::ascend`] then `project` take it, run
+    /// in the runtime as a step graph with the current weights (bound once per run of
+    /// examples with the step mode `Bound`): the last iterate, or `None` with the step
+    /// mode `Host` (or a model whose opset has no step graph), for the caller's loop.
+    pub fn run_steps(
+        &mut self,
+        kind: LossKind,
+        heads: &[Vec<f32>],
+        x0: &[f32],
+        x: &[f32],
+        rule: &StepRule,
+        steps: usize,
+    ) -> Result<Option<Vec<f32>>> {
+        if self.step_mode == StepMode::Host || steps == 0 {
+            return Ok(None);
+        }
+        let n = x.len() / self.example_len().max(1);
+        let chunk = *self.chunk.get_or_insert_with(|| {
+            runtime::chunk_for(
+                &self.proto,
+                &self.input,
+                &self.example_shape,
+                &self.opts.ort,
+            )
+        });
+        // Runs of the gradient graphs' size, at least one per thread (or device).
+        let ways = match self.opts.ort.device.cuda_ids().len() {
+            0 => self.opts.threads.max(1),
+            d => d,
+        };
+        let mut size = chunk.min(n.max(1));
+        if n / ways >= runtime::MIN_PART {
+            size = size.min(n.div_ceil(ways));
+        }
+        let key = (kind, rule.key(), size);
+        if !self.step_loops.contains_key(&key) {
+            let g = autodiff::training_graph_wrt(
+                &self.proto,
+                &self.input,
+                &self.example_shape,
+                size,
+                kind,
+                &self.params,
+                Wrt::INPUT,
+            )?;
+            let loops = match step::step_graph(&g.grad, &self.input, rule) {
+                Ok(p) => Some(StepLoops::open(
+                    self.opts.runtime,
+                    self.step_mode == StepMode::Bound,
+                    &prost::Message::encode_to_vec(&p),
+                    size,
+                    &self.example_shape,
+                    self.num_classes,
+                    self.opts.threads,
+                    &self.opts.ort,
+                )?),
+                Err(_) => None,
+            };
+            self.step_loops.insert(key, loops);
+        }
+        let Some(Some(loops)) = self.step_loops.get_mut(&key) else {
+            return Ok(None);
+        };
+        let never = |_: usize, _: &[f32]| false;
+        let job = StepJob {
+            steps,
+            judge_from: steps,
+            stop_early: false,
+            judge: &never,
+        };
+        let weights: Vec<ArrayViewD<'_, f32>> = self.values.iter().map(|v| v.view()).collect();
+        Ok(Some(loops.run(x, x0, heads, &weights, &job)?.last))
     }
 
     pub fn shapes(&self) -> Vec<Vec<usize>> {

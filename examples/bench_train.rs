@@ -4,11 +4,13 @@
 //! Usage: cargo run --example bench_train -- [--runtime ort|tract] [--images 60000]
 //!        [--method pgd|fast|mixed|trades] [--steps 7] [--batch 128] [--threads 2]
 //!        [--model models/fmnist_cnn.onnx|models/wong_cnn.onnx]
-//!        [--floor]
+//!        [--floor] [--step host|graph|bound]
 //! With `--floor` (pgd and fast) it then also times the epoch's gradient-graph runs alone
 //! (per batch, the attack's input-gradient runs and the one weight-gradient run, on the
 //! clean images, no projection and no optimiser step): the floor set by the runtime, like
 //! bench_pgd's graph-only figure (null without it: it takes as long as the epoch).
+//! `--step`: how the training attack's steps run (`oracle::StepMode`; default the
+//! network's: bound on CUDA, the host loop on the CPU).
 mod common;
 
 use std::time::Instant;
@@ -16,7 +18,7 @@ use std::time::Instant;
 use harden::attack::{Norm, Oracle, Threat};
 use harden::autodiff::trainable_params;
 use harden::autodiff::LossKind;
-use harden::oracle::onehot;
+use harden::oracle::{onehot, StepMode};
 
 use harden::train::{self, optim, Examples, HardenConfig, Method, TrainNet};
 
@@ -55,6 +57,14 @@ fn main() -> anyhow::Result<()> {
         &opts,
         batch,
     )?;
+    let step = get("--step", "");
+    match step.as_str() {
+        "" => {}
+        "host" => net.set_step_mode(StepMode::Host),
+        "graph" => net.set_step_mode(StepMode::Graph),
+        "bound" => net.set_step_mode(StepMode::Bound),
+        s => anyhow::bail!("--step {s}: expected host, graph or bound"),
+    }
     let cfg = HardenConfig {
         method,
         norm: Norm::Linf,
@@ -140,7 +150,7 @@ fn main() -> anyhow::Result<()> {
     let or_null =
         |v: Option<f64>, digits: usize| v.map_or("null".to_string(), |v| format!("{v:.digits$}"));
     println!(
-        "{{\"tool\": \"harden-{}\", \"model\": {:?}, \"work\": \"train-{}{}\", \"images\": {trained}, \"batch\": {batch}, \"threads\": {threads}, \"images_per_s\": {:.1}, \"graph_only_images_per_s\": {}, \"overhead_over_graph\": {}, \"epochs\": {}}}",
+        "{{\"tool\": \"harden-{}\", \"model\": {:?}, \"work\": \"train-{}{}\", \"images\": {trained}, \"batch\": {batch}, \"threads\": {threads}, \"step\": {step:?}, \"images_per_s\": {:.1}, \"graph_only_images_per_s\": {}, \"overhead_over_graph\": {}, \"epochs\": {}}}",
         net.runtime_name()?,
         common::model_path(),
         method.name(),

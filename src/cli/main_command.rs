@@ -201,11 +201,7 @@ fn check_flags(a: &HardenArgs, env: &Env) -> Result<Flags> {
     };
     let opts = RunOptions {
         runtime: a.runtime,
-        threads: a.threads.unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        }),
+        threads: super::threads_or_all(a.threads),
         batch_size: a.batch_size,
         ort,
     };

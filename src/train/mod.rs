@@ -28,6 +28,7 @@ pub mod bn;
 pub mod checkpoint;
 pub mod net;
 pub mod optim;
+pub mod optim_graph;
 pub mod qdq;
 
 pub use net::TrainNet;

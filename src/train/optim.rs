@@ -87,9 +87,17 @@ pub struct Optimizer {
     pub t: u64,
 }
 
-const BETA1: f32 = 0.9;
-const BETA2: f32 = 0.999;
-const ADAM_EPS: f32 = 1e-8;
+pub(crate) const BETA1: f32 = 0.9;
+pub(crate) const BETA2: f32 = 0.999;
+pub(crate) const ADAM_EPS: f32 = 1e-8;
+
+/// The scalars of one step: its learning rate, and Adam's bias corrections 1 - beta^t.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepScalars {
+    pub lr: f32,
+    pub c1: f32,
+    pub c2: f32,
+}
 
 impl Optimizer {
     /// An optimiser for parameters of these shapes.
@@ -107,10 +115,22 @@ impl Optimizer {
         }
     }
 
-    /// One update of `params` along the mean gradients `grads`.
-    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) {
+    /// Counts a step and returns its scalars (the host's [`Optimizer::step`] and the
+    /// graph's, `optim_graph`, both take them from here).
+    pub fn advance(&mut self) -> StepScalars {
         let lr = self.cfg.lr_at(self.t);
         self.t += 1;
+        let t = self.t as i32;
+        StepScalars {
+            lr,
+            c1: 1.0 - BETA1.powi(t),
+            c2: 1.0 - BETA2.powi(t),
+        }
+    }
+
+    /// One update of `params` along the mean gradients `grads`.
+    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) {
+        let StepScalars { lr, c1, c2 } = self.advance();
         let wd = self.cfg.weight_decay;
         match self.cfg.kind {
             OptimizerKind::Sgd => {
@@ -124,9 +144,6 @@ impl Optimizer {
                 }
             }
             OptimizerKind::Adam => {
-                let t = self.t as i32;
-                let c1 = 1.0 - BETA1.powi(t);
-                let c2 = 1.0 - BETA2.powi(t);
                 for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
                     let d = if self.decay[i] { wd } else { 0.0 };
                     let (m, v) = (&mut self.m[i], &mut self.v[i]);

@@ -1,4 +1,5 @@
-//! The optimiser step on the host (`Optimizer::step`) against the same step as an ONNX
+//! The optimiser step on the host (`Optimizer::step_on`, 1 and --threads threads) against
+//! the same step as an ONNX
 //! graph (`train::optim_graph`) run by a runtime on host arrays, for the parameter
 //! shapes of a CIFAR PreActResNet-18 (11.2 M values): what the graph costs where it cannot
 //! keep the weights on a device (on a GPU it saves copying weights in and gradients out).
@@ -63,13 +64,16 @@ fn main() -> anyhow::Result<()> {
         .map(|s| vec![0.01; s.iter().product()])
         .collect();
     let g: Vec<Vec<f32>> = w.iter().map(|p| vec![0.001; p.len()]).collect();
-    let t0 = Instant::now();
-    for _ in 0..steps {
-        let mut views: Vec<&mut [f32]> = w.iter_mut().map(|v| v.as_mut_slice()).collect();
-        let gviews: Vec<&[f32]> = g.iter().map(Vec::as_slice).collect();
-        host.step(&mut views, &gviews);
+    let mut host_ms = [0.0; 2];
+    for (k, t) in [1, threads].into_iter().enumerate() {
+        let t0 = Instant::now();
+        for _ in 0..steps {
+            let mut views: Vec<&mut [f32]> = w.iter_mut().map(|v| v.as_mut_slice()).collect();
+            let gviews: Vec<&[f32]> = g.iter().map(Vec::as_slice).collect();
+            host.step_on(&mut views, &gviews, t);
+        }
+        host_ms[k] = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
     }
-    let host_ms = t0.elapsed().as_secs_f64() * 1e3 / steps as f64;
 
     let bytes = optim_graph::build(kind, 0.9, 5e-4, &shapes, &dev.decay);
     let loc = OrtLocator::standard(
@@ -124,10 +128,12 @@ fn main() -> anyhow::Result<()> {
     }
     graph_ms /= steps as f64;
     println!(
-        "optimiser step ({kind:?}, {} tensors, {:.1} M values): host {host_ms:.1} ms, graph on {choice:?} ({threads} threads) {graph_ms:.1} ms, graph/host {:.2}x",
+        "optimiser step ({kind:?}, {} tensors, {:.1} M values): host {:.1} ms on 1 thread, {:.1} ms on {threads}; graph on {choice:?} ({threads} threads) {graph_ms:.1} ms, graph/host {:.2}x",
         shapes.len(),
         total as f64 / 1e6,
-        graph_ms / host_ms
+        host_ms[0],
+        host_ms[1],
+        graph_ms / host_ms[1]
     );
     Ok(())
 }

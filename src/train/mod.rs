@@ -389,6 +389,7 @@ fn train_step(
         .into_iter()
         .map(|g| g.into_iter().map(|v| v * scale).collect())
         .collect();
+    let threads = net.threads();
     let mut views: Vec<&mut [f32]> = net
         .values
         .iter_mut()
@@ -398,7 +399,7 @@ fn train_step(
         })
         .collect::<Result<_>>()?;
     let gviews: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
-    opt.step(&mut views, &gviews);
+    opt.step_on(&mut views, &gviews, threads);
     Ok(stats)
 }
 

@@ -11,6 +11,11 @@
 # measures correctness and the per-shard overhead (reading and mapping the whole data,
 # opening the model and its gradient graphs, shard 0's extra sanity probes) more than
 # speed. Needs a build (release, else the optimised dev build) and jq.
+#
+# With RAY_PYTHON=/path/to/python (a Python with `ray` installed) it also starts a local
+# Ray cluster (`ray start --head --num-cpus S`), runs the same audit through
+# scripts/ray-audit.py as S shards of T/S threads, stops the cluster, and checks that
+# report too against the unsharded one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-net.sh
@@ -55,7 +60,33 @@ printf '  sharded / one:                   %8.2fx\n' "$(echo "($shards + $merge)
 sum=$(cat "$W"/t* | paste -sd+ | bc)
 printf '  overhead per shard (sum of shard times x threads per shard / (one x threads) - 1) / S: %+.1f%%\n' \
   "$(echo "100 * (($sum * $per) / ($one * $T) - 1) / $S" | bc -l)"
-same_json=$(jq -S 'del(.meta)' "$W/one/report.json" | cmp -s - <(jq -S 'del(.meta)' "$W/merged/report.json") && echo yes || echo NO)
-same_md=$(cmp -s <(sed '/<!-- meta: volatile -->/,$d' "$W/one/report.md") <(sed '/<!-- meta: volatile -->/,$d' "$W/merged/report.md") && echo yes || echo NO)
-printf '  merged report equals the unsharded one: JSON %s, Markdown %s\n' "$same_json" "$same_md"
-[ "$same_json" = yes ] && [ "$same_md" = yes ]
+same() {  # same DIR: the report in DIR equals the unsharded one (JSON apart from meta, Markdown)
+  local j m
+  j=$(jq -S 'del(.meta)' "$W/one/report.json" | cmp -s - <(jq -S 'del(.meta)' "$1/report.json") && echo yes || echo NO)
+  m=$(cmp -s <(sed '/<!-- meta: volatile -->/,$d' "$W/one/report.md") <(sed '/<!-- meta: volatile -->/,$d' "$1/report.md") && echo yes || echo NO)
+  printf 'JSON %s, Markdown %s' "$j" "$m"
+  [ "$j" = yes ] && [ "$m" = yes ]
+}
+ok=0
+printf '  merged report equals the unsharded one: %s\n' "$(same "$W/merged")"
+same "$W/merged" > /dev/null || ok=1
+
+if [ -n "${RAY_PYTHON:-}" ]; then
+  RAY="$(dirname "$RAY_PYTHON")/ray"
+  "$RAY" start --head --num-cpus "$S" --include-dashboard=false > "$W/ray-start.log" 2>&1
+  trap '"$RAY" stop > /dev/null 2>&1; rm -rf "$W"' EXIT
+  r0=$(now)
+  "$RAY_PYTHON" scripts/ray-audit.py "$MODEL" --data data/fashion-mnist-slice --shards "$S" \
+    --address auto --harden "$H" --work "$W/ray-work" --report "$W/ray" -- \
+    --limit "$N" --runtime "$RUNTIME" --eps "${5:-0.02}" --attacks standard --seed 1 \
+    --threads "$per" > /dev/null 2> "$W/ray.log"
+  r1=$(now)
+  "$RAY" stop > /dev/null 2>&1
+  ray=$(echo "$r1 - $r0" | bc)
+  printf '  Ray, local cluster of %s CPUs, %s shards (launch, tasks, gather, merge): %8.2f s\n' "$S" "$S" "$ray"
+  grep -E '^shard [0-9]+/' "$W/ray.log" | sed 's/^/    /'
+  printf '  Ray / one:                       %8.2fx\n' "$(echo "$ray / $one" | bc -l)"
+  printf '  Ray report equals the unsharded one: %s\n' "$(same "$W/ray")"
+  same "$W/ray" > /dev/null || ok=1
+fi
+exit $ok

@@ -741,15 +741,20 @@ impl RunArgs {
         }
         Ok(RunOptions {
             runtime: self.runtime,
-            threads: self.threads.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            }),
+            threads: threads_or_all(self.threads),
             batch_size: self.batch_size,
             ort: resolve_device(env, &self.device, self.precision, self.runtime)?,
         })
     }
+}
+
+/// `--threads`, or every core the process may use.
+fn threads_or_all(given: Option<usize>) -> usize {
+    given.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
 }
 
 /// `env`'s locator with `device` checked for `runtime` (see [`OrtLocator::resolve`]);

@@ -9,3 +9,28 @@ pub fn assert_close(want: &[f32], got: &[f32], rel: f32, what: &str) {
         assert!((u - v).abs() <= rel * scale, "{what}[{i}]: {u} vs {v}");
     }
 }
+
+/// The ONNX Runtime locator of the environment (`ORT_DYLIB_PATH`, then harden's cache).
+pub fn ort_locator() -> crate::runtime::OrtLocator {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    crate::runtime::OrtLocator::standard(
+        std::env::var_os("ORT_DYLIB_PATH").map(Into::into),
+        home.as_deref(),
+        None,
+    )
+}
+
+/// tract, and ONNX Runtime where its library loads (`HARDEN_REQUIRE_ORT` makes its
+/// absence a failure instead of a skip).
+pub fn runtimes() -> Vec<crate::runtime::RuntimeChoice> {
+    use crate::runtime::{ort_status, RuntimeChoice};
+    let mut r = vec![RuntimeChoice::Tract];
+    match ort_status(&ort_locator()) {
+        Ok(_) => r.push(RuntimeChoice::Ort),
+        Err(e) if std::env::var_os("HARDEN_REQUIRE_ORT").is_some() => {
+            panic!("HARDEN_REQUIRE_ORT is set but ONNX Runtime does not load: {e}")
+        }
+        Err(_) => eprintln!("ONNX Runtime not loaded: tract only"),
+    }
+    r
+}

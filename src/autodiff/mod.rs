@@ -24,7 +24,7 @@ use anyhow::{anyhow, bail, Result};
 
 use crate::model::{self, pb, Dim};
 
-mod builder;
+pub(crate) mod builder;
 mod heads;
 mod rules;
 mod shapes;

@@ -28,6 +28,7 @@ pub mod bn;
 pub mod checkpoint;
 pub mod net;
 pub mod optim;
+pub mod optim_graph;
 pub mod qdq;
 
 pub use net::TrainNet;
@@ -395,6 +396,7 @@ fn train_step(
         .into_iter()
         .map(|g| g.into_iter().map(|v| v * scale).collect())
         .collect();
+    let threads = net.threads();
     let mut views: Vec<&mut [f32]> = net
         .values
         .iter_mut()
@@ -404,7 +406,7 @@ fn train_step(
         })
         .collect::<Result<_>>()?;
     let gviews: Vec<&[f32]> = grads.iter().map(Vec::as_slice).collect();
-    opt.step(&mut views, &gviews);
+    opt.step_on(&mut views, &gviews, threads);
     Ok(stats)
 }
 

@@ -184,6 +184,11 @@ impl TrainNet {
         Ok(Some(loops.run(x, x0, heads, &weights, &job)?.last))
     }
 
+    /// Host threads the run options allow (the optimiser's step uses them too).
+    pub fn threads(&self) -> usize {
+        self.opts.threads
+    }
+
     pub fn shapes(&self) -> Vec<Vec<usize>> {
         self.values.iter().map(|v| v.shape().to_vec()).collect()
     }

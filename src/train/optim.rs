@@ -87,9 +87,17 @@ pub struct Optimizer {
     pub t: u64,
 }
 
-const BETA1: f32 = 0.9;
-const BETA2: f32 = 0.999;
-const ADAM_EPS: f32 = 1e-8;
+pub(crate) const BETA1: f32 = 0.9;
+pub(crate) const BETA2: f32 = 0.999;
+pub(crate) const ADAM_EPS: f32 = 1e-8;
+
+/// The scalars of one step: its learning rate, and Adam's bias corrections 1 - beta^t.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepScalars {
+    pub lr: f32,
+    pub c1: f32,
+    pub c2: f32,
+}
 
 impl Optimizer {
     /// An optimiser for parameters of these shapes.
@@ -107,40 +115,98 @@ impl Optimizer {
         }
     }
 
-    /// One update of `params` along the mean gradients `grads`.
-    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) {
+    /// Counts a step and returns its scalars (the host's [`Optimizer::step`] and the
+    /// graph's, `optim_graph`, both take them from here).
+    pub fn advance(&mut self) -> StepScalars {
         let lr = self.cfg.lr_at(self.t);
         self.t += 1;
-        let wd = self.cfg.weight_decay;
-        match self.cfg.kind {
-            OptimizerKind::Sgd => {
-                let mu = self.cfg.momentum;
-                for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-                    let d = if self.decay[i] { wd } else { 0.0 };
-                    for ((w, gw), m) in p.iter_mut().zip(g.iter()).zip(self.m[i].iter_mut()) {
-                        *m = mu * *m + gw + d * *w;
-                        *w -= lr * *m;
-                    }
-                }
-            }
-            OptimizerKind::Adam => {
-                let t = self.t as i32;
-                let c1 = 1.0 - BETA1.powi(t);
-                let c2 = 1.0 - BETA2.powi(t);
-                for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-                    let d = if self.decay[i] { wd } else { 0.0 };
-                    let (m, v) = (&mut self.m[i], &mut self.v[i]);
-                    for (j, (w, gw)) in p.iter_mut().zip(g.iter()).enumerate() {
-                        m[j] = BETA1 * m[j] + (1.0 - BETA1) * gw;
-                        v[j] = BETA2 * v[j] + (1.0 - BETA2) * gw * gw;
-                        let mh = m[j] / c1;
-                        let vh = v[j] / c2;
-                        *w -= lr * (mh / (vh.sqrt() + ADAM_EPS) + d * *w);
-                    }
-                }
-            }
+        let t = self.t as i32;
+        StepScalars {
+            lr,
+            c1: 1.0 - BETA1.powi(t),
+            c2: 1.0 - BETA2.powi(t),
         }
     }
+
+    /// One update of `params` along the mean gradients `grads`.
+    pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) {
+        self.step_on(params, grads, 1);
+    }
+
+    /// [`Optimizer::step`] on up to `threads` threads: the values cut into pieces of
+    /// `PIECE`, dealt out in turn. Each value's update is the same arithmetic whatever the
+    /// threads, so the result is too.
+    pub fn step_on(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]], threads: usize) {
+        const PIECE: usize = 1 << 16;
+        let StepScalars { lr, c1, c2 } = self.advance();
+        let (wd, mu) = (self.cfg.weight_decay, self.cfg.momentum);
+        let mut v_iter = self.v.iter_mut();
+        let mut pieces: Vec<Piece<'_>> = vec![];
+        for (i, ((p, g), m)) in params
+            .iter_mut()
+            .zip(grads)
+            .zip(self.m.iter_mut())
+            .enumerate()
+        {
+            let d = if self.decay[i] { wd } else { 0.0 };
+            let v = v_iter.next();
+            let mut vs = v.map(|v| v.chunks_mut(PIECE));
+            for ((w, g), m) in p
+                .chunks_mut(PIECE)
+                .zip(g.chunks(PIECE))
+                .zip(m.chunks_mut(PIECE))
+            {
+                let v = vs.as_mut().and_then(|c| c.next());
+                pieces.push(Piece { w, g, m, v, d });
+            }
+        }
+        // Adam's pieces carry a second moment, SGD's none.
+        let update = |piece: Piece<'_>| match piece.v {
+            None => {
+                let d = piece.d;
+                for ((w, gw), m) in piece.w.iter_mut().zip(piece.g).zip(piece.m.iter_mut()) {
+                    *m = mu * *m + gw + d * *w;
+                    *w -= lr * *m;
+                }
+            }
+            Some(v) => {
+                let d = piece.d;
+                // Zipped slices (no bounds checks), so the loop vectorises.
+                for (((w, gw), m), v) in piece.w.iter_mut().zip(piece.g).zip(piece.m).zip(v) {
+                    *m = BETA1 * *m + (1.0 - BETA1) * gw;
+                    *v = BETA2 * *v + (1.0 - BETA2) * gw * gw;
+                    let mh = *m / c1;
+                    let vh = *v / c2;
+                    *w -= lr * (mh / (vh.sqrt() + ADAM_EPS) + d * *w);
+                }
+            }
+        };
+        let threads = threads.clamp(1, pieces.len().max(1));
+        if threads == 1 {
+            pieces.into_iter().for_each(update);
+            return;
+        }
+        let mut shares: Vec<Vec<Piece<'_>>> = (0..threads).map(|_| vec![]).collect();
+        for (k, piece) in pieces.into_iter().enumerate() {
+            shares[k % threads].push(piece);
+        }
+        std::thread::scope(|s| {
+            for share in shares {
+                s.spawn(|| share.into_iter().for_each(update));
+            }
+        });
+    }
+}
+
+/// A stretch of one parameter's values and its gradient and state, updated together.
+struct Piece<'a> {
+    w: &'a mut [f32],
+    g: &'a [f32],
+    m: &'a mut [f32],
+    /// Adam's second moment (none for SGD).
+    v: Option<&'a mut [f32]>,
+    /// The weight decay of this parameter (0 for biases).
+    d: f32,
 }
 
 #[cfg(test)]
@@ -180,6 +246,38 @@ mod tests {
         opt.step(&mut [&mut w], &[&[0.5, -2.0, 1e-3]]);
         for (v, s) in w.iter().zip([-1.0f32, 1.0, -1.0]) {
             assert!((v - (1.0 + 0.1 * s)).abs() < 1e-4, "{w:?}");
+        }
+    }
+
+    /// The threaded step is the one-thread step, bit for bit, on tensors cut into several
+    /// pieces (and one smaller than a piece).
+    #[test]
+    fn threads_do_not_change_the_step() {
+        let shapes = [vec![3, 50_000], vec![7], vec![2, 1 << 16]];
+        for kind in [OptimizerKind::Sgd, OptimizerKind::Adam] {
+            let mut c = cfg(kind);
+            c.weight_decay = 0.01;
+            let mut one = Optimizer::new(c.clone(), &shapes);
+            let mut many = Optimizer::new(c, &shapes);
+            let mut rng = crate::rng::Rng::new(3);
+            let mut w1: Vec<Vec<f32>> = shapes
+                .iter()
+                .map(|s| (0..s.iter().product()).map(|_| rng.normal()).collect())
+                .collect();
+            let mut w3 = w1.clone();
+            for _ in 0..3 {
+                let g: Vec<Vec<f32>> = w1
+                    .iter()
+                    .map(|p| p.iter().map(|_| rng.normal()).collect())
+                    .collect();
+                let gv: Vec<&[f32]> = g.iter().map(Vec::as_slice).collect();
+                let mut v1: Vec<&mut [f32]> = w1.iter_mut().map(|v| v.as_mut_slice()).collect();
+                one.step_on(&mut v1, &gv, 1);
+                let mut v3: Vec<&mut [f32]> = w3.iter_mut().map(|v| v.as_mut_slice()).collect();
+                many.step_on(&mut v3, &gv, 3);
+            }
+            assert_eq!(w1, w3, "{kind:?}");
+            assert_eq!(one, many, "{kind:?}");
         }
     }
 

@@ -8,7 +8,7 @@
 //! loop's work), default 10,000 images. `fast`: one Fast-AT epoch (FGSM with a random
 //! start, eps 8/255), `pgd-at`: one PGD-7 adversarial-training epoch (SGD, momentum 0.9),
 //! default 50,000 images. A warm-up batch first builds and opens the graphs (not timed).
-//! `--step` (pgd): how PGD's steps run (`oracle::StepMode`; default the oracle's: bound,
+//! `--step` (pgd): how PGD's steps run (`runtime::StepMode`; default the oracle's: bound,
 //! the iterate kept on the device, on CUDA; PGD's host loop on the CPU).
 mod common;
 
@@ -18,8 +18,9 @@ use harden::attack::pgd::{pgd, PgdConfig};
 use harden::attack::{Norm, Threat};
 use harden::autodiff::trainable_params;
 use harden::classifier::{Classifier, RunOptions};
-use harden::oracle::{ModelOracle, StepMode};
+use harden::oracle::ModelOracle;
 use harden::runtime::Device;
+use harden::runtime::StepMode;
 use harden::spec::{InputSpec, SpecArgs};
 use harden::train::{self, optim, Examples, HardenConfig, Method, TrainNet};
 
@@ -45,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         threads: get("--threads", "2").parse()?,
         batch_size: batch,
         ort: ort.clone(),
+        step_loop: None,
     };
     let model_path = common::model_path();
     let model = harden::model::OnnxModel::load(std::path::Path::new(&model_path))?;

@@ -7,7 +7,7 @@
 //! a plain PGD loop, what other tools do); with `--stop-when-broken`, as harden's audits run
 //! it: an example leaves the batch once broken (same outcome, fewer runs). The overhead
 //! ratio always compares the every-step attack with the graph runs. `--step` says how
-//! PGD's steps run (`oracle::StepMode`): PGD's loop on the host (default), the step graph
+//! PGD's steps run (`runtime::StepMode`): PGD's loop on the host (default), the step graph
 //! step by step on host arrays, or bound (ONNX Runtime's IoBinding, one copy in and out
 //! per run of examples).
 mod common;
@@ -17,7 +17,8 @@ use std::time::Instant;
 use harden::attack::pgd::{pgd, PgdConfig};
 use harden::attack::{Head, Norm, Oracle, Threat};
 use harden::classifier::Classifier;
-use harden::oracle::{ModelOracle, StepMode};
+use harden::oracle::ModelOracle;
+use harden::runtime::StepMode;
 
 fn main() -> anyhow::Result<()> {
     let get = common::arg;

@@ -9,7 +9,7 @@
 //! (per batch, the attack's input-gradient runs and the one weight-gradient run, on the
 //! clean images, no projection and no optimiser step): the floor set by the runtime, like
 //! bench_pgd's graph-only figure (null without it: it takes as long as the epoch).
-//! `--step`: how the training attack's steps run (`oracle::StepMode`; default the
+//! `--step`: how the training attack's steps run (`runtime::StepMode`; default the
 //! network's: bound on CUDA, the host loop on the CPU).
 mod common;
 
@@ -18,7 +18,8 @@ use std::time::Instant;
 use harden::attack::{Norm, Oracle, Threat};
 use harden::autodiff::trainable_params;
 use harden::autodiff::LossKind;
-use harden::oracle::{onehot, StepMode};
+use harden::oracle::onehot;
+use harden::runtime::StepMode;
 
 use harden::train::{self, optim, Examples, HardenConfig, Method, TrainNet};
 

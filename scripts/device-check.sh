@@ -153,7 +153,7 @@ audit auto-fmnist "$M" auto
 audit split-fmnist "$M" cuda:0,0
 compare cuda-fmnist split-fmnist
 # PGD: on CUDA its steps run in the step graph with the iterate bound on the device
-# (oracle::StepMode::Bound), on the CPU in PGD's host loop.
+# (runtime::StepMode::Bound), on the CPU in PGD's host loop.
 audit cpu-fmnist-pgd "$M" cpu --threads 8 --attacks pgd
 audit cuda-fmnist-pgd "$M" cuda --attacks pgd
 compare cpu-fmnist-pgd cuda-fmnist-pgd

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use ndarray::{Array2, ArrayViewD, IxDyn};
 
 use crate::model::OnnxModel;
-use crate::runtime::{first_rows, Join, OrtLocator, RuntimeChoice, Split};
+use crate::runtime::{first_rows, Join, OrtLocator, RuntimeChoice, Split, StepMode};
 use crate::spec::InputSpec;
 
 /// How to open a classifier.
@@ -16,6 +16,17 @@ pub struct RunOptions {
     /// Examples per run for models with a dynamic batch dimension.
     pub batch_size: usize,
     pub ort: OrtLocator,
+    /// How attacks' steps run (`--step-loop`); `None`: [`StepMode::default_for`] the
+    /// device.
+    pub step_loop: Option<StepMode>,
+}
+
+impl RunOptions {
+    /// How attacks' steps run: as asked, else the device's default.
+    pub fn step_mode(&self) -> StepMode {
+        self.step_loop
+            .unwrap_or_else(|| StepMode::default_for(&self.ort))
+    }
 }
 
 pub struct Classifier {

@@ -16,7 +16,7 @@ use crate::inspect;
 use crate::model::OnnxModel;
 use crate::oracle::ModelOracle;
 use crate::robust::AttackKnobs;
-use crate::runtime::{Device, OrtLocator, Precision, RuntimeChoice};
+use crate::runtime::{Device, OrtLocator, Precision, RuntimeChoice, StepMode};
 use crate::spec::{DataMapping, InputSpec, Layout, SpecArgs};
 
 pub use crate::files::write_atomic;
@@ -203,6 +203,12 @@ pub struct HardenArgs {
     /// TF32 tensor cores, about 3x faster, within about 1e-4 relative).
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
+    /// How PGD's steps run (audits and training): host (a gradient-graph run per step,
+    /// the step on the host), graph (the step in the graph) or bound (the step in the
+    /// graph, the iterate kept in the runtime's memory, on the GPU on CUDA). Default:
+    /// bound on CUDA, host on the CPU. The outcomes are the same.
+    #[arg(long, value_enum)]
+    pub step_loop: Option<StepMode>,
     #[command(flatten)]
     pub rounding: RoundingArgs,
     /// QDQ models: recompute the activation scales and zero points of the hardened model
@@ -564,6 +570,12 @@ pub struct RunArgs {
     /// TF32 tensor cores, about 3x faster, within about 1e-4 relative).
     #[arg(long, value_enum, default_value = "fp32")]
     pub precision: Precision,
+    /// How PGD's steps run (audits and training): host (a gradient-graph run per step,
+    /// the step on the host), graph (the step in the graph) or bound (the step in the
+    /// graph, the iterate kept in the runtime's memory, on the GPU on CUDA). Default:
+    /// bound on CUDA, host on the CPU. The outcomes are the same.
+    #[arg(long, value_enum)]
+    pub step_loop: Option<StepMode>,
 }
 
 /// `--device`: see [`Device`].
@@ -744,6 +756,7 @@ impl RunArgs {
             threads: threads_or_all(self.threads),
             batch_size: self.batch_size,
             ort: resolve_device(env, &self.device, self.precision, self.runtime)?,
+            step_loop: self.step_loop,
         })
     }
 }
@@ -783,8 +796,14 @@ pub fn resolve_device(
 }
 
 /// Records where the graphs ran in the report's `meta`.
-pub fn stamp_device(report: &mut crate::report::Report, ort: &OrtLocator) {
+pub fn stamp_device(report: &mut crate::report::Report, ort: &OrtLocator, steps: StepMode) {
     report.meta.device = ort.device.to_string();
+    report.meta.step_loop = match steps {
+        StepMode::Host => "host",
+        StepMode::Graph => "graph",
+        StepMode::Bound => "bound",
+    }
+    .to_string();
     if !ort.device.cuda_ids().is_empty() {
         report.meta.precision = if ort.tf32 { "tf32" } else { "fp32" }.to_string();
     }

@@ -12,7 +12,7 @@ use crate::autodiff::step::{self, StepJob, StepRule, StepsDone};
 use crate::autodiff::{self, LossKind};
 use crate::classifier::{Classifier, RunOptions};
 use crate::model::{self, pb, OnnxModel};
-use crate::runtime::{first_rows, Join, Split, StepLoops};
+use crate::runtime::{first_rows, Join, Split, StepLoops, StepMode};
 use crate::spec::InputSpec;
 
 pub struct ModelOracle {
@@ -38,19 +38,6 @@ pub struct ModelOracle {
     step_loops: HashMap<(LossKind, StepMode, [u32; 5]), Option<StepLoops>>,
 }
 
-/// How an attack's steps run (see [`Oracle::run_steps`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum StepMode {
-    /// The attack's own loop: a gradient graph run per step, the step taken on the host.
-    Host,
-    /// The step graph ([`autodiff::step`]), each step run on host arrays (any runtime).
-    Graph,
-    /// The step graph with the iterate kept in the session's memory between steps
-    /// (ONNX Runtime's `IoBinding`; device memory on CUDA): one copy in and one out per
-    /// run of examples. On tract, as `Graph`.
-    Bound,
-}
-
 impl ModelOracle {
     pub fn new(
         model: &OnnxModel,
@@ -74,18 +61,12 @@ impl ModelOracle {
             opts: opts.clone(),
             graphs: HashMap::new(),
             chunk: None,
-            // On a GPU the iterate stays on the device; on the CPU the host loop, which
-            // drops examples from the batch once broken, costs as little or less.
-            step_mode: if opts.ort.device.cuda_ids().is_empty() {
-                StepMode::Host
-            } else {
-                StepMode::Bound
-            },
+            step_mode: opts.step_mode(),
             step_loops: HashMap::new(),
         })
     }
 
-    /// Sets how attacks' steps run (default: `Bound` on CUDA, else `Host`).
+    /// Sets how attacks' steps run (default: [`RunOptions::step_mode`]).
     pub fn set_step_mode(&mut self, mode: StepMode) {
         self.step_mode = mode;
     }
@@ -359,6 +340,7 @@ mod tests {
             threads: 2,
             batch_size: 32,
             ort: OrtLocator::standard(None, None, None),
+            step_loop: None,
         };
         let c = Classifier::open(&m, &spec, &[784], &opts).unwrap();
         let mut o = ModelOracle::new(&m, &spec, c, &opts).unwrap();

@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{ArrayD, ArrayViewD};
 
 mod steps;
-pub use steps::StepLoops;
+pub use steps::{StepLoops, StepMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

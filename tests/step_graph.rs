@@ -10,8 +10,9 @@ use harden::attack::pgd::{pgd, PgdConfig};
 use harden::attack::{is_success, Head, Norm, Oracle, Outcome, Threat};
 use harden::autodiff::step::{StepJob, StepRule};
 use harden::classifier::Classifier;
-use harden::oracle::{ModelOracle, StepMode};
+use harden::oracle::ModelOracle;
 use harden::runtime::RuntimeChoice;
+use harden::runtime::StepMode;
 use harden::spec::{DataMapping, InputSpec, SpecArgs};
 
 /// The demo CNN on the Fashion-MNIST slice, or the MLP fixture on its tiny data set.
@@ -464,4 +465,58 @@ fn training_with_steps_in_the_graph_trains_the_same_weights() {
             }
         }
     }
+}
+
+/// `--step-loop` reaches the audit (its `meta.step_loop` says which ran): a PGD audit of
+/// the demo CNN gives the same report (JSON apart from `meta`) with its steps in the
+/// host loop, in the graph and bound, on each runtime; a step loop that does not exist
+/// is refused (exit 2).
+#[test]
+fn the_step_loop_flag_gives_the_same_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    for rt in runtimes() {
+        let name = match rt {
+            RuntimeChoice::Ort => "ort",
+            _ => "tract",
+        };
+        let report = |mode: &str| {
+            let json = dir.path().join(format!("{name}-{mode}.json"));
+            let out = common::harden()
+                .args(["audit", "models/fmnist_cnn.onnx", "--data"])
+                .args(["data/fashion-mnist-slice", "--limit", "48", "--eps", "0.05"])
+                .args(["--attacks", "pgd", "--seed", "2", "--threads", "2"])
+                .args(["--runtime", name, "--step-loop", mode, "--json"])
+                .arg(&json)
+                .current_dir(common::root())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.code().unwrap_or(9) <= 1, "{name} {mode}: {err}");
+            let mut v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            assert_eq!(v["meta"]["step_loop"], mode, "{name}");
+            v.as_object_mut().unwrap().remove("meta");
+            v
+        };
+        let host = report("host");
+        let robust = &host["audit"]["robust"]["results"][0]["robust_accuracy"];
+        assert!(robust.as_f64().is_some_and(|r| r < 0.9), "{name}: {robust}");
+        for mode in ["graph", "bound"] {
+            assert!(
+                report(mode) == host,
+                "{name}: --step-loop {mode} changed the report"
+            );
+        }
+    }
+    common::fails_with(
+        &[
+            "audit",
+            &common::f("mlp.onnx"),
+            "--eps",
+            "0.1",
+            "--step-loop",
+            "gpu",
+        ],
+        "step-loop",
+    );
 }

@@ -56,6 +56,7 @@ pub fn setup(data: &str, n: usize) -> anyhow::Result<Setup> {
         threads: arg("--threads", "2").parse()?,
         batch_size: arg("--batch", "128").parse()?,
         ort: ort(),
+        step_loop: None,
     };
     let model = harden::model::OnnxModel::load(std::path::Path::new(&model_path))?;
     let spec = InputSpec::resolve(&model.classifier_input()?, &SpecArgs::default())?;

@@ -182,7 +182,7 @@ pub(super) fn run(a: AuditArgs, env: &Env) -> Result<i32> {
         &host_name(),
         started.elapsed().as_secs_f64(),
     );
-    stamp_device(&mut report, &s.ort);
+    stamp_device(&mut report, &s.ort, s.oracle.step_mode());
     report.meta.command = env.command.clone();
     if let Some(b) = &baseline {
         let now = crate::report::compare::Side::of_report(&report)?;

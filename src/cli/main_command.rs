@@ -204,6 +204,7 @@ fn check_flags(a: &HardenArgs, env: &Env) -> Result<Flags> {
         threads: super::threads_or_all(a.threads),
         batch_size: a.batch_size,
         ort,
+        step_loop: a.step_loop,
     };
     Ok(Flags {
         model_path,
@@ -749,7 +750,7 @@ fn write_outputs(
     };
     let text = headline(&facts, &training, &before, train_seconds);
     let mut report = Report::hardening(before, after, training);
-    super::stamp_device(&mut report, &f.opts.ort);
+    super::stamp_device(&mut report, &f.opts.ort, f.opts.step_mode());
     report.meta.command = env.command.clone();
     report.stamp(
         env!("CARGO_PKG_VERSION"),

@@ -94,6 +94,9 @@ pub struct Meta {
     /// On CUDA, `fp32` or `tf32` (`--precision`).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub precision: String,
+    /// How PGD's steps ran: `host`, `graph` or `bound` (`--step-loop`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub step_loop: String,
     /// The command line of the run (the CLI passes its arguments in), to reproduce it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,

@@ -18,6 +18,32 @@ use super::{device_of, even, open, OrtLocator, Runtime, RuntimeChoice};
 use crate::autodiff::step::{StepJob, StepsDone, NEXT, X0};
 use crate::autodiff::LOGITS;
 
+/// How an attack's steps run (see `Oracle::run_steps`; `--step-loop`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum StepMode {
+    /// The attack's own loop: a gradient graph run per step, the step taken on the host.
+    Host,
+    /// The step graph (`autodiff::step`), each step run on host arrays (any runtime).
+    Graph,
+    /// The step graph with the iterate kept in the session's memory between steps
+    /// (ONNX Runtime's `IoBinding`; device memory on CUDA): one copy in and one out per
+    /// run of examples. On tract, as `Graph`.
+    Bound,
+}
+
+impl StepMode {
+    /// The default on `ort`'s device: `Bound` on a GPU, where the iterate stays on the
+    /// device; `Host` on the CPU, where the host loop, which drops examples from the batch
+    /// once broken, costs as little or less.
+    pub fn default_for(ort: &OrtLocator) -> StepMode {
+        if ort.device.cuda_ids().is_empty() {
+            StepMode::Host
+        } else {
+            StepMode::Bound
+        }
+    }
+}
+
 /// A step graph opened for runs of exactly `size` examples, once per thread (or CUDA
 /// device): a batch of any size runs as `size`-example runs spread over them, the last
 /// padded with zeros.

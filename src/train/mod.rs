@@ -653,6 +653,7 @@ mod tests {
             threads,
             batch_size: batch,
             ort: OrtLocator::standard(None, None, None),
+            step_loop: None,
         };
         TrainNet::new(m.proto, "x", &[784], 10, params, &opts, batch).unwrap()
     }

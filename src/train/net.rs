@@ -16,7 +16,8 @@ use crate::autodiff::step::{self, StepJob, StepRule};
 use crate::autodiff::{self, LossKind, Wrt};
 use crate::classifier::RunOptions;
 use crate::model::pb;
-use crate::oracle::{head_inputs, StepMode};
+use crate::oracle::head_inputs;
+use crate::runtime::StepMode;
 use crate::runtime::{self, first_rows, Join, Runtime, Split, StepLoops};
 
 /// What a gradient-graph run gives back.
@@ -95,16 +96,12 @@ impl TrainNet {
             forward: None,
             graphs: HashMap::new(),
             chunk: None,
-            step_mode: if opts.ort.device.cuda_ids().is_empty() {
-                StepMode::Host
-            } else {
-                StepMode::Bound
-            },
+            step_mode: opts.step_mode(),
             step_loops: HashMap::new(),
         })
     }
 
-    /// Sets how the training attacks' steps run (default: `Bound` on CUDA, else `Host`).
+    /// Sets how the training attacks' steps run (default: [`RunOptions::step_mode`]).
     pub fn set_step_mode(&mut self, mode: StepMode) {
         self.step_mode = mode;
     }

@@ -55,6 +55,7 @@ pub fn options(runtime: RuntimeChoice) -> RunOptions {
         threads: 2,
         batch_size: 32,
         ort: ort_locator(),
+        step_loop: None,
     }
 }
 

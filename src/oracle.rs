@@ -159,6 +159,34 @@ impl ModelOracle {
     }
 }
 
+/// The step loops of `grad` (the input-gradient graph of `input`) under `rule`, for runs
+/// of `size` examples shaped `example` with `classes` logits, run as `mode` says with
+/// `opts`' runtime, threads and device; none where the model's opset has no step graph
+/// (its attacks step on the host).
+pub(crate) fn open_step_loops(
+    grad: &autodiff::GradGraph,
+    input: &str,
+    rule: &StepRule,
+    (size, example, classes): (usize, &[usize], usize),
+    opts: &RunOptions,
+    mode: StepMode,
+) -> Result<Option<StepLoops>> {
+    let Ok(graph) = step::step_graph(grad, input, rule) else {
+        return Ok(None);
+    };
+    StepLoops::open(
+        opts.runtime,
+        mode == StepMode::Bound,
+        &prost::Message::encode_to_vec(&graph),
+        size,
+        example,
+        classes,
+        opts.threads,
+        &opts.ort,
+    )
+    .map(Some)
+}
+
 /// The loss kind of `head` and the values of its graph inputs (`harden_a`, `harden_b`),
 /// `n * k` each.
 pub(crate) fn head_inputs(head: Head<'_>, k: usize) -> (LossKind, Vec<Vec<f32>>) {
@@ -228,20 +256,14 @@ impl Oracle for ModelOracle {
                 size = size.min(self.batch.div_ceil(ways));
             }
             let grad = self.graph_at(kind, size)?;
-            // A model whose opset has no step graph steps on the host.
-            let loops = match step::step_graph(&grad, &self.input, rule) {
-                Ok(p) => Some(StepLoops::open(
-                    self.opts.runtime,
-                    self.step_mode == StepMode::Bound,
-                    &prost::Message::encode_to_vec(&p),
-                    size,
-                    &self.example_shape,
-                    k,
-                    self.opts.threads,
-                    &self.opts.ort,
-                )?),
-                Err(_) => None,
-            };
+            let loops = open_step_loops(
+                &grad,
+                &self.input,
+                rule,
+                (size, &self.example_shape, k),
+                &self.opts,
+                self.step_mode,
+            )?;
             self.step_loops.insert(key, loops);
         }
         match self.step_loops.get_mut(&key) {

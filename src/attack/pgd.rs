@@ -113,11 +113,7 @@ pub fn pgd_at(
         let in_graph = {
             let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
             let t: Option<Vec<usize>> = targets.map(|t| idx.iter().map(|i| t[*i]).collect());
-            let head = match (&t, cfg.margin_loss) {
-                (Some(t), _) => Head::TargetedCrossEntropy { targets: t },
-                (None, true) => Head::Margin { labels: &y },
-                (None, false) => Head::CrossEntropy { labels: &y },
-            };
+            let head = loss_head(&y, t.as_deref(), cfg.margin_loss);
             let judge = |j: usize, row: &[f32]| {
                 let i = idx[j];
                 is_success(row, labels[i], targets.map(|t| t[i]))
@@ -164,11 +160,7 @@ pub fn pgd_at(
         for step in 0..steps {
             let y: Vec<usize> = idx.iter().map(|i| labels[*i]).collect();
             let t: Option<Vec<usize>> = targets.map(|t| idx.iter().map(|i| t[*i]).collect());
-            let head = match (&t, cfg.margin_loss) {
-                (Some(t), _) => Head::TargetedCrossEntropy { targets: t },
-                (None, true) => Head::Margin { labels: &y },
-                (None, false) => Head::CrossEntropy { labels: &y },
-            };
+            let head = loss_head(&y, t.as_deref(), cfg.margin_loss);
             let lg = oracle.loss_grad(&x, head)?;
             out.spend(&idx);
             // The logits belong to the current iterate: a random start, or the last step.
@@ -207,6 +199,16 @@ pub fn pgd_at(
         }
     }
     Ok(out)
+}
+
+/// PGD's loss: the target's cross-entropy when targeted, else the margin or the
+/// cross-entropy of the labels.
+fn loss_head<'a>(labels: &'a [usize], targets: Option<&'a [usize]>, margin: bool) -> Head<'a> {
+    match (targets, margin) {
+        (Some(t), _) => Head::TargetedCrossEntropy { targets: t },
+        (None, true) => Head::Margin { labels },
+        (None, false) => Head::CrossEntropy { labels },
+    }
 }
 
 #[cfg(test)]

@@ -12,11 +12,11 @@ use anyhow::{anyhow, bail, Result};
 use ndarray::{Array2, ArrayD, ArrayViewD, IxDyn};
 
 use crate::attack::{Head, LossGrad, Oracle};
-use crate::autodiff::step::{self, StepJob, StepRule};
+use crate::autodiff::step::{StepJob, StepRule};
 use crate::autodiff::{self, LossKind, Wrt};
 use crate::classifier::RunOptions;
 use crate::model::pb;
-use crate::oracle::head_inputs;
+use crate::oracle::{head_inputs, open_step_loops};
 use crate::runtime::StepMode;
 use crate::runtime::{self, first_rows, Join, Runtime, Split, StepLoops};
 
@@ -124,14 +124,7 @@ impl TrainNet {
             return Ok(None);
         }
         let n = x.len() / self.example_len().max(1);
-        let chunk = *self.chunk.get_or_insert_with(|| {
-            runtime::chunk_for(
-                &self.proto,
-                &self.input,
-                &self.example_shape,
-                &self.opts.ort,
-            )
-        });
+        let chunk = self.chunk();
         // Runs of the gradient graphs' size, at least one per thread (or device).
         let ways = match self.opts.ort.device.cuda_ids().len() {
             0 => self.opts.threads.max(1),
@@ -152,19 +145,14 @@ impl TrainNet {
                 &self.params,
                 Wrt::INPUT,
             )?;
-            let loops = match step::step_graph(&g.grad, &self.input, rule) {
-                Ok(p) => Some(StepLoops::open(
-                    self.opts.runtime,
-                    self.step_mode == StepMode::Bound,
-                    &prost::Message::encode_to_vec(&p),
-                    size,
-                    &self.example_shape,
-                    self.num_classes,
-                    self.opts.threads,
-                    &self.opts.ort,
-                )?),
-                Err(_) => None,
-            };
+            let loops = open_step_loops(
+                &g.grad,
+                &self.input,
+                rule,
+                (size, &self.example_shape, self.num_classes),
+                &self.opts,
+                self.step_mode,
+            )?;
             self.step_loops.insert(key, loops);
         }
         let Some(Some(loops)) = self.step_loops.get_mut(&key) else {
@@ -219,20 +207,25 @@ impl TrainNet {
             .ok_or_else(|| anyhow!("no forward graph"))
     }
 
+    /// Most examples per graph run, found once (see [`runtime::chunk_for`]).
+    fn chunk(&mut self) -> usize {
+        *self.chunk.get_or_insert_with(|| {
+            runtime::chunk_for(
+                &self.proto,
+                &self.input,
+                &self.example_shape,
+                &self.opts.ort,
+            )
+        })
+    }
+
     /// Builds (once) the graph for `kind` at `batch`, with parameter gradients or input
     /// gradients.
     pub fn prepare(&mut self, kind: LossKind, param_grads: bool, batch: usize) -> Result<()> {
         let key = (kind, param_grads, batch);
         if !self.graphs.contains_key(&key) {
             let wrt = if param_grads { Wrt::PARAMS } else { Wrt::INPUT };
-            let chunk = *self.chunk.get_or_insert_with(|| {
-                runtime::chunk_for(
-                    &self.proto,
-                    &self.input,
-                    &self.example_shape,
-                    &self.opts.ort,
-                )
-            });
+            let chunk = self.chunk();
             let split = Split::open(
                 self.opts.runtime,
                 batch,

@@ -31,7 +31,7 @@ finish() {
   if [ -n "$FINAL" ]; then
     cp "$OUT/device-check.log" "$FINAL/" 2>/dev/null
     cp "$DIR"/bench/results.jsonl "$FINAL/" 2>/dev/null
-    tar czf "$FINAL/logs.tar.gz" -C "$OUT" --exclude='*.onnx' . 2>/dev/null
+    tar czf "$FINAL/logs.tar.gz" -C "$OUT" --exclude='*.onnx' --exclude=prof . 2>/dev/null
   fi
 }
 trap finish EXIT
@@ -181,6 +181,19 @@ section "harden's side of the benchmark"
 BENCH_GPU="$DIR/bench_gpu" MODEL="$DIR/preact18.onnx" GPU_BENCH_TOOLS=harden TORCH_SCRIPT="$here/gpu_bench_torch.py" \
   bash "$here/gpu-bench.sh" "$DIR/bench"
 cp "$DIR"/bench/*.err "$OUT"/ 2>/dev/null
+
+section "where a Fast-AT step's time goes (ONNX Runtime profiles, scripts/ort-profile.py)"
+# Per session: runs and their total (synchronised) time; per op type the host-side time of
+# each kernel and the provider it ran on: nodes placed on the CPU inside a CUDA session
+# (and the Memcpy nodes around them) are what to look for.
+mkdir -p "$OUT/prof"
+if [ -f "$DIR/preact18.onnx" ]; then
+  HARDEN_ORT_PROFILE="$OUT/prof/fast" "$DIR/bench_gpu" --model "$DIR/preact18.onnx" --device cuda \
+    --work fast --images 2048 > "$OUT/prof-fast.out" 2> "$OUT/prof-fast.err" || tail -n 3 "$OUT/prof-fast.err"
+  "$PY" "$here/ort-profile.py" "$OUT"/prof/fast-*.json --top 12 || bad "ort-profile"
+else
+  echo "no $DIR/preact18.onnx: profile skipped"
+fi
 
 section "done: $fails failed check(s)"
 exit $((fails > 0))

@@ -731,6 +731,9 @@ impl Env {
         let mut ort = OrtLocator::standard(ort_path, home.as_deref(), exe_dir);
         ort.cuda_lib_dirs
             .extend(python_nvidia_dirs(home.as_deref()));
+        ort.profile = std::env::var_os("HARDEN_ORT_PROFILE")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
         Env {
             ort,
             harden_data: std::env::var_os("HARDEN_DATA").map(PathBuf::from),

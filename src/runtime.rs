@@ -45,6 +45,9 @@ pub struct OrtLocator {
     pub device: Device,
     /// Why `--device auto` runs on the CPU, once resolved.
     pub fallback: Option<String>,
+    /// `HARDEN_ORT_PROFILE`: every session writes ONNX Runtime's per-node profile (JSON)
+    /// to `PREFIX-<pid>-<n>_<time>.json` when it closes (`scripts/ort-profile.py` sums it).
+    pub profile: Option<PathBuf>,
     /// On CUDA, convolutions and matrix products in TF32 (`--precision tf32`): about 3x
     /// faster on an H200, outputs within about 1e-4 relative of float32's, and a batch of
     /// another size may round differently. Off: float32 throughout.
@@ -79,6 +82,7 @@ impl OrtLocator {
             cuda_lib_dirs,
             device: Device::Cpu,
             fallback: None,
+            profile: None,
             tf32: false,
         }
     }
@@ -1149,6 +1153,17 @@ fn ort_session(
             // (measured: PGD-10 1.5x, clean audit 1.2x faster).
             .with_intra_op_spinning(false)
             .map_err(err)?;
+        let builder = match &loc.profile {
+            None => builder,
+            Some(prefix) => {
+                static SESSIONS: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut name = prefix.as_os_str().to_owned();
+                name.push(format!("-{}-{n}", std::process::id()));
+                builder.with_profiling(PathBuf::from(name)).map_err(err)?
+            }
+        };
         let mut builder = match loc.device.cuda_ids().first() {
             None => builder,
             Some(&id) => builder

@@ -24,11 +24,14 @@ pub fn runtime() -> RuntimeChoice {
 /// ONNX Runtime from $ORT_DYLIB_PATH or ~/.cache/harden/onnxruntime.
 pub fn ort() -> OrtLocator {
     let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    OrtLocator::standard(
+    let mut ort = OrtLocator::standard(
         std::env::var_os("ORT_DYLIB_PATH").map(Into::into),
         home.as_deref(),
         None,
-    )
+    );
+    // As the harden command: per-node profiles (scripts/ort-profile.py).
+    ort.profile = std::env::var_os("HARDEN_ORT_PROFILE").map(Into::into);
+    ort
 }
 
 /// The demo setup: `--model` (default the demo model) with its default input spec, run

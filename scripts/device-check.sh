@@ -157,6 +157,8 @@ compare cuda-fmnist split-fmnist
 audit cpu-fmnist-pgd "$M" cpu --threads 8 --attacks pgd
 audit cuda-fmnist-pgd "$M" cuda --attacks pgd
 compare cpu-fmnist-pgd cuda-fmnist-pgd
+loop=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["meta"].get("step_loop"))' "$OUT/cuda-fmnist-pgd.json" 2>/dev/null)
+[ "$loop" = bound ] && ok "PGD on CUDA ran bound" || bad "PGD on CUDA ran $loop, not bound"
 audit cpu-wong models/wong_cnn.onnx cpu --threads 8
 audit cuda-wong models/wong_cnn.onnx cuda
 compare cpu-wong cuda-wong

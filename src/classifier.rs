@@ -22,10 +22,12 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
-    /// How attacks' steps run: as asked, else the device's default.
+    /// How attacks' steps run: as asked, else the device's default; `Bound` is `Graph`
+    /// where ONNX Runtime does not run the model.
     pub fn step_mode(&self) -> StepMode {
         self.step_loop
             .unwrap_or_else(|| StepMode::default_for(&self.ort))
+            .on(self.runtime, &self.ort)
     }
 }
 

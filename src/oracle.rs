@@ -171,7 +171,7 @@ pub(crate) fn open_step_loops(
     opts: &RunOptions,
     mode: StepMode,
 ) -> Result<Option<StepLoops>> {
-    let Ok(graph) = step::step_graph(grad, input, rule) else {
+    let Some(graph) = step::step_graph(grad, input, rule)? else {
         return Ok(None);
     };
     StepLoops::open(

@@ -467,7 +467,8 @@ fn training_with_steps_in_the_graph_trains_the_same_weights() {
     }
 }
 
-/// `--step-loop` reaches the audit (its `meta.step_loop` says which ran): a PGD audit of
+/// `--step-loop` reaches the audit (its `meta.step_loop` says which ran, `bound` being
+/// `graph` on tract): a PGD audit of
 /// the demo CNN gives the same report (JSON apart from `meta`) with its steps in the
 /// host loop, in the graph and bound, on each runtime; a step loop that does not exist
 /// is refused (exit 2).
@@ -494,7 +495,13 @@ fn the_step_loop_flag_gives_the_same_audit() {
             assert!(out.status.code().unwrap_or(9) <= 1, "{name} {mode}: {err}");
             let mut v: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-            assert_eq!(v["meta"]["step_loop"], mode, "{name}");
+            // Bound needs ONNX Runtime: on tract the graph runs step by step.
+            let ran = if name == "tract" && mode == "bound" {
+                "graph"
+            } else {
+                mode
+            };
+            assert_eq!(v["meta"]["step_loop"], ran, "{name} {mode}");
             v.as_object_mut().unwrap().remove("meta");
             v
         };

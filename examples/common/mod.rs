@@ -30,7 +30,9 @@ pub fn ort() -> OrtLocator {
         None,
     );
     // As the harden command: per-node profiles (scripts/ort-profile.py).
-    ort.profile = std::env::var_os("HARDEN_ORT_PROFILE").map(Into::into);
+    ort.profile = std::env::var_os("HARDEN_ORT_PROFILE")
+        .filter(|s| !s.is_empty())
+        .map(Into::into);
     ort
 }
 

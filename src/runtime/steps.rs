@@ -42,6 +42,15 @@ impl StepMode {
             StepMode::Bound
         }
     }
+
+    /// The mode that runs on `choice`: `Bound` needs ONNX Runtime, and is `Graph` on tract.
+    pub fn on(self, choice: RuntimeChoice, ort: &OrtLocator) -> StepMode {
+        if self == StepMode::Bound && !super::uses_ort(choice, ort) {
+            StepMode::Graph
+        } else {
+            self
+        }
+    }
 }
 
 /// A step graph opened for runs of exactly `size` examples, once per thread (or CUDA
@@ -404,6 +413,12 @@ impl StepLoop for BoundLoop {
         binding
             .bind_input(self.x_name.as_str(), &host(run.x, &shape)?)
             .map_err(ort_err("binding x"))?;
+        if cuda.is_some() {
+            // The host values bound above are copied to the device asynchronously.
+            binding
+                .synchronize_inputs()
+                .map_err(ort_err("synchronising the inputs"))?;
+        }
         done.copies_in += 1;
         // The iterates' two values on the session's device; the logits on the host.
         let alloc = match cuda {

@@ -50,7 +50,7 @@ pub struct TrainNet {
     step_mode: StepMode,
     /// Step graphs (weights as inputs) by loss kind, step rule and run size; `None`
     /// where the model's opset has none.
-    step_loops: HashMap<(LossKind, [u32; 5], usize), Option<StepLoops>>,
+    step_loops: HashMap<(LossKind, StepMode, [u32; 5], usize), Option<StepLoops>>,
 }
 
 impl TrainNet {
@@ -134,7 +134,7 @@ impl TrainNet {
         if n / ways >= runtime::MIN_PART {
             size = size.min(n.div_ceil(ways));
         }
-        let key = (kind, rule.key(), size);
+        let key = (kind, self.step_mode, rule.key(), size);
         if !self.step_loops.contains_key(&key) {
             let g = autodiff::training_graph_wrt(
                 &self.proto,

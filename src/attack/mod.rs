@@ -28,6 +28,16 @@ pub enum Norm {
     L2,
 }
 
+impl Norm {
+    /// `Linf` or `L2`, as reports and the card write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Norm::Linf => "Linf",
+            Norm::L2 => "L2",
+        }
+    }
+}
+
 /// The threat model: a norm ball of radius `eps` around each clean example, intersected
 /// with the valid input range.
 #[derive(Clone, Copy, Debug, serde::Serialize)]

@@ -653,14 +653,10 @@ fn export(
         bn_updated = bn.iter().map(|(n, _)| n.clone()).collect();
         updates.extend(bn);
     }
-    let norm = match cfg.norm {
-        Norm::Linf => "linf",
-        Norm::L2 => "l2",
-    };
     let mut metadata: Vec<(String, String)> = [
         ("version", env!("CARGO_PKG_VERSION").to_string()),
         ("method", cfg.method.name().to_string()),
-        ("norm", norm.to_string()),
+        ("norm", cfg.norm.name().to_ascii_lowercase()),
         ("eps", eps.to_string()),
         ("train_eps", cfg.train_eps.unwrap_or(eps).to_string()),
         ("epochs", fit.epochs_run.to_string()),
@@ -820,10 +816,7 @@ fn headline(f: &RunFacts, t: &Training, before: &AuditReport, train_seconds: f64
         f.input_model,
         f.output_model,
         t.method,
-        match f.config.norm {
-            Norm::Linf => "Linf",
-            Norm::L2 => "L2",
-        },
+        f.config.norm.name(),
         t.eps,
         t.epochs,
         f.best_epoch,

@@ -110,13 +110,6 @@ fn results(a: &AuditReport) -> Vec<CardResult> {
     v
 }
 
-fn norm_name(n: crate::attack::Norm) -> &'static str {
-    match n {
-        crate::attack::Norm::Linf => "Linf",
-        crate::attack::Norm::L2 => "L2",
-    }
-}
-
 impl ModelCard {
     /// The card of `r`'s primary audit (the hardened model for the main command).
     pub fn of(r: &Report) -> ModelCard {
@@ -154,7 +147,7 @@ impl ModelCard {
             }
             .into(),
             threat_model: a.robust.as_ref().map(|rb| CardThreat {
-                norm: norm_name(rb.norm).into(),
+                norm: rb.norm.name().into(),
                 eps: rb.results.iter().map(|e| e.eps).collect(),
                 range: rb.range,
             }),

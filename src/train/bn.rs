@@ -45,35 +45,13 @@ pub fn recompute(
         })
         .map(|n| (n.input[0].clone(), n.input[3].clone(), n.input[4].clone()))
         .collect();
-    let len: usize = example_shape.iter().product();
-    let n = x.len() / len.max(1);
-    let batch = batch.min(n).max(1);
     let mut current = proto.clone();
     let mut updates = vec![];
     for (tensor, mean_name, var_name) in layers {
-        let tap = autodiff::tap_graph(
-            &current,
-            input,
-            example_shape,
-            batch,
-            std::slice::from_ref(&tensor),
-        )?;
-        let mut rt = runtime::open(
-            opts.runtime,
-            &prost::Message::encode_to_vec(&tap),
-            opts.threads,
-            &opts.ort,
-        )?;
-        let mut xs = vec![batch];
-        xs.extend(example_shape);
         let (mut sum, mut sumsq, mut count) = (vec![], vec![], 0f64);
-        let mut done = 0;
-        while done < n {
-            let take = (n - done).min(batch);
-            let mut xb = x[done * len..(done + take) * len].to_vec();
-            xb.resize(batch * len, 0.0);
-            let xa = ArrayD::from_shape_vec(IxDyn(&xs), xb)?;
-            let out = rt.run(&[xa.view()])?;
+        let taps = std::slice::from_ref(&tensor);
+        let shape = (input, example_shape);
+        run_taps(&current, shape, taps, x, batch, opts, |take, _, out| {
             let a = out
                 .into_iter()
                 .next()
@@ -101,8 +79,8 @@ pub fn recompute(
                 }
             }
             count += (take * inner) as f64;
-            done += take;
-        }
+            Ok(())
+        })?;
         let mean: Vec<f32> = sum.iter().map(|s| (s / count) as f32).collect();
         let var: Vec<f32> = sum
             .iter()
@@ -114,4 +92,42 @@ pub fn recompute(
         updates.extend(up);
     }
     Ok(updates)
+}
+
+/// Runs the tap graph of `tensors` (`proto` with those intermediate values as outputs, for
+/// the input `input` of examples shaped `example_shape`) over the examples `x` in runs of
+/// `batch` (at most the number of examples; the last run padded with zeros), and hands
+/// each run's example count, run size and outputs to `visit`: the rows past the count are
+/// padding.
+pub(super) fn run_taps(
+    proto: &pb::ModelProto,
+    (input, example_shape): (&str, &[usize]),
+    tensors: &[String],
+    x: &[f32],
+    batch: usize,
+    opts: &RunOptions,
+    mut visit: impl FnMut(usize, usize, Vec<ArrayD<f32>>) -> Result<()>,
+) -> Result<()> {
+    let len: usize = example_shape.iter().product();
+    let n = x.len() / len.max(1);
+    let batch = batch.min(n).max(1);
+    let tap = autodiff::tap_graph(proto, input, example_shape, batch, tensors)?;
+    let mut rt = runtime::open(
+        opts.runtime,
+        &prost::Message::encode_to_vec(&tap),
+        opts.threads,
+        &opts.ort,
+    )?;
+    let mut xs = vec![batch];
+    xs.extend(example_shape);
+    let mut done = 0;
+    while done < n {
+        let take = (n - done).min(batch);
+        let mut xb = x[done * len..(done + take) * len].to_vec();
+        xb.resize(batch * len, 0.0);
+        let xa = ArrayD::from_shape_vec(IxDyn(&xs), xb)?;
+        visit(take, batch, rt.run(&[xa.view()])?)?;
+        done += take;
+    }
+    Ok(())
 }

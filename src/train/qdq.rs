@@ -236,7 +236,6 @@ pub fn recalibrate(
     batch: usize,
     opts: &crate::classifier::RunOptions,
 ) -> Result<(OnnxModel, Vec<String>)> {
-    use ndarray::{ArrayD, IxDyn};
     use std::collections::HashMap;
     let g = m.graph();
     let inits: HashMap<&str, &pb::TensorProto> =
@@ -272,36 +271,27 @@ pub fn recalibrate(
         v.dedup();
         v
     };
-    let len: usize = example_shape.iter().product();
-    let n = x.len() / len.max(1);
-    let batch = batch.min(n).max(1);
-    let tap = crate::autodiff::tap_graph(spec_proto, input, example_shape, batch, &tensors)?;
-    let mut rt = crate::runtime::open(
-        opts.runtime,
-        &prost::Message::encode_to_vec(&tap),
-        opts.threads,
-        &opts.ort,
-    )?;
     let mut range: HashMap<&str, (f32, f32)> = HashMap::new();
-    let mut xs = vec![batch];
-    xs.extend(example_shape);
-    let mut done = 0;
-    while done < n {
-        let take = (n - done).min(batch);
-        let mut xb = x[done * len..(done + take) * len].to_vec();
-        xb.resize(batch * len, 0.0);
-        let xa = ArrayD::from_shape_vec(IxDyn(&xs), xb)?;
-        let out = rt.run(&[xa.view()])?;
-        for (name, a) in tensors.iter().zip(&out) {
-            let per = a.len() / batch;
-            let r = range.entry(name.as_str()).or_insert((0.0, 0.0));
-            for v in a.iter().take(take * per) {
-                r.0 = r.0.min(*v);
-                r.1 = r.1.max(*v);
+    let shape = (input, example_shape);
+    super::bn::run_taps(
+        spec_proto,
+        shape,
+        &tensors,
+        x,
+        batch,
+        opts,
+        |take, run, out| {
+            for (name, a) in tensors.iter().zip(&out) {
+                let per = a.len() / run;
+                let r = range.entry(name.as_str()).or_insert((0.0, 0.0));
+                for v in a.iter().take(take * per) {
+                    r.0 = r.0.min(*v);
+                    r.1 = r.1.max(*v);
+                }
             }
-        }
-        done += take;
-    }
+            Ok(())
+        },
+    )?;
     let mut out = m.clone();
     let mut changed = vec![];
     let mut new_scale: HashMap<String, (f32, f32)> = HashMap::new();

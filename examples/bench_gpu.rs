@@ -8,8 +8,10 @@
 //! loop's work), default 10,000 images. `fast`: one Fast-AT epoch (FGSM with a random
 //! start, eps 8/255), `pgd-at`: one PGD-7 adversarial-training epoch (SGD, momentum 0.9),
 //! default 50,000 images. A warm-up batch first builds and opens the graphs (not timed).
-//! `--step` (pgd): how PGD's steps run (`runtime::StepMode`; default the oracle's: bound,
-//! the iterate kept on the device, on CUDA; PGD's host loop on the CPU).
+//! `--step`: how the attack's steps run (`runtime::StepMode`; default bound on CUDA, the
+//! iterate kept on the device, and the host loop on the CPU); in training, `bound` also
+//! keeps the weights and the optimiser's state on the device (`train::resident`), which
+//! the JSON line's `train_weights` records.
 mod common;
 
 use std::time::Instant;
@@ -62,17 +64,21 @@ fn main() -> anyhow::Result<()> {
     let labels: Vec<usize> = (0..images).map(|_| rng.below(10)).collect();
     let eps = 8.0 / 255.0;
     let threat = Threat::new(Norm::Linf, eps, (0.0, 1.0))?;
-    let mut step = String::new();
+    let step: String;
+    let mut train_weights = "";
+    let step_mode: Option<StepMode> = match get("--step", "").as_str() {
+        "" => None,
+        s => Some(
+            <StepMode as clap::ValueEnum>::from_str(s, true)
+                .map_err(|_| anyhow::anyhow!("--step {s}: expected host, graph or bound"))?,
+        ),
+    };
     let (secs, done) = match work.as_str() {
         "pgd" => {
             let classifier = Classifier::open(&model, &spec, &example_shape, &opts)?;
             let mut oracle = ModelOracle::new(&model, &spec, classifier, &opts)?;
-            match get("--step", "").as_str() {
-                "" => {}
-                "host" => oracle.set_step_mode(StepMode::Host),
-                "graph" => oracle.set_step_mode(StepMode::Graph),
-                "bound" => oracle.set_step_mode(StepMode::Bound),
-                s => anyhow::bail!("--step {s}: expected host, graph or bound"),
+            if let Some(m) = step_mode {
+                oracle.set_step_mode(m);
             }
             step = format!("{:?}", oracle.step_mode()).to_lowercase();
             let cfg = PgdConfig {
@@ -106,6 +112,9 @@ fn main() -> anyhow::Result<()> {
                 &opts,
                 batch,
             )?;
+            let mode = step_mode.unwrap_or(opts.step_mode());
+            net.set_step_mode(mode);
+            step = format!("{mode:?}").to_lowercase();
             let (method, steps) = if work == "fast" {
                 (Method::Fast, 1)
             } else {
@@ -155,7 +164,8 @@ fn main() -> anyhow::Result<()> {
             };
             fit(&mut net, &warm, &mut clock)?;
             let t0 = Instant::now();
-            fit(&mut net, &train_set, &mut clock)?;
+            let fitted = fit(&mut net, &train_set, &mut clock)?;
+            train_weights = if fitted.resident { "device" } else { "host" };
             (
                 t0.elapsed().as_secs_f64(),
                 (train_set.len() / batch) * batch,
@@ -164,7 +174,7 @@ fn main() -> anyhow::Result<()> {
         w => anyhow::bail!("--work {w}: expected pgd, fast or pgd-at"),
     };
     println!(
-        "{{\"tool\": \"harden-{precision}\", \"device\": \"{}\", \"work\": \"{work}\", \"step\": \"{step}\", \"images\": {done}, \"batch\": {batch}, \"seconds\": {secs:.3}, \"images_per_s\": {:.1}}}",
+        "{{\"tool\": \"harden-{precision}\", \"device\": \"{}\", \"work\": \"{work}\", \"step\": \"{step}\", \"train_weights\": \"{train_weights}\", \"images\": {done}, \"batch\": {batch}, \"seconds\": {secs:.3}, \"images_per_s\": {:.1}}}",
         ort.device,
         done as f64 / secs
     );

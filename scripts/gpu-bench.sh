@@ -6,8 +6,9 @@
 # (and torch.compile fp32 with GPU_BENCH_COMPILE=1). Peak GPU memory per run: the device's
 # used memory sampled by nvidia-smi every 100 ms, less what was in use before the run
 # (so CUDA context and allocator caches included, for both tools alike). harden's PGD runs
-# twice: with its steps in the graph and the iterate bound on the device (the default on
-# CUDA), and with PGD's host loop (harden-pgd-hostloop).
+# twice, and its Fast-AT epoch: with the steps in the graph and the iterate bound on the
+# device (the default on CUDA; in training also the weights and the optimiser's state
+# held on the device), and with the host loop (harden-pgd-hostloop, harden-fast-hostloop).
 #
 # Usage: scripts/gpu-bench.sh [WORKDIR]
 #   BENCH_GPU  harden's benchmark binary (default: target/debug/examples/bench_gpu,
@@ -69,10 +70,12 @@ for work_kind in pgd fast pgd-at; do
   n=$N_TRAIN; [ "$work_kind" = pgd ] && n=$N_PGD
   if has harden; then
     run "harden-$work_kind" "$BENCH" --model "$MODEL" --device cuda --precision "${GPU_BENCH_PRECISION:-tf32}" --work "$work_kind" --images "$n" --batch 512
-    # PGD also with its host loop (a gradient graph run per step, the step on the host),
-    # against the default above: the step graph with the iterate bound on the device.
-    if [ "$work_kind" = pgd ]; then
-      run "harden-pgd-hostloop" "$BENCH" --model "$MODEL" --device cuda --precision "${GPU_BENCH_PRECISION:-tf32}" --work pgd --step host --images "$n" --batch 512
+    # Also with the host loop (a gradient graph run per step, the step on the host; in
+    # training the weights and the optimiser's state on the host, sent in every step),
+    # against the default above: the step graph with the iterate bound on the device
+    # and, in training, the weights and the optimiser's state held there.
+    if [ "$work_kind" != pgd-at ]; then
+      run "harden-$work_kind-hostloop" "$BENCH" --model "$MODEL" --device cuda --precision "${GPU_BENCH_PRECISION:-tf32}" --work "$work_kind" --step host --images "$n" --batch 512
     fi
   fi
   has torch || continue

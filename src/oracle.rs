@@ -12,7 +12,7 @@ use crate::autodiff::step::{self, StepJob, StepRule, StepsDone};
 use crate::autodiff::{self, LossKind};
 use crate::classifier::{Classifier, RunOptions};
 use crate::model::{self, pb, OnnxModel};
-use crate::runtime::{first_rows, Join, Split, StepLoops, StepMode};
+use crate::runtime::{first_rows, Join, Shared, Split, StepLoops, StepMode};
 use crate::spec::InputSpec;
 
 pub struct ModelOracle {
@@ -187,6 +187,18 @@ pub(crate) fn open_step_loops(
     .map(Some)
 }
 
+/// Step loops kept per cache (oracle or model in training) at most: each holds sessions,
+/// and on CUDA each session its own memory arena.
+pub(crate) const STEP_LOOPS_KEPT: usize = 4;
+
+/// Empties a step-loop cache that is full, so that the loops of rules no longer in use
+/// (another eps or step size) do not hold their sessions for the rest of the process.
+pub(crate) fn evict_if_full<K, V>(cache: &mut HashMap<K, V>) {
+    if cache.len() >= STEP_LOOPS_KEPT {
+        cache.clear();
+    }
+}
+
 /// The loss kind of `head` and the values of its graph inputs (`harden_a`, `harden_b`),
 /// `n * k` each.
 pub(crate) fn head_inputs(head: Head<'_>, k: usize) -> (LossKind, Vec<Vec<f32>>) {
@@ -245,6 +257,7 @@ impl Oracle for ModelOracle {
         let (kind, extra) = head_inputs(head, k);
         let key = (kind, self.step_mode, rule.key());
         if !self.step_loops.contains_key(&key) {
+            evict_if_full(&mut self.step_loops);
             // Runs of the gradient graphs' size, and at least one per thread (or
             // device) for a full batch.
             let ways = match self.opts.ort.device.cuda_ids().len() {
@@ -267,7 +280,7 @@ impl Oracle for ModelOracle {
             self.step_loops.insert(key, loops);
         }
         match self.step_loops.get_mut(&key) {
-            Some(Some(loops)) => loops.run(x, x0, &extra, &[], job).map(Some),
+            Some(Some(loops)) => loops.run(x, x0, &extra, Shared::Host(&[]), job).map(Some),
             _ => Ok(None),
         }
     }

@@ -11,8 +11,9 @@ use std::sync::{Arc, OnceLock};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{ArrayD, ArrayViewD};
 
+pub mod bound;
 mod steps;
-pub use steps::{StepLoops, StepMode};
+pub use steps::{Shared, StepLoops, StepMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -1129,7 +1130,7 @@ impl OrtRuntime {
 
 /// An ONNX Runtime session for `model_bytes` with `threads` intra-op threads, on the
 /// device `loc` names (its first CUDA device, or the CPU).
-fn ort_session(
+pub(crate) fn ort_session(
     model_bytes: &[u8],
     threads: usize,
     loc: &OrtLocator,
@@ -1216,7 +1217,7 @@ impl Runtime for OrtRuntime {
 /// arena's "Failed to allocate memory", CUDA's "out of memory", cuDNN's allocation
 /// failures) names `--batch-size`, the one setting that bounds it; anything else is
 /// passed on.
-fn run_failure(msg: &str, batch: Option<usize>) -> anyhow::Error {
+pub(crate) fn run_failure(msg: &str, batch: Option<usize>) -> anyhow::Error {
     let m = msg.to_ascii_lowercase();
     let oom = [
         "out of memory",

@@ -700,3 +700,44 @@ fn gates_judge_the_hardened_model() {
     let bad = run("1.5");
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// `--step-loop bound` on ONNX Runtime trains with the weights and the optimiser's state
+/// in the runtime's memory (`meta.train_weights: device`) and hardens the MLP to the same
+/// weights as the host loop (one thread: the same sums in the same order).
+#[test]
+fn bound_training_holds_the_weights_in_the_runtime_and_trains_the_same_model() {
+    if !ort_available() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut got = vec![];
+    for mode in ["host", "bound"] {
+        let out = d.path().join(format!("{mode}.onnx"));
+        let rep = d.path().join(mode);
+        run_ok(&quick(
+            &f("mlp.onnx"),
+            &out,
+            &[
+                "--runtime",
+                "ort",
+                "--threads",
+                "1",
+                "--method",
+                "pgd",
+                "--epochs",
+                "1",
+                "--step-loop",
+                mode,
+                "--report",
+                &rep.display().to_string(),
+            ],
+        ));
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(rep.join("report.json")).unwrap()).unwrap();
+        let want = if mode == "bound" { "device" } else { "host" };
+        assert_eq!(r["meta"]["train_weights"], want, "{mode}");
+        assert_eq!(r["meta"]["step_loop"], mode);
+        got.push(weights(&out));
+    }
+    assert!(got[0] == got[1], "bound training gave other weights");
+}

@@ -737,6 +737,7 @@ fn write_outputs(
         best_val_clean_accuracy: Some(fit.best_val_clean).filter(|v| *v >= 0.0),
         best_val_robust_accuracy: Some(fit.best_val_robust).filter(|v| *v >= 0.0),
     };
+    let resident = fit.resident;
     let training = Training {
         method: cfg.method.name().to_string(),
         eps: f.eps,
@@ -747,6 +748,7 @@ fn write_outputs(
     let text = headline(&facts, &training, &before, train_seconds);
     let mut report = Report::hardening(before, after, training);
     super::stamp_device(&mut report, &f.opts.ort, f.opts.step_mode());
+    report.meta.train_weights = if resident { "device" } else { "host" }.to_string();
     report.meta.command = env.command.clone();
     report.stamp(
         env!("CARGO_PKG_VERSION"),

@@ -14,6 +14,7 @@
 use anyhow::{anyhow, bail, Result};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
+use super::bound::{ort_err, BoundDevice, Tensor};
 use super::{device_of, even, open, OrtLocator, Runtime, RuntimeChoice};
 use crate::autodiff::step::{StepJob, StepsDone, NEXT, X0};
 use crate::autodiff::LOGITS;
@@ -49,6 +50,33 @@ impl StepMode {
             StepMode::Graph
         } else {
             self
+        }
+    }
+}
+
+/// The step graph's inputs after the loss head's, whole to every run (the weights of a
+/// model being trained).
+#[derive(Clone, Copy)]
+pub enum Shared<'a> {
+    /// Host arrays (bound loops copy them in once per run of examples).
+    Host(&'a [ArrayViewD<'a, f32>]),
+    /// Values already in the sessions' memory (`train::resident`'s weights), bound as
+    /// they are: no copy. Bound loops only.
+    Bound(&'a [Tensor]),
+}
+
+impl Shared<'_> {
+    fn reborrow(&self) -> Shared<'_> {
+        match *self {
+            Shared::Host(v) => Shared::Host(v),
+            Shared::Bound(v) => Shared::Bound(v),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Shared::Host(v) => v.len(),
+            Shared::Bound(v) => v.len(),
         }
     }
 }
@@ -115,7 +143,7 @@ impl StepLoops {
         x: &[f32],
         x0: &[f32],
         heads: &[Vec<f32>],
-        shared: &[ArrayViewD<'_, f32>],
+        shared: Shared<'_>,
         job: &StepJob<'_>,
     ) -> Result<StepsDone> {
         let len: usize = self.example.iter().product();
@@ -160,7 +188,7 @@ impl StepLoops {
                         x: &x[a * len..b * len],
                         x0: &x0[a * len..b * len],
                         heads: &hs,
-                        shared,
+                        shared: shared.reborrow(),
                         size,
                         example: shape,
                         classes: k,
@@ -204,7 +232,7 @@ struct Run<'a> {
     x: &'a [f32],
     x0: &'a [f32],
     heads: &'a [&'a [f32]],
-    shared: &'a [ArrayViewD<'a, f32>],
+    shared: Shared<'a>,
     size: usize,
     example: &'a [usize],
     classes: usize,
@@ -293,7 +321,10 @@ impl StepLoop for HostLoop {
         for t in 0..job.steps {
             let mut inputs = vec![x.view(), x0.view()];
             inputs.extend(heads.iter().map(|h| h.view()));
-            inputs.extend(run.shared.iter().map(|v| v.view()));
+            let Shared::Host(shared) = run.shared else {
+                bail!("bound values given to a step loop on host arrays");
+            };
+            inputs.extend(shared.iter().map(|v| v.view()));
             let mut out = self.runtime.run(&inputs)?;
             done.copies_in += 1;
             done.copies_out += 1;
@@ -321,8 +352,8 @@ impl StepLoop for HostLoop {
 /// The steps through ONNX Runtime's `IoBinding` (see the module documentation).
 struct BoundLoop {
     session: ort::session::Session,
-    /// The CUDA device the session runs on, if any.
-    cuda: Option<usize>,
+    /// The device the session runs on (its allocator and copies).
+    dev: BoundDevice,
     x_name: String,
     /// The inputs after X and x0: the head's, then the shared ones.
     rest_names: Vec<String>,
@@ -344,30 +375,12 @@ impl BoundLoop {
             bail!("not a step graph: outputs {outs:?}");
         }
         Ok(BoundLoop {
-            cuda: loc.device.cuda_ids().first().copied(),
+            dev: BoundDevice::new(loc)?,
             x_name: names[0].clone(),
             rest_names: names[2..].to_vec(),
             session,
         })
     }
-}
-
-type Tensor = ort::value::Tensor<f32>;
-
-/// A host copy of a bound value's data (from device memory on CUDA).
-fn to_host(v: &Tensor, cuda: bool) -> Result<Vec<f32>> {
-    if cuda {
-        let h = v
-            .to(ort::memory::AllocationDevice::CPU, 0)
-            .map_err(|e| anyhow!("onnxruntime: copying an iterate to the host: {e}"))?;
-        Ok(h.extract_tensor().1.to_vec())
-    } else {
-        Ok(v.extract_tensor().1.to_vec())
-    }
-}
-
-fn ort_err(what: &'static str) -> impl Fn(ort::Error) -> anyhow::Error {
-    move |e| anyhow!("onnxruntime: {what}: {e}")
 }
 
 impl StepLoop for BoundLoop {
@@ -376,13 +389,9 @@ impl StepLoop for BoundLoop {
     }
 
     fn run(&mut self, run: &Run<'_>, job: &StepJob<'_>) -> Result<StepsDone> {
-        use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
         let shape = run.x_shape();
-        let host = |v: &[f32], s: &[usize]| {
-            Tensor::from_array((s.to_vec(), v.to_vec().into_boxed_slice()))
-                .map_err(ort_err("an input"))
-        };
-        let cuda = self.cuda;
+        let host = BoundDevice::host_input;
+        let cuda = self.dev.is_cuda();
         let session = &mut self.session;
         let mut binding = session.create_binding().map_err(ort_err("binding"))?;
         let mut done = run.start();
@@ -404,16 +413,27 @@ impl StepLoop for BoundLoop {
                 .bind_input(name.as_str(), &host(h, &[run.size, run.classes])?)
                 .map_err(ort_err("binding a loss input"))?;
         }
-        for (name, v) in shared_names.iter().zip(run.shared) {
-            let t = Tensor::from_array(v.to_owned()).map_err(ort_err("a shared input"))?;
-            binding
-                .bind_input(name.as_str(), &t)
-                .map_err(ort_err("binding a shared input"))?;
+        match run.shared {
+            Shared::Host(values) => {
+                for (name, v) in shared_names.iter().zip(values) {
+                    let t = Tensor::from_array(v.to_owned()).map_err(ort_err("a shared input"))?;
+                    binding
+                        .bind_input(name.as_str(), &t)
+                        .map_err(ort_err("binding a shared input"))?;
+                }
+            }
+            Shared::Bound(values) => {
+                for (name, t) in shared_names.iter().zip(values) {
+                    binding
+                        .bind_input(name.as_str(), t)
+                        .map_err(ort_err("binding a shared input"))?;
+                }
+            }
         }
         binding
             .bind_input(self.x_name.as_str(), &host(run.x, &shape)?)
             .map_err(ort_err("binding x"))?;
-        if cuda.is_some() {
+        if cuda {
             // The host values bound above are copied to the device asynchronously.
             binding
                 .synchronize_inputs()
@@ -421,26 +441,8 @@ impl StepLoop for BoundLoop {
         }
         done.copies_in += 1;
         // The iterates' two values on the session's device; the logits on the host.
-        let alloc = match cuda {
-            None => Allocator::default(),
-            Some(id) => Allocator::new(
-                session,
-                MemoryInfo::new(
-                    AllocationDevice::CUDA,
-                    i32::try_from(id).unwrap_or(0),
-                    AllocatorType::Device,
-                    MemoryType::Default,
-                )
-                .map_err(ort_err("CUDA memory"))?,
-            )
-            .map_err(ort_err("CUDA allocator"))?,
-        };
-        let mut bufs = [
-            Tensor::new(&alloc, shape.clone()).map_err(ort_err("allocating an iterate"))?,
-            Tensor::new(&alloc, shape.clone()).map_err(ort_err("allocating an iterate"))?,
-        ];
-        let mut logits = Tensor::new(&Allocator::default(), [run.size, run.classes])
-            .map_err(ort_err("allocating logits"))?;
+        let mut bufs = [self.dev.alloc(&shape)?, self.dev.alloc(&shape)?];
+        let mut logits = BoundDevice::host(&[run.size, run.classes])?;
         binding
             .bind_output(LOGITS, &mut logits)
             .map_err(ort_err("binding logits"))?;
@@ -459,17 +461,22 @@ impl StepLoop for BoundLoop {
             session
                 .run_binding(&binding)
                 .map_err(|e| super::run_failure(&e.to_string(), Some(run.size)))?;
-            if cuda.is_some() {
+            if cuda {
                 binding
                     .synchronize_outputs()
                     .map_err(ort_err("synchronising"))?;
             }
             last_out = Some(o);
-            let stop = run.judge(job, t, logits.extract_tensor().1, &mut done, || {
+            let dev = &mut self.dev;
+            let got = logits
+                .try_extract_tensor()
+                .map_err(ort_err("reading the logits"))?
+                .1;
+            let stop = run.judge(job, t, got, &mut done, || {
                 if t == 0 {
                     return Ok(run.x.to_vec());
                 }
-                to_host(&bufs[i], cuda.is_some())
+                dev.download(&bufs[i])
             })?;
             if t > 0 && done.first.contains(&Some(t)) {
                 done.copies_out += 1;
@@ -478,37 +485,13 @@ impl StepLoop for BoundLoop {
                 break;
             }
         }
+        // Nothing of this run stays bound once it returns.
+        binding.clear();
         done.last = match last_out {
-            Some(o) => to_host(&bufs[o], cuda.is_some())?,
+            Some(o) => self.dev.download(&bufs[o])?,
             None => run.x.to_vec(),
         };
         done.copies_out += 1;
         Ok(done)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The copy an iterate takes back from device memory (`Tensor::to`, through ONNX
-    /// Runtime's copy session) gives the values the session wrote, here from host memory
-    /// to host memory (no GPU here; on CUDA the same call copies device to host).
-    #[test]
-    fn iterates_come_back_through_the_copy_session() {
-        let Some(lib) = std::env::var_os("ORT_DYLIB_PATH") else {
-            eprintln!("skipping: ORT_DYLIB_PATH is not set");
-            return;
-        };
-        let loc = OrtLocator::standard(Some(lib.into()), None, None);
-        if super::super::ort_environment(&loc).is_err() {
-            eprintln!("skipping: ONNX Runtime does not load");
-            return;
-        }
-        let values: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
-        let t =
-            Tensor::from_array((vec![2usize, 3, 4], values.clone().into_boxed_slice())).unwrap();
-        assert_eq!(to_host(&t, false).unwrap(), values);
-        assert_eq!(to_host(&t, true).unwrap(), values);
     }
 }

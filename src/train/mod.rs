@@ -30,6 +30,7 @@ pub mod net;
 pub mod optim;
 pub mod optim_graph;
 pub mod qdq;
+pub mod resident;
 
 pub use net::TrainNet;
 use optim::{OptimConfig, Optimizer};
@@ -185,6 +186,9 @@ pub struct FitResult {
     pub history: Vec<EpochRow>,
     /// Epochs run in total (fewer than asked when early stopping fired).
     pub epochs_run: usize,
+    /// Whether the steps ran with the weights and the optimiser state in the runtime's
+    /// memory (see `resident`).
+    pub resident: bool,
 }
 
 /// Progress reports.
@@ -318,6 +322,10 @@ fn trades_grads(
     Ok((grads, loss_sum))
 }
 
+/// The error of a step whose weight gradients are not finite.
+pub(crate) const DIVERGED: &str =
+    "a weight gradient is NaN or infinite (the loss diverged; try a smaller --lr)";
+
 /// One optimisation step on the batch (`x0`, `y`); returns its loss and accuracy.
 fn train_step(
     net: &mut TrainNet,
@@ -354,6 +362,14 @@ fn train_step(
                 let adv = perturb(net, ce, &heads, c0, start, threat, n_steps, alpha)?;
                 x[..na * len].copy_from_slice(&adv);
             }
+            if net.resident() {
+                let ce = LossKind::CrossEntropy;
+                let (logits, loss) = net.resident_step(opt, ce, &x, &[y1])?;
+                return Ok(StepStats {
+                    loss_sum: loss.iter().map(|v| *v as f64).sum(),
+                    correct: correct_count(&logits, y),
+                });
+            }
             let out = net.run_graph(LossKind::CrossEntropy, true, b, &x, &[y1])?;
             let stats = StepStats {
                 loss_sum: out.loss.iter().map(|v| *v as f64).sum(),
@@ -389,7 +405,7 @@ fn train_step(
         }
     };
     if grads.iter().any(|g| g.iter().any(|v| !v.is_finite())) {
-        bail!("a weight gradient is NaN or infinite (the loss diverged; try a smaller --lr)");
+        bail!(DIVERGED);
     }
     let scale = 1.0 / b as f32;
     let grads: Vec<Vec<f32>> = grads
@@ -397,8 +413,9 @@ fn train_step(
         .map(|g| g.into_iter().map(|v| v * scale).collect())
         .collect();
     let threads = net.threads();
+    net.sync_optimizer(opt, true)?;
     let mut views: Vec<&mut [f32]> = net
-        .values
+        .weights_mut()?
         .iter_mut()
         .map(|v| {
             v.as_slice_mut()
@@ -444,22 +461,24 @@ fn validate(
     Ok(Some((c / n, r / n)))
 }
 
-fn values_of(net: &TrainNet) -> Vec<Vec<f32>> {
-    net.values
+fn values_of(net: &mut TrainNet) -> Result<Vec<Vec<f32>>> {
+    Ok(net
+        .weights()?
         .iter()
         .map(|v| v.iter().copied().collect())
-        .collect()
+        .collect())
 }
 
 fn set_values(net: &mut TrainNet, params: &[Vec<f32>]) -> Result<()> {
-    if params.len() != net.values.len() {
+    let values = net.weights_mut()?;
+    if params.len() != values.len() {
         bail!(
             "the checkpoint holds {} weight tensors, the model {}",
             params.len(),
-            net.values.len()
+            values.len()
         );
     }
-    for (v, p) in net.values.iter_mut().zip(params) {
+    for (v, p) in values.iter_mut().zip(params) {
         if v.len() != p.len() {
             bail!("the checkpoint's weights do not fit the model");
         }
@@ -528,7 +547,7 @@ pub fn fit(
                 fingerprint: fingerprint.clone(),
                 epoch: 0,
                 batch: 0,
-                params: values_of(net),
+                params: values_of(net)?,
                 opt_m: opt.m.clone(),
                 opt_v: opt.v.clone(),
                 opt_t: 0,
@@ -536,7 +555,7 @@ pub fn fit(
                     epoch: 0,
                     robust: v.map_or(-1.0, |v| v.1),
                     clean: v.map_or(-1.0, |v| v.0),
-                    params: values_of(net),
+                    params: values_of(net)?,
                 },
                 history: vec![row],
                 stale: 0,
@@ -545,19 +564,24 @@ pub fn fit(
             }
         }
     };
+    net.start_optimizer(&opt)?;
     let t_start = clock() - state.seconds;
-    let save =
-        |state: &mut checkpoint::State, net: &TrainNet, opt: &Optimizer, now: f64| -> Result<()> {
-            if let Some(c) = ckpt {
-                state.params = values_of(net);
-                state.opt_m = opt.m.clone();
-                state.opt_v = opt.v.clone();
-                state.opt_t = opt.t;
-                state.seconds = now - t_start;
-                checkpoint::save(c.path, state)?;
-            }
-            Ok(())
-        };
+    let save = |state: &mut checkpoint::State,
+                net: &mut TrainNet,
+                opt: &mut Optimizer,
+                now: f64|
+     -> Result<()> {
+        if let Some(c) = ckpt {
+            state.params = values_of(net)?;
+            net.sync_optimizer(opt, false)?;
+            state.opt_m = opt.m.clone();
+            state.opt_v = opt.v.clone();
+            state.opt_t = opt.t;
+            state.seconds = now - t_start;
+            checkpoint::save(c.path, state)?;
+        }
+        Ok(())
+    };
     let stopped_early = |s: &checkpoint::State| cfg.patience.is_some_and(|p| s.stale >= p);
 
     while state.epoch < cfg.epochs && !stopped_early(&state) {
@@ -584,7 +608,7 @@ pub fn fit(
             });
             if let Some(c) = ckpt {
                 if c.every_batches > 0 && (bi + 1) % c.every_batches == 0 && bi + 1 < per_epoch {
-                    save(&mut state, net, &opt, clock())?;
+                    save(&mut state, net, &mut opt, clock())?;
                 }
             }
         }
@@ -612,7 +636,7 @@ pub fn fit(
                 epoch,
                 robust: v.map_or(-1.0, |v| v.1),
                 clean: v.map_or(-1.0, |v| v.0),
-                params: values_of(net),
+                params: values_of(net)?,
             };
             state.stale = 0;
         } else {
@@ -621,7 +645,7 @@ pub fn fit(
         state.epoch = epoch;
         state.batch = 0;
         state.running = (0.0, 0, 0);
-        save(&mut state, net, &opt, clock())?;
+        save(&mut state, net, &mut opt, clock())?;
     }
     Ok(FitResult {
         best_epoch: state.best.epoch,
@@ -630,6 +654,7 @@ pub fn fit(
         params: state.best.params,
         history: state.history,
         epochs_run: state.epoch,
+        resident: net.ran_resident(),
     })
 }
 
@@ -745,7 +770,7 @@ mod tests {
             (loss - l0).abs() < 1e-3 * l0.abs().max(1.0),
             "{loss} vs {l0}"
         );
-        let theta = values_of(&net);
+        let theta = values_of(&mut net).unwrap();
         for dir in 0..3 {
             let v: Vec<Vec<f32>> = theta
                 .iter()

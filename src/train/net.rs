@@ -5,6 +5,10 @@
 //! the forward graph (logits), input-gradient graphs (attacks on the current weights) and
 //! parameter-gradient graphs (the weight update). [`TrainNet`] is also an attack
 //! [`Oracle`], so validation uses the same attacks as `harden audit`.
+//!
+//! With bound step loops on ONNX Runtime and one device, the weights and the optimiser's
+//! moments move into the runtime's memory at the first training step ([`Resident`]);
+//! the host copy is brought up to date only when read ([`TrainNet::weights`]).
 
 use std::collections::HashMap;
 
@@ -18,7 +22,10 @@ use crate::classifier::RunOptions;
 use crate::model::pb;
 use crate::oracle::{head_inputs, open_step_loops};
 use crate::runtime::StepMode;
-use crate::runtime::{self, first_rows, Join, Runtime, Split, StepLoops};
+use crate::runtime::{self, first_rows, Join, Runtime, Shared, Split, StepLoops};
+
+use super::optim::Optimizer;
+use super::resident::Resident;
 
 /// What a gradient-graph run gives back.
 pub struct GraphOut {
@@ -37,7 +44,9 @@ pub struct TrainNet {
     example_shape: Vec<usize>,
     num_classes: usize,
     pub params: Vec<String>,
-    pub values: Vec<ArrayD<f32>>,
+    /// The host copy of the weights: current unless `host_stale` (read through
+    /// [`TrainNet::weights`]).
+    values: Vec<ArrayD<f32>>,
     opts: RunOptions,
     /// Examples per forward run (and per run of `Oracle::loss_grad`).
     eval_batch: usize,
@@ -51,6 +60,14 @@ pub struct TrainNet {
     /// Step graphs (weights as inputs) by loss kind, step rule and run size; `None`
     /// where the model's opset has none.
     step_loops: HashMap<(LossKind, StepMode, [u32; 5], usize), Option<StepLoops>>,
+    /// Weights and optimiser state in the runtime's memory, once a step ran there.
+    resident: Option<Resident>,
+    /// Which copies are behind: the host's weights (after resident steps), the resident
+    /// weights (after the host's changed), the optimiser's host moments, its resident ones.
+    host_stale: bool,
+    resident_stale: bool,
+    state_host_stale: bool,
+    state_resident_stale: bool,
 }
 
 impl TrainNet {
@@ -98,6 +115,11 @@ impl TrainNet {
             chunk: None,
             step_mode: opts.step_mode(),
             step_loops: HashMap::new(),
+            resident: None,
+            host_stale: false,
+            resident_stale: false,
+            state_host_stale: false,
+            state_resident_stale: false,
         })
     }
 
@@ -136,6 +158,7 @@ impl TrainNet {
         }
         let key = (kind, self.step_mode, rule.key(), size);
         if !self.step_loops.contains_key(&key) {
+            crate::oracle::evict_if_full(&mut self.step_loops);
             let g = autodiff::training_graph_wrt(
                 &self.proto,
                 &self.input,
@@ -165,8 +188,140 @@ impl TrainNet {
             stop_early: false,
             judge: &never,
         };
+        // The weights where they are current: bound in place when resident.
+        if let (Some(r), true, false) = (&self.resident, loops.bound(), self.resident_stale) {
+            return Ok(Some(
+                loops
+                    .run(x, x0, heads, Shared::Bound(r.weights()), &job)?
+                    .last,
+            ));
+        }
+        pull_weights(&mut self.resident, &mut self.values, &mut self.host_stale)?;
         let weights: Vec<ArrayViewD<'_, f32>> = self.values.iter().map(|v| v.view()).collect();
-        Ok(Some(loops.run(x, x0, heads, &weights, &job)?.last))
+        Ok(Some(
+            loops.run(x, x0, heads, Shared::Host(&weights), &job)?.last,
+        ))
+    }
+
+    /// The current weights (fetched from the runtime's memory when training steps ran
+    /// there).
+    pub fn weights(&mut self) -> Result<&[ArrayD<f32>]> {
+        self.pull()?;
+        Ok(&self.values)
+    }
+
+    /// The current weights, to change on the host (the resident copy is refreshed before
+    /// the next resident step).
+    pub fn weights_mut(&mut self) -> Result<&mut [ArrayD<f32>]> {
+        self.pull()?;
+        self.resident_stale = true;
+        Ok(&mut self.values)
+    }
+
+    /// Brings the host copy of the weights up to date.
+    fn pull(&mut self) -> Result<()> {
+        pull_weights(&mut self.resident, &mut self.values, &mut self.host_stale)
+    }
+
+    /// Brings `opt`'s moments up to date (from the resident ones after resident steps),
+    /// for a checkpoint or a step on the host; `changing`: the host is about to change
+    /// them, so the resident ones are refreshed before the next resident step.
+    pub fn sync_optimizer(&mut self, opt: &mut Optimizer, changing: bool) -> Result<()> {
+        if self.state_host_stale {
+            if let Some(r) = self.resident.as_mut() {
+                r.get_state(opt)?;
+            }
+            self.state_host_stale = false;
+        }
+        if changing {
+            self.state_resident_stale = true;
+        }
+        Ok(())
+    }
+
+    /// Takes `opt` as the optimiser of the steps to come (a new one, or one restored
+    /// from a checkpoint): its host moments are the current ones.
+    pub fn start_optimizer(&mut self, opt: &Optimizer) -> Result<()> {
+        self.state_host_stale = false;
+        if let Some(r) = self.resident.as_mut() {
+            r.adopt(opt)?;
+        }
+        self.state_resident_stale = false;
+        Ok(())
+    }
+
+    /// Whether training steps run with the weights and the optimiser state in the
+    /// runtime's memory: bound step loops on ONNX Runtime and one device (on several, the
+    /// batch is split and the gradients summed on the host). The whole batch is one run
+    /// (on the CPU, where bound is not the default, without the cache-sized runs of the
+    /// host loop).
+    pub fn resident(&self) -> bool {
+        self.step_mode == StepMode::Bound
+            && runtime::uses_ort(self.opts.runtime, &self.opts.ort)
+            && self.opts.ort.device.cuda_ids().len() <= 1
+    }
+
+    /// Whether a training step ran resident.
+    pub fn ran_resident(&self) -> bool {
+        self.resident.is_some()
+    }
+
+    /// One training step in the runtime's memory (see [`Resident`]) on the loss `kind`
+    /// with head inputs `heads`: the weight gradients on `x`, then `opt`'s step. Returns
+    /// the logits and the per-example losses.
+    pub fn resident_step(
+        &mut self,
+        opt: &mut Optimizer,
+        kind: LossKind,
+        x: &[f32],
+        heads: &[Vec<f32>],
+    ) -> Result<(Array2<f32>, Vec<f32>)> {
+        let b = x.len() / self.example_len().max(1);
+        let k = self.num_classes;
+        if self.resident.is_none() {
+            self.pull()?;
+            self.sync_optimizer(opt, false)?;
+            let r = Resident::new(&self.opts.ort, self.opts.threads, &self.values, opt)?;
+            self.resident = Some(r);
+            self.resident_stale = false;
+            self.state_resident_stale = false;
+        }
+        let x_shape = self.x_shape(b);
+        let Self {
+            resident: Some(r),
+            proto,
+            input,
+            example_shape,
+            params,
+            ..
+        } = self
+        else {
+            bail!("no resident weights");
+        };
+        if self.resident_stale {
+            r.set_weights(&self.values)?;
+            self.resident_stale = false;
+        }
+        if self.state_resident_stale {
+            r.set_state(opt)?;
+            self.state_resident_stale = false;
+        }
+        let graph = || {
+            let g = autodiff::training_graph_wrt(
+                proto,
+                input,
+                example_shape,
+                b,
+                kind,
+                params,
+                Wrt::PARAMS,
+            )?;
+            Ok(prost::Message::encode_to_vec(&g.grad.proto))
+        };
+        let (logits, loss) = r.step(graph, kind, x, &x_shape, heads, opt)?;
+        self.host_stale = true;
+        self.state_host_stale = true;
+        Ok((Array2::from_shape_vec((b, k), logits)?, loss))
     }
 
     /// Host threads the run options allow (the optimiser's step uses them too).
@@ -268,6 +423,7 @@ impl TrainNet {
         heads: &[Vec<f32>],
     ) -> Result<GraphOut> {
         self.prepare(kind, param_grads, batch)?;
+        self.pull()?;
         let k = self.num_classes;
         let xa = ArrayD::from_shape_vec(IxDyn(&self.x_shape(batch)), x.to_vec())?;
         let ha: Vec<ArrayD<f32>> = heads
@@ -323,6 +479,21 @@ impl TrainNet {
     }
 }
 
+/// Fetches the resident weights into `values` when `stale` says they are behind.
+fn pull_weights(
+    resident: &mut Option<Resident>,
+    values: &mut [ArrayD<f32>],
+    stale: &mut bool,
+) -> Result<()> {
+    if *stale {
+        if let Some(r) = resident.as_mut() {
+            r.get_weights(values)?;
+        }
+        *stale = false;
+    }
+    Ok(())
+}
+
 impl Oracle for TrainNet {
     fn num_classes(&self) -> usize {
         self.num_classes
@@ -339,6 +510,7 @@ impl Oracle for TrainNet {
         let k = self.num_classes;
         let xs = self.x_shape(b);
         self.forward_runtime()?;
+        self.pull()?;
         let mut rows = Vec::with_capacity(n * k);
         let mut done = 0;
         while done < n {

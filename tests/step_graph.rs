@@ -363,8 +363,8 @@ fn audits_report_the_same_with_bound_steps() {
 /// graph (weights as its inputs) trains the same weights as with the host loop, bit for
 /// bit on ONNX Runtime; bound, with the weights, the gradients and the optimiser's state
 /// held in the runtime's memory and the optimiser's step run as a graph: bit for bit on
-/// one run, within 1e-6 where the host loop cuts the batch (the gradients summed in
-/// another order).
+/// one run, within 1e-6 (SGD) or 1e-4 (Adam) where the host loop cuts the batch (the
+/// gradients summed in another order).
 #[test]
 fn training_with_steps_in_the_graph_trains_the_same_weights() {
     use harden::autodiff::trainable_params;
@@ -485,10 +485,14 @@ fn training_with_steps_in_the_graph_trains_the_same_weights() {
                     // loop as cache-sized runs on `threads` sessions whose gradients it
                     // adds: the same sums in another order, except for the MLP (whose
                     // runs hold the batch) on one thread.
+                    // Adam divides by the root of the second moment: a gradient entry
+                    // near zero summed in another order can move its weight by up to
+                    // the learning rate (0.01) a step.
                     let one_run = threads == 1 && matches!(net_kind, Net::Mlp);
                     let exact = mode == StepMode::Graph || one_run;
+                    let tol = if kind == adam { 1e-4 } else { 1e-6 };
                     assert!(
-                        if exact { w == host } else { worst <= 1e-6 },
+                        if exact { w == host } else { worst <= tol },
                         "{net_kind:?} {method:?} {mode:?} on {threads} threads: other weights than the host loop's (by {worst:e})"
                     );
                 }

@@ -165,7 +165,7 @@ fn main() -> anyhow::Result<()> {
             fit(&mut net, &warm, &mut clock)?;
             let t0 = Instant::now();
             let fitted = fit(&mut net, &train_set, &mut clock)?;
-            train_weights = if fitted.resident { "device" } else { "host" };
+            train_weights = if fitted.resident { "bound" } else { "host" };
             (
                 t0.elapsed().as_secs_f64(),
                 (train_set.len() / batch) * batch,

@@ -1192,6 +1192,12 @@ impl Runtime for OrtRuntime {
         if names.len() != inputs.len() {
             bail!("graph takes {} inputs, {} given", names.len(), inputs.len());
         }
+        simulated_oom(
+            inputs
+                .first()
+                .and_then(|x| x.shape().first().copied())
+                .unwrap_or(0),
+        )?;
         let mut values = Vec::with_capacity(inputs.len());
         for (name, x) in names.iter().zip(inputs) {
             let t = ort::value::TensorRef::from_array_view(x.view())
@@ -1218,6 +1224,61 @@ impl Runtime for OrtRuntime {
 /// failures) names `--batch-size`, the one setting that bounds it; anything else is
 /// passed on.
 pub(crate) fn run_failure(msg: &str, batch: Option<usize>) -> anyhow::Error {
+    if let Some(e) = out_of_memory(msg, batch) {
+        return e;
+    }
+    anyhow!(
+        "onnxruntime failed to run the model: {}",
+        msg.replace('\n', " ")
+    )
+}
+
+/// A run that ran out of memory (the error [`run_failure`] gives for it, found in an
+/// error's chain by [`is_out_of_memory`]).
+#[derive(Debug)]
+pub struct OutOfMemory {
+    /// Examples in the run, where known.
+    pub examples: Option<usize>,
+    detail: String,
+}
+
+impl std::fmt::Display for OutOfMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.examples {
+            Some(n) => write!(f, "onnxruntime ran out of memory running {n} examples at once ({}); pass a smaller --batch-size", self.detail),
+            None => write!(f, "onnxruntime ran out of memory ({}); pass a smaller --batch-size", self.detail),
+        }
+    }
+}
+
+impl std::error::Error for OutOfMemory {}
+
+/// Whether `e` (or an error it wraps) is a run out of memory.
+pub fn is_out_of_memory(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<OutOfMemory>())
+}
+
+/// For tests of the out-of-memory path on machines with memory to spare: with
+/// `HARDEN_SIMULATE_OOM_ABOVE=N`, every ONNX Runtime run of more than N examples fails as
+/// out of memory.
+pub(crate) fn simulated_oom(examples: usize) -> Result<()> {
+    static LIMIT: OnceLock<Option<usize>> = OnceLock::new();
+    let limit = LIMIT.get_or_init(|| {
+        std::env::var("HARDEN_SIMULATE_OOM_ABOVE")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+    });
+    match limit {
+        Some(n) if examples > *n => Err(run_failure(
+            &format!("Failed to allocate memory (simulated: HARDEN_SIMULATE_OOM_ABOVE={n})"),
+            Some(examples),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The out-of-memory error for `msg`, if it is one.
+fn out_of_memory(msg: &str, batch: Option<usize>) -> Option<anyhow::Error> {
     let m = msg.to_ascii_lowercase();
     let oom = [
         "out of memory",
@@ -1227,12 +1288,12 @@ pub(crate) fn run_failure(msg: &str, batch: Option<usize>) -> anyhow::Error {
     ]
     .iter()
     .any(|p| m.contains(p));
-    let msg = msg.replace('\n', " ");
-    match (oom, batch) {
-        (true, Some(n)) => anyhow!("onnxruntime ran out of memory running {n} examples at once ({msg}); pass a smaller --batch-size"),
-        (true, None) => anyhow!("onnxruntime ran out of memory ({msg}); pass a smaller --batch-size"),
-        _ => anyhow!("onnxruntime failed to run the model: {msg}"),
-    }
+    oom.then(|| {
+        anyhow::Error::new(OutOfMemory {
+            examples: batch,
+            detail: msg.replace('\n', " "),
+        })
+    })
 }
 
 type TractPlan = Arc<tract_onnx::prelude::TypedRunnableModel>;

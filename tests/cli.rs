@@ -176,3 +176,84 @@ fn unwritable_json_path_is_an_error() {
         "cannot write",
     );
 }
+
+/// An audit whose runs go out of memory (simulated: `HARDEN_SIMULATE_OOM_ABOVE`) runs
+/// again at half the batch size until they fit, says so, and reports what an audit at
+/// that batch size reports; at one example it stops saying the model does not fit, and
+/// with `--checkpoint` (whose batches are counted at the size asked for) it stops naming
+/// `--batch-size` (exit 2, no report written).
+#[test]
+fn out_of_memory_audits_halve_the_batch() {
+    if !common::ort_available() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mlp = f("mlp.onnx");
+    let data = format!(
+        "{}:test",
+        common::root().join("data/fashion-mnist-slice").display()
+    );
+    let audit = |batch: &str, json: &std::path::Path, oom: Option<&str>, extra: &[&str]| {
+        let mut c = harden();
+        c.args([
+            "audit", &mlp, "--data", &data, "--limit", "100", "--eps", "0.05",
+        ])
+        .args([
+            "--attacks",
+            "fgsm,pgd",
+            "--runtime",
+            "ort",
+            "--threads",
+            "1",
+        ])
+        .args(["--batch-size", batch, "--json", json.to_str().unwrap()])
+        .args(extra);
+        if let Some(n) = oom {
+            c.env("HARDEN_SIMULATE_OOM_ABOVE", n);
+        }
+        c.output().unwrap()
+    };
+    let strip = |p: &std::path::Path| {
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        v["meta"] = serde_json::Value::Null;
+        v["audit"]["meta"] = serde_json::Value::Null;
+        v
+    };
+    let want = d.path().join("want.json");
+    let out = audit("16", &want, None, &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let got = d.path().join("got.json");
+    let out = audit("64", &got, Some("20"), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for line in [
+        "ran out of memory at --batch-size 64;",
+        "auditing again at --batch-size 32",
+        "auditing again at --batch-size 16",
+    ] {
+        assert!(err.contains(line), "no '{line}' in: {err}");
+    }
+    assert!(!err.contains("--batch-size 8"), "{err}");
+    assert_eq!(strip(&got), strip(&want), "the halved audit's report");
+    // Where halving cannot help, or is not done: one line naming --batch-size.
+    let never = d.path().join("never.json");
+    let out = audit("4", &never, Some("0"), &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("running one example at a time"), "{err}");
+    assert!(!never.exists());
+    let ck = d.path().join("audit.ckpt");
+    let out = audit(
+        "64",
+        &never,
+        Some("20"),
+        &["--checkpoint", ck.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("ran out of memory running 64 examples at once") && !err.contains("again"),
+        "{err}"
+    );
+    assert!(!never.exists());
+}

@@ -702,7 +702,7 @@ fn gates_judge_the_hardened_model() {
 }
 
 /// `--step-loop bound` on ONNX Runtime trains with the weights and the optimiser's state
-/// in the runtime's memory (`meta.train_weights: device`) and hardens the MLP to the same
+/// in the runtime's memory (`meta.train_weights: bound`) and hardens the MLP to the same
 /// weights as the host loop (one thread: the same sums in the same order).
 #[test]
 fn bound_training_holds_the_weights_in_the_runtime_and_trains_the_same_model() {
@@ -734,7 +734,7 @@ fn bound_training_holds_the_weights_in_the_runtime_and_trains_the_same_model() {
         ));
         let r: serde_json::Value =
             serde_json::from_slice(&std::fs::read(rep.join("report.json")).unwrap()).unwrap();
-        let want = if mode == "bound" { "device" } else { "host" };
+        let want = if mode == "bound" { "bound" } else { "host" };
         assert_eq!(r["meta"]["train_weights"], want, "{mode}");
         assert_eq!(r["meta"]["step_loop"], mode);
         got.push(weights(&out));

@@ -363,7 +363,7 @@ fn audits_report_the_same_with_bound_steps() {
 /// graph (weights as its inputs) trains the same weights as with the host loop, bit for
 /// bit on ONNX Runtime; bound, with the weights, the gradients and the optimiser's state
 /// held in the runtime's memory and the optimiser's step run as a graph: bit for bit on
-/// one run, within 1e-6 (SGD) or 1e-4 (Adam) where the host loop cuts the batch (the
+/// one run, within 1e-6 (SGD) or 1e-3 (Adam) where the host loop cuts the batch (the
 /// gradients summed in another order).
 #[test]
 fn training_with_steps_in_the_graph_trains_the_same_weights() {
@@ -486,11 +486,12 @@ fn training_with_steps_in_the_graph_trains_the_same_weights() {
                     // adds: the same sums in another order, except for the MLP (whose
                     // runs hold the batch) on one thread.
                     // Adam divides by the root of the second moment: a gradient entry
-                    // near zero summed in another order can move its weight by up to
-                    // the learning rate (0.01) a step.
+                    // near zero summed in another order can change its normalised update
+                    // (measured: 3.4e-5 after two steps); a wrong update moves weights by
+                    // about the learning rate, 0.01.
                     let one_run = threads == 1 && matches!(net_kind, Net::Mlp);
                     let exact = mode == StepMode::Graph || one_run;
-                    let tol = if kind == adam { 1e-4 } else { 1e-6 };
+                    let tol = if kind == adam { 1e-3 } else { 1e-6 };
                     assert!(
                         if exact { w == host } else { worst <= tol },
                         "{net_kind:?} {method:?} {mode:?} on {threads} threads: other weights than the host loop's (by {worst:e})"
@@ -503,7 +504,8 @@ fn training_with_steps_in_the_graph_trains_the_same_weights() {
 
 /// Training with the weights and the optimiser's state held in ONNX Runtime's memory
 /// checkpoints what it holds: one epoch, its checkpoint (weights and Adam's moments
-/// fetched from the runtime) and a resumed second epoch train the weights of two
+/// fetched from the runtime; checkpoints after every batch and validation after every
+/// epoch reading them in between) and a resumed second epoch train the weights of two
 /// uninterrupted epochs, bit for bit, also on a model whose weights and SGD momenta an
 /// earlier run left in the runtime's memory.
 #[test]
@@ -514,10 +516,17 @@ fn resident_training_checkpoints_and_resumes_to_the_same_weights() {
     if !common::ort_available() {
         return;
     }
-    let (o, x, y) = open(Net::Mlp, RuntimeChoice::Ort, 96);
+    let (o, x, y) = open(Net::Demo, RuntimeChoice::Ort, 128);
     let len = o.example_len();
     drop(o);
-    let m = harden::model::OnnxModel::load(&common::root().join("fixtures/mlp.onnx")).unwrap();
+    // 96 to train on, 32 to validate each epoch (validation reads the held weights).
+    let val = Examples {
+        x: x[96 * len..].to_vec(),
+        y: y[96..].to_vec(),
+        len,
+    };
+    let (x, y) = (x[..96 * len].to_vec(), y[..96].to_vec());
+    let m = harden::model::OnnxModel::load(&common::root().join("models/fmnist_cnn.onnx")).unwrap();
     let spec = InputSpec::resolve(&m.classifier_input().unwrap(), &SpecArgs::default()).unwrap();
     let shape: Vec<usize> = spec.model_shape[1..]
         .iter()
@@ -572,7 +581,8 @@ fn resident_training_checkpoints_and_resumes_to_the_same_weights() {
             let c = Checkpointing {
                 path: ckpt,
                 fingerprint: "resident".into(),
-                every_batches: 0,
+                // Also checkpointed after each batch but an epoch's last.
+                every_batches: 1,
             };
             let none = Examples::default();
             if warm {
@@ -593,7 +603,7 @@ fn resident_training_checkpoints_and_resumes_to_the_same_weights() {
             let fit = train::fit(
                 &mut net,
                 &set,
-                &none,
+                &val,
                 &threat,
                 &cfg(epochs, adam),
                 Some(&c),
@@ -603,7 +613,10 @@ fn resident_training_checkpoints_and_resumes_to_the_same_weights() {
             )
             .unwrap();
             assert!(fit.resident, "the steps ran with the weights on the host");
-            fit.params
+            // The last weights (the fit's are the best epoch's).
+            let last = checkpoint::load(ckpt).unwrap().params;
+            assert_eq!(last.len(), fit.params.len());
+            last
         };
     let whole = run(2, &d.path().join("whole.ckpt"), None, false);
     let part = d.path().join("part.ckpt");

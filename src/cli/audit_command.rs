@@ -61,10 +61,32 @@ pub struct AuditArgs {
     pub rounding: RoundingArgs,
 }
 
-pub(super) fn run(a: AuditArgs, env: &Env) -> Result<i32> {
+/// Runs the audit; where ONNX Runtime runs out of memory, again at half the batch size
+/// (the outcomes do not depend on it), down to one example, saying so. Not with
+/// `--checkpoint`, whose finished batches are counted at the batch size asked for.
+pub(super) fn run(mut a: AuditArgs, env: &Env) -> Result<i32> {
+    loop {
+        let b = a.run.batch_size;
+        match audit(&a, env) {
+            Err(e) if crate::runtime::is_out_of_memory(&e) && a.checkpoint.is_none() => {
+                if b <= 1 {
+                    bail!("onnxruntime ran out of memory running one example at a time: the model's graphs do not fit in this device's memory ({e})");
+                }
+                eprintln!(
+                    "onnxruntime ran out of memory at --batch-size {b}; auditing again at --batch-size {}",
+                    b / 2
+                );
+                a.run.batch_size = b / 2;
+            }
+            done => return done,
+        }
+    }
+}
+
+fn audit(a: &AuditArgs, env: &Env) -> Result<i32> {
     let started = Instant::now();
     let started_unix = unix_now();
-    let shard = shard_part::parse(&a)?;
+    let shard = shard_part::parse(a)?;
     a.report
         .validate_with(a.eps.is_some(), a.baseline.is_some())?;
     if let Some(p) = a.json.as_deref().filter(|p| *p != Path::new("-")) {
@@ -124,7 +146,7 @@ pub(super) fn run(a: AuditArgs, env: &Env) -> Result<i32> {
             s.oracle.prepare(LossKind::CrossEntropy)?;
         }
     }
-    let mut log = shard_part::open_log(&a, &mut s, plan.as_ref(), shard)?;
+    let mut log = shard_part::open_log(a, &mut s, plan.as_ref(), shard)?;
     let bar = progress_bar(s.source.len().map(|n| n as u64), "auditing");
     let mut report = audit::run_audit_logged(
         &s.model,
@@ -164,7 +186,7 @@ pub(super) fn run(a: AuditArgs, env: &Env) -> Result<i32> {
         let eps = plan.as_ref().map(|p| p.eps.clone()).unwrap_or_default();
         let device = s.ort.device.to_string();
         return shard_part::write(
-            &a,
+            a,
             &report,
             sh,
             eps,

@@ -748,7 +748,7 @@ fn write_outputs(
     let text = headline(&facts, &training, &before, train_seconds);
     let mut report = Report::hardening(before, after, training);
     super::stamp_device(&mut report, &f.opts.ort, f.opts.step_mode());
-    report.meta.train_weights = if resident { "device" } else { "host" }.to_string();
+    report.meta.train_weights = if resident { "bound" } else { "host" }.to_string();
     report.meta.command = env.command.clone();
     report.stamp(
         env!("CARGO_PKG_VERSION"),

@@ -97,8 +97,9 @@ pub struct Meta {
     /// How PGD's steps ran: `host`, `graph` or `bound` (`--step-loop`).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub step_loop: String,
-    /// Where a hardening run's weights and optimiser state lived between steps: `device`
-    /// (the runtime's memory: bound step loops on ONNX Runtime, one device) or `host`.
+    /// Where a hardening run's weights and optimiser state lived between steps: `bound`
+    /// (held in the runtime's memory, the GPU's on CUDA: bound step loops on ONNX Runtime,
+    /// one device) or `host`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub train_weights: String,
     /// The command line of the run (the CLI passes its arguments in), to reproduce it.

@@ -3,9 +3,12 @@
 //! loops (`steps.rs`) and training with resident weights (`train::resident`) share.
 //!
 //! Copies between the host and a device go through a one-node Identity session of
-//! harden's own, one per [`BoundDevice`], its binding cleared after every copy: ort's
+//! harden's own, one per CUDA device, its binding cleared after every copy: ort's
 //! `Tensor::to` copies through a process-wide session whose binding keeps the last value
 //! it copied (and with it that value's device memory) alive until the next copy.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use anyhow::{anyhow, bail, Result};
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
@@ -21,12 +24,19 @@ pub(crate) fn ort_err(what: &'static str) -> impl Fn(ort::Error) -> anyhow::Erro
     move |e| anyhow!("onnxruntime: {what}: {e}")
 }
 
-/// Where bound values live: a CUDA device, or the host.
+/// Where bound values live: a CUDA device, or the host. The handles of one CUDA device
+/// share its allocator and copy session (one memory arena per device, however many step
+/// loops and trainers use it), which live as long as the process: a tensor never
+/// outlives the session whose allocator made it.
+#[derive(Clone)]
 pub struct BoundDevice {
-    cuda: Option<usize>,
+    cuda: Option<Arc<Mutex<CudaMemory>>>,
+}
+
+/// A CUDA device's allocator and copy session.
+struct CudaMemory {
     alloc: Allocator,
-    /// The copy session (CUDA only).
-    copier: Option<Session>,
+    copier: Session,
 }
 
 /// An Identity graph over a float tensor of any shape.
@@ -70,13 +80,19 @@ impl BoundDevice {
     /// The first device of `loc` (the host when it names no CUDA device).
     pub fn new(loc: &OrtLocator) -> Result<BoundDevice> {
         let Some(&id) = loc.device.cuda_ids().first() else {
-            return Ok(BoundDevice {
-                cuda: None,
-                alloc: Allocator::default(),
-                copier: None,
-            });
+            return Ok(BoundDevice { cuda: None });
         };
-        let session = ort_session(&identity_model(), 1, &loc.on(id))?;
+        static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<Mutex<CudaMemory>>>>> = OnceLock::new();
+        let mut devices = DEVICES
+            .get_or_init(Default::default)
+            .lock()
+            .map_err(|_| anyhow!("the device table is poisoned"))?;
+        if let Some(d) = devices.get(&id) {
+            return Ok(BoundDevice {
+                cuda: Some(d.clone()),
+            });
+        }
+        let copier = ort_session(&identity_model(), 1, &loc.on(id))?;
         let info = MemoryInfo::new(
             AllocationDevice::CUDA,
             i32::try_from(id).unwrap_or(0),
@@ -84,21 +100,33 @@ impl BoundDevice {
             MemoryType::Default,
         )
         .map_err(ort_err("CUDA memory"))?;
-        let alloc = Allocator::new(&session, info).map_err(ort_err("CUDA allocator"))?;
-        Ok(BoundDevice {
-            cuda: Some(id),
-            alloc,
-            copier: Some(session),
-        })
+        let alloc = Allocator::new(&copier, info).map_err(ort_err("CUDA allocator"))?;
+        let d = Arc::new(Mutex::new(CudaMemory { alloc, copier }));
+        devices.insert(id, d.clone());
+        Ok(BoundDevice { cuda: Some(d) })
     }
 
     pub fn is_cuda(&self) -> bool {
         self.cuda.is_some()
     }
 
+    fn cuda(&self) -> Result<Option<MutexGuard<'_, CudaMemory>>> {
+        self.cuda
+            .as_ref()
+            .map(|m| {
+                m.lock()
+                    .map_err(|_| anyhow!("a CUDA device's memory is poisoned"))
+            })
+            .transpose()
+    }
+
     /// An uninitialised tensor of `shape` on the device.
     pub fn alloc(&self, shape: &[usize]) -> Result<Tensor> {
-        Tensor::new(&self.alloc, shape.to_vec()).map_err(ort_err("allocating a bound value"))
+        let t = match self.cuda()? {
+            None => Tensor::new(&Allocator::default(), shape.to_vec()),
+            Some(m) => Tensor::new(&m.alloc, shape.to_vec()),
+        };
+        t.map_err(ort_err("allocating a bound value"))
     }
 
     /// A tensor of `shape` on the host (for the outputs that come back).
@@ -114,14 +142,14 @@ impl BoundDevice {
     }
 
     /// A tensor of `shape` on the device holding `values`.
-    pub fn upload(&mut self, values: &[f32], shape: &[usize]) -> Result<Tensor> {
+    pub fn upload(&self, values: &[f32], shape: &[usize]) -> Result<Tensor> {
         let mut t = self.alloc(shape)?;
         self.write(&mut t, values)?;
         Ok(t)
     }
 
     /// Overwrites the device tensor `t` with `values`.
-    pub fn write(&mut self, t: &mut Tensor, values: &[f32]) -> Result<()> {
+    pub fn write(&self, t: &mut Tensor, values: &[f32]) -> Result<()> {
         let shape: Vec<usize> = t.shape().iter().map(|d| *d as usize).collect();
         if shape.iter().product::<usize>() != values.len() {
             bail!(
@@ -129,33 +157,33 @@ impl BoundDevice {
                 values.len()
             );
         }
-        match &mut self.copier {
+        match self.cuda()? {
             None => {
                 let (_, data) = t
                     .try_extract_tensor_mut()
                     .map_err(ort_err("writing a bound value"))?;
                 data.copy_from_slice(values);
             }
-            Some(session) => {
+            Some(mut m) => {
                 let src = BoundDevice::host_input(values, &shape)?;
-                copy(session, &src, t)?;
+                copy(&mut m.copier, &src, t)?;
             }
         }
         Ok(())
     }
 
     /// The values of the tensor `t` (from device memory on CUDA).
-    pub fn download(&mut self, t: &Tensor) -> Result<Vec<f32>> {
-        match &mut self.copier {
+    pub fn download(&self, t: &Tensor) -> Result<Vec<f32>> {
+        match self.cuda()? {
             None => Ok(t
                 .try_extract_tensor()
                 .map_err(ort_err("reading a bound value"))?
                 .1
                 .to_vec()),
-            Some(session) => {
+            Some(mut m) => {
                 let shape: Vec<usize> = t.shape().iter().map(|d| *d as usize).collect();
                 let mut h = BoundDevice::host(&shape)?;
-                copy(session, t, &mut h)?;
+                copy(&mut m.copier, t, &mut h)?;
                 Ok(h.try_extract_tensor()
                     .map_err(ort_err("reading"))?
                     .1
@@ -224,6 +252,7 @@ impl BoundGraph {
         outputs: &mut [(&str, &mut Tensor)],
         rows: Option<usize>,
     ) -> Result<()> {
+        super::simulated_oom(rows.unwrap_or(0))?;
         let mut binding = self.session.create_binding().map_err(ort_err("binding"))?;
         for (name, v) in inputs {
             binding
@@ -270,7 +299,7 @@ mod tests {
             eprintln!("skipping: ONNX Runtime does not load");
             return;
         }
-        let mut dev = BoundDevice::new(&loc).unwrap();
+        let dev = BoundDevice::new(&loc).unwrap();
         let values: Vec<f32> = (0..24).map(|i| i as f32 * 0.5 - 3.0).collect();
         let mut t = dev.upload(&values, &[2, 3, 4]).unwrap();
         assert_eq!(dev.download(&t).unwrap(), values);

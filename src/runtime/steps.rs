@@ -389,6 +389,7 @@ impl StepLoop for BoundLoop {
     }
 
     fn run(&mut self, run: &Run<'_>, job: &StepJob<'_>) -> Result<StepsDone> {
+        super::simulated_oom(run.size)?;
         let shape = run.x_shape();
         let host = BoundDevice::host_input;
         let cuda = self.dev.is_cuda();
@@ -467,7 +468,7 @@ impl StepLoop for BoundLoop {
                     .map_err(ort_err("synchronising"))?;
             }
             last_out = Some(o);
-            let dev = &mut self.dev;
+            let dev = &self.dev;
             let got = logits
                 .try_extract_tensor()
                 .map_err(ort_err("reading the logits"))?

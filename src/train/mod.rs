@@ -187,7 +187,7 @@ pub struct FitResult {
     /// Epochs run in total (fewer than asked when early stopping fired).
     pub epochs_run: usize,
     /// Whether the steps ran with the weights and the optimiser state in the runtime's
-    /// memory (see `resident`).
+    /// memory (see `resident`; TRADES steps on the host).
     pub resident: bool,
 }
 
@@ -654,7 +654,7 @@ pub fn fit(
         params: state.best.params,
         history: state.history,
         epochs_run: state.epoch,
-        resident: net.ran_resident(),
+        resident: net.resident() && cfg.method != Method::Trades,
     })
 }
 

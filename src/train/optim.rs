@@ -118,11 +118,16 @@ impl Optimizer {
     /// Counts a step and returns its scalars (the host's [`Optimizer::step`] and the
     /// graph's, `optim_graph`, both take them from here).
     pub fn advance(&mut self) -> StepScalars {
-        let lr = self.cfg.lr_at(self.t);
+        let s = self.next_scalars();
         self.t += 1;
-        let t = self.t as i32;
+        s
+    }
+
+    /// The scalars the next [`Optimizer::advance`] gives, without counting the step.
+    pub fn next_scalars(&self) -> StepScalars {
+        let t = (self.t + 1) as i32;
         StepScalars {
-            lr,
+            lr: self.cfg.lr_at(self.t),
             c1: 1.0 - BETA1.powi(t),
             c2: 1.0 - BETA2.powi(t),
         }

@@ -265,7 +265,7 @@ impl Resident {
         if self.v.len() != if adam { p } else { 0 } {
             bail!("the held optimiser state is not {:?}'s", opt.cfg.kind);
         }
-        let scalars = optim_graph::scalar_inputs(opt.cfg.kind, &opt.advance(), b);
+        let scalars = optim_graph::scalar_inputs(opt.cfg.kind, &opt.next_scalars(), b);
         let scalar_names: &[&str] = if adam {
             &["scale", "lr", "c1", "c2"]
         } else {
@@ -327,6 +327,7 @@ impl Resident {
         if bad != 0.0 {
             bail!(super::DIVERGED);
         }
+        opt.advance();
         std::mem::swap(&mut self.w, &mut self.w_next);
         std::mem::swap(&mut self.m, &mut self.m_next);
         std::mem::swap(&mut self.v, &mut self.v_next);

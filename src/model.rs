@@ -582,6 +582,49 @@ pub fn float_value_info(name: &str, dims: &[Dim]) -> pb::ValueInfoProto {
     v
 }
 
+/// `graph` as an encoded opset-13 model (IR 8) produced by harden: the shape of the
+/// graphs harden builds to run on their own (the optimiser's step, probes, copies).
+pub fn encode_opset13(graph: pb::GraphProto) -> Vec<u8> {
+    let model = pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        producer_name: "harden".into(),
+        graph: Some(graph),
+        ..Default::default()
+    };
+    prost::Message::encode_to_vec(&model)
+}
+
+/// `y = op(x)` over float tensors of `dims` (`None`: of any shape), encoded (opset 13).
+pub fn unary_model(op: &str, dims: Option<&[Dim]>) -> Vec<u8> {
+    let value = |name: &str| {
+        let mut v = float_value_info(name, dims.unwrap_or(&[]));
+        if dims.is_none() {
+            if let Some(pb::type_proto::Value::TensorType(t)) =
+                v.r#type.as_mut().and_then(|t| t.value.as_mut())
+            {
+                t.shape = None;
+            }
+        }
+        v
+    };
+    encode_opset13(pb::GraphProto {
+        name: op.to_lowercase(),
+        node: vec![pb::NodeProto {
+            op_type: op.into(),
+            input: vec!["x".into()],
+            output: vec!["y".into()],
+            ..Default::default()
+        }],
+        input: vec![value("x")],
+        output: vec![value("y")],
+        ..Default::default()
+    })
+}
+
 /// A float initializer with the given dims.
 pub fn float_tensor(name: &str, dims: &[i64], values: &[f32]) -> pb::TensorProto {
     pb::TensorProto {

@@ -1010,44 +1010,7 @@ fn device_count(cuda_major: u32) -> Result<usize> {
 
 /// A one-node graph (`y = Relu(x)`, x of 4 floats) to start a provider with.
 fn probe_model() -> Vec<u8> {
-    use crate::model::pb;
-    let value = |name: &str| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto {
-                    dim: vec![pb::tensor_shape_proto::Dimension {
-                        value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(4)),
-                        ..Default::default()
-                    }],
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(pb::GraphProto {
-            name: "probe".into(),
-            node: vec![pb::NodeProto {
-                op_type: "Relu".into(),
-                input: vec!["x".into()],
-                output: vec!["y".into()],
-                ..Default::default()
-            }],
-            input: vec![value("x")],
-            output: vec![value("y")],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    prost::Message::encode_to_vec(&model)
+    crate::model::unary_model("Relu", Some(&[crate::model::Dim::Fixed(4)]))
 }
 
 /// The DT_NEEDED entries of a 64-bit little-endian ELF shared library (read from its

@@ -359,6 +359,71 @@ fn audits_report_the_same_with_bound_steps() {
     }
 }
 
+/// A model to train (`net`'s), opened for a `TrainNet` on `threads` threads with its
+/// attack steps run as `mode` says.
+fn train_net(net: Net, threads: usize, mode: StepMode) -> harden::train::TrainNet {
+    let model = match net {
+        Net::Demo => "models/fmnist_cnn.onnx",
+        Net::Mlp => "fixtures/mlp.onnx",
+    };
+    let m = harden::model::OnnxModel::load(&common::root().join(model)).unwrap();
+    let spec = InputSpec::resolve(&m.classifier_input().unwrap(), &SpecArgs::default()).unwrap();
+    let shape: Vec<usize> = spec.model_shape[1..]
+        .iter()
+        .map(|d| d.fixed().unwrap())
+        .collect();
+    let mut opts = common::options(RuntimeChoice::Ort);
+    opts.threads = threads;
+    let mut t = harden::train::TrainNet::new(
+        spec.wrap(&m).unwrap(),
+        &spec.input_name,
+        &shape,
+        10,
+        harden::autodiff::trainable_params(&m.proto),
+        &opts,
+        32,
+    )
+    .unwrap();
+    t.set_step_mode(mode);
+    t
+}
+
+/// `epochs` of training by `method` (`steps` attack steps at eps 0.1), batches of 32, with
+/// `kind` (learning rate 0.01, momentum 0.9, weight decay 5e-4) on `schedule`.
+fn train_config(
+    method: harden::train::Method,
+    steps: usize,
+    kind: harden::train::optim::OptimizerKind,
+    epochs: usize,
+    schedule: harden::train::optim::Schedule,
+) -> harden::train::HardenConfig {
+    harden::train::HardenConfig {
+        method,
+        norm: Norm::Linf,
+        eps: threat(Norm::Linf).eps,
+        train_eps: None,
+        epochs,
+        batch_size: 32,
+        adv_ratio: 1.0,
+        attack_steps: steps,
+        step_size: None,
+        beta: 6.0,
+        optim: harden::train::optim::OptimConfig {
+            kind,
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            schedule,
+            warmup_steps: 0,
+            total_steps: 0,
+        },
+        warmup_epochs: 0.0,
+        seed: 4,
+        val_steps: 1,
+        patience: None,
+    }
+}
+
 /// Adversarial training (PGD-3 and FGSM-RS examples) with the attack's steps in the step
 /// graph (weights as its inputs) trains the same weights as with the host loop, bit for
 /// bit on ONNX Runtime; bound, with the weights, the gradients and the optimiser's state
@@ -367,8 +432,7 @@ fn audits_report_the_same_with_bound_steps() {
 /// gradients summed in another order).
 #[test]
 fn training_with_steps_in_the_graph_trains_the_same_weights() {
-    use harden::autodiff::trainable_params;
-    use harden::train::{self, optim, Examples, HardenConfig, Method, TrainNet};
+    use harden::train::{self, optim, Examples, Method};
     if !common::ort_available() {
         return;
     }
@@ -376,17 +440,6 @@ fn training_with_steps_in_the_graph_trains_the_same_weights() {
         let (o, x, y) = open(net_kind, RuntimeChoice::Ort, 80);
         let len = o.example_len();
         drop(o);
-        let model = match net_kind {
-            Net::Demo => "models/fmnist_cnn.onnx",
-            Net::Mlp => "fixtures/mlp.onnx",
-        };
-        let m = harden::model::OnnxModel::load(&common::root().join(model)).unwrap();
-        let spec =
-            InputSpec::resolve(&m.classifier_input().unwrap(), &SpecArgs::default()).unwrap();
-        let shape: Vec<usize> = spec.model_shape[1..]
-            .iter()
-            .map(|d| d.fixed().unwrap())
-            .collect();
         let set = Examples { x, y, len };
         let threat = threat(Norm::Linf);
         let (sgd, adam) = (optim::OptimizerKind::Sgd, optim::OptimizerKind::Adam);
@@ -395,45 +448,9 @@ fn training_with_steps_in_the_graph_trains_the_same_weights() {
             (Method::Fast, 1, sgd),
             (Method::Fast, 1, adam),
         ] {
-            let cfg = HardenConfig {
-                method,
-                norm: Norm::Linf,
-                eps: threat.eps,
-                train_eps: None,
-                epochs: 1,
-                batch_size: 32,
-                adv_ratio: 1.0,
-                attack_steps: steps,
-                step_size: None,
-                beta: 6.0,
-                optim: optim::OptimConfig {
-                    kind,
-                    lr: 0.01,
-                    momentum: 0.9,
-                    weight_decay: 5e-4,
-                    schedule: optim::Schedule::Cosine,
-                    warmup_steps: 0,
-                    total_steps: 0,
-                },
-                warmup_epochs: 0.0,
-                seed: 4,
-                val_steps: 1,
-                patience: None,
-            };
+            let cfg = train_config(method, steps, kind, 1, optim::Schedule::Cosine);
             let train_with = |mode: StepMode, threads: usize| {
-                let mut opts = common::options(RuntimeChoice::Ort);
-                opts.threads = threads;
-                let mut net = TrainNet::new(
-                    spec.wrap(&m).unwrap(),
-                    &spec.input_name,
-                    &shape,
-                    10,
-                    trainable_params(&m.proto),
-                    &opts,
-                    32,
-                )
-                .unwrap();
-                net.set_step_mode(mode);
+                let mut net = train_net(net_kind, threads, mode);
                 let none = Examples::default();
                 train::fit(
                     &mut net,
@@ -454,19 +471,10 @@ fn training_with_steps_in_the_graph_trains_the_same_weights() {
                 );
                 net.weights().unwrap().to_vec()
             };
-            let before = TrainNet::new(
-                spec.wrap(&m).unwrap(),
-                &spec.input_name,
-                &shape,
-                10,
-                trainable_params(&m.proto),
-                &common::options(RuntimeChoice::Ort),
-                32,
-            )
-            .unwrap()
-            .weights()
-            .unwrap()
-            .to_vec();
+            let before = train_net(net_kind, 1, StepMode::Host)
+                .weights()
+                .unwrap()
+                .to_vec();
             for threads in [1, 2] {
                 let host = train_with(StepMode::Host, threads);
                 assert_ne!(
@@ -510,9 +518,7 @@ fn training_with_steps_in_the_graph_trains_the_same_weights() {
 /// earlier run left in the runtime's memory.
 #[test]
 fn resident_training_checkpoints_and_resumes_to_the_same_weights() {
-    use harden::autodiff::trainable_params;
-    use harden::train::TrainNet;
-    use harden::train::{self, checkpoint, optim, Checkpointing, Examples, HardenConfig, Method};
+    use harden::train::{self, checkpoint, optim, Checkpointing, Examples, Method};
     if !common::ort_available() {
         return;
     }
@@ -526,38 +532,10 @@ fn resident_training_checkpoints_and_resumes_to_the_same_weights() {
         len,
     };
     let (x, y) = (x[..96 * len].to_vec(), y[..96].to_vec());
-    let m = harden::model::OnnxModel::load(&common::root().join("models/fmnist_cnn.onnx")).unwrap();
-    let spec = InputSpec::resolve(&m.classifier_input().unwrap(), &SpecArgs::default()).unwrap();
-    let shape: Vec<usize> = spec.model_shape[1..]
-        .iter()
-        .map(|d| d.fixed().unwrap())
-        .collect();
     let set = Examples { x, y, len };
     let threat = threat(Norm::Linf);
-    let cfg = |epochs: usize, kind: optim::OptimizerKind| HardenConfig {
-        method: Method::Fast,
-        norm: Norm::Linf,
-        eps: threat.eps,
-        train_eps: None,
-        epochs,
-        batch_size: 32,
-        adv_ratio: 1.0,
-        attack_steps: 1,
-        step_size: None,
-        beta: 6.0,
-        optim: optim::OptimConfig {
-            kind,
-            lr: 0.01,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            schedule: optim::Schedule::Constant,
-            warmup_steps: 0,
-            total_steps: 0,
-        },
-        warmup_epochs: 0.0,
-        seed: 4,
-        val_steps: 1,
-        patience: None,
+    let cfg = |epochs: usize, kind: optim::OptimizerKind| {
+        train_config(Method::Fast, 1, kind, epochs, optim::Schedule::Constant)
     };
     let d = tempfile::tempdir().unwrap();
     let adam = optim::OptimizerKind::Adam;
@@ -565,19 +543,7 @@ fn resident_training_checkpoints_and_resumes_to_the_same_weights() {
     // the runtime's memory), which the resumed run's must replace.
     let run =
         |epochs: usize, ckpt: &std::path::Path, resume: Option<checkpoint::State>, warm: bool| {
-            let mut opts = common::options(RuntimeChoice::Ort);
-            opts.threads = 1;
-            let mut net = TrainNet::new(
-                spec.wrap(&m).unwrap(),
-                &spec.input_name,
-                &shape,
-                10,
-                trainable_params(&m.proto),
-                &opts,
-                32,
-            )
-            .unwrap();
-            net.set_step_mode(StepMode::Bound);
+            let mut net = train_net(Net::Demo, 1, StepMode::Bound);
             let c = Checkpointing {
                 path: ckpt,
                 fingerprint: "resident".into(),

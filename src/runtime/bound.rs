@@ -15,7 +15,6 @@ use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, Memory
 use ort::session::Session;
 
 use super::{ort_session, run_failure, OrtLocator};
-use crate::model::pb;
 
 /// A float tensor in a session's memory (or on the host).
 pub type Tensor = ort::value::Tensor<f32>;
@@ -41,39 +40,7 @@ struct CudaMemory {
 
 /// An Identity graph over a float tensor of any shape.
 fn identity_model() -> Vec<u8> {
-    let value = |name: &str| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: 1,
-                shape: None,
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        producer_name: "harden".into(),
-        graph: Some(pb::GraphProto {
-            name: "copy".into(),
-            node: vec![pb::NodeProto {
-                op_type: "Identity".into(),
-                input: vec!["x".into()],
-                output: vec!["y".into()],
-                ..Default::default()
-            }],
-            input: vec![value("x")],
-            output: vec![value("y")],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    prost::Message::encode_to_vec(&model)
+    crate::model::unary_model("Identity", None)
 }
 
 impl BoundDevice {

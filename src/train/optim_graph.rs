@@ -119,24 +119,14 @@ pub fn build(
     };
     b.op_into("Identity", &[&total], vec![], "nonfinite");
     outputs.push(value("nonfinite", &[]));
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        producer_name: "harden".into(),
-        graph: Some(pb::GraphProto {
-            name: "optimizer_step".into(),
-            node: b.nodes,
-            initializer: b.inits,
-            input: inputs,
-            output: outputs,
-            ..Default::default()
-        }),
+    crate::model::encode_opset13(pb::GraphProto {
+        name: "optimizer_step".into(),
+        node: b.nodes,
+        initializer: b.inits,
+        input: inputs,
+        output: outputs,
         ..Default::default()
-    };
-    prost::Message::encode_to_vec(&model)
+    })
 }
 
 /// The scalar inputs after the tensors, in the graph's order.

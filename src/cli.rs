@@ -798,6 +798,32 @@ pub fn resolve_device(
     Ok(ort)
 }
 
+/// Runs `f` at the batch size `batch`; where ONNX Runtime runs out of memory, again at
+/// half the size, down to one example, saying so on stderr (`what`: what runs again).
+/// For work whose outcomes do not depend on the batch size (audits).
+pub(crate) fn halving_batch<T>(
+    batch: usize,
+    what: &str,
+    mut f: impl FnMut(usize) -> Result<T>,
+) -> Result<T> {
+    let mut b = batch.max(1);
+    loop {
+        match f(b) {
+            Err(e) if crate::runtime::is_out_of_memory(&e) => {
+                if b == 1 {
+                    bail!("onnxruntime ran out of memory running one example at a time: the model's graphs do not fit in this device's memory ({e})");
+                }
+                eprintln!(
+                    "onnxruntime ran out of memory at --batch-size {b}; {what} again at --batch-size {}",
+                    b / 2
+                );
+                b /= 2;
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Records where the graphs ran in the report's `meta`.
 pub fn stamp_device(report: &mut crate::report::Report, ort: &OrtLocator, steps: StepMode) {
     report.meta.device = ort.device.to_string();

@@ -424,13 +424,10 @@ impl Split {
         ort: &OrtLocator,
         build: impl Fn(usize) -> Result<Vec<u8>>,
     ) -> Result<Split> {
-        // On CUDA devices a part per device, each whole in one run.
+        // On CUDA devices a part per device, each whole in one run (`chunk_for` sets no
+        // limit there; one comes only from a run that ran out of memory).
         let gpus = ort.device.cuda_ids();
-        let (threads, chunk) = if gpus.is_empty() {
-            (threads, chunk)
-        } else {
-            (gpus.len(), usize::MAX)
-        };
+        let threads = if gpus.is_empty() { threads } else { gpus.len() };
         let plan = if splittable {
             split_plan(batch, threads, chunk)
         } else {
@@ -1218,7 +1215,12 @@ impl std::error::Error for OutOfMemory {}
 
 /// Whether `e` (or an error it wraps) is a run out of memory.
 pub fn is_out_of_memory(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.is::<OutOfMemory>())
+    out_of_memory_in(e).is_some()
+}
+
+/// The run out of memory that `e` is or wraps.
+pub fn out_of_memory_in(e: &anyhow::Error) -> Option<&OutOfMemory> {
+    e.chain().find_map(|c| c.downcast_ref::<OutOfMemory>())
 }
 
 /// For tests of the out-of-memory path on machines with memory to spare: with

@@ -741,3 +741,74 @@ fn bound_training_holds_the_weights_in_the_runtime_and_trains_the_same_model() {
     }
     assert!(got[0] == got[1], "bound training gave other weights");
 }
+
+/// Hardening whose runs go out of memory (simulated above 20 examples) goes on in smaller
+/// runs and says so: the audits at half the batch size, then a quarter; training's graph
+/// runs and validation in runs that fit; with `--step-loop bound` the weights leave the
+/// runtime's memory for the host. The batches stay those asked for, so the hardened
+/// weights are the unconstrained run's up to the order of sums.
+#[test]
+fn out_of_memory_runs_shrink_and_training_goes_on() {
+    if !ort_available() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let run = |name: &str, oom: Option<&str>, step_loop: &str| {
+        let out = d.path().join(format!("{name}.onnx"));
+        let rep = d.path().join(name);
+        let args = quick(
+            &f("mlp.onnx"),
+            &out,
+            &[
+                "--runtime",
+                "ort",
+                "--threads",
+                "1",
+                "--method",
+                "pgd",
+                "--epochs",
+                "1",
+                "--step-loop",
+                step_loop,
+                "--report",
+                &rep.display().to_string(),
+            ],
+        );
+        let mut c = assert_cmd::Command::cargo_bin("harden").unwrap();
+        c.args(&args).env("CI", "1");
+        if let Some(n) = oom {
+            c.env("HARDEN_SIMULATE_OOM_ABOVE", n);
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(rep.join("report.json")).unwrap()).unwrap();
+        (weights(&out), err, r)
+    };
+    let (want, _, _) = run("free", None, "host");
+    for step_loop in ["host", "bound"] {
+        let (got, err, r) = run(step_loop, Some("20"), step_loop);
+        for line in [
+            "at --batch-size 50; auditing the original model again at --batch-size 25",
+            "auditing the hardened model again at --batch-size 12",
+            "training goes on in runs of at most 12",
+            "evaluating in runs of 12",
+        ] {
+            assert!(err.contains(line), "{step_loop}: no '{line}' in: {err}");
+        }
+        assert_eq!(
+            err.contains("go back to the host"),
+            step_loop == "bound",
+            "{err}"
+        );
+        assert_eq!(r["meta"]["train_weights"], "host");
+        let worst = want
+            .iter()
+            .zip(&got)
+            .flat_map(|((_, a), (_, b))| a.iter().zip(b))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1e-5, "{step_loop}: weights moved by {worst}");
+    }
+}

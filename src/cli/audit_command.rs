@@ -65,22 +65,13 @@ pub struct AuditArgs {
 /// (the outcomes do not depend on it), down to one example, saying so. Not with
 /// `--checkpoint`, whose finished batches are counted at the batch size asked for.
 pub(super) fn run(mut a: AuditArgs, env: &Env) -> Result<i32> {
-    loop {
-        let b = a.run.batch_size;
-        match audit(&a, env) {
-            Err(e) if crate::runtime::is_out_of_memory(&e) && a.checkpoint.is_none() => {
-                if b <= 1 {
-                    bail!("onnxruntime ran out of memory running one example at a time: the model's graphs do not fit in this device's memory ({e})");
-                }
-                eprintln!(
-                    "onnxruntime ran out of memory at --batch-size {b}; auditing again at --batch-size {}",
-                    b / 2
-                );
-                a.run.batch_size = b / 2;
-            }
-            done => return done,
-        }
+    if a.checkpoint.is_some() {
+        return audit(&a, env);
     }
+    halving_batch(a.run.batch_size, "auditing", |b| {
+        a.run.batch_size = b;
+        audit(&a, env)
+    })
 }
 
 fn audit(a: &AuditArgs, env: &Env) -> Result<i32> {

@@ -462,13 +462,24 @@ struct Audits<'a> {
 }
 
 impl Audits<'_> {
-    /// Stages 4 and 7: one audit of `model`, `what` on the progress bar.
+    /// Stages 4 and 7: one audit of `model`, `what` on the progress bar (again at half
+    /// the batch size where it runs out of memory).
     fn run(&self, what: &str, model: &OnnxModel) -> Result<AuditReport> {
+        super::halving_batch(self.opts.batch_size, what, |b| {
+            let opts = RunOptions {
+                batch_size: b,
+                ..self.opts.clone()
+            };
+            self.run_with(what, model, &opts)
+        })
+    }
+
+    fn run_with(&self, what: &str, model: &OnnxModel, opts: &RunOptions) -> Result<AuditReport> {
         let t0 = Instant::now();
         let (name, mut src) = self.data.open(self.env, self.limit)?;
         let mapping = DataMapping::new(self.spec, src.example_shape(), src.kind())?;
-        let classifier = Classifier::open(model, self.spec, &mapping.example_shape, self.opts)?;
-        let mut oracle = ModelOracle::new(model, self.spec, classifier, self.opts)?;
+        let classifier = Classifier::open(model, self.spec, &mapping.example_shape, opts)?;
+        let mut oracle = ModelOracle::new(model, self.spec, classifier, opts)?;
         if self.plan.attacks.iter().any(|x| x.needs_gradients()) {
             oracle.prepare(LossKind::CrossEntropy)?;
         }
@@ -580,6 +591,8 @@ fn train_stage(
             }
         }
         Event::Epoch(row) => bar.println(epoch_line(row)),
+        Event::Note(n) if bar.is_hidden() => eprintln!("{n}"),
+        Event::Note(n) => bar.println(n),
     };
     let mut clock = || t_train.elapsed().as_secs_f64();
     let mut fit = train::fit(

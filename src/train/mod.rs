@@ -202,6 +202,8 @@ pub enum Event<'a> {
         epoch: usize,
     },
     Epoch(&'a EpochRow),
+    /// Something the user should know (runs made smaller after running out of memory).
+    Note(&'a str),
 }
 
 /// Where to keep checkpoints.
@@ -364,11 +366,20 @@ fn train_step(
             }
             if net.resident() {
                 let ce = LossKind::CrossEntropy;
-                let (logits, loss) = net.resident_step(opt, ce, &x, &[y1])?;
-                return Ok(StepStats {
-                    loss_sum: loss.iter().map(|v| *v as f64).sum(),
-                    correct: correct_count(&logits, y),
-                });
+                match net.resident_step(opt, ce, &x, std::slice::from_ref(&y1)) {
+                    Ok((logits, loss)) => {
+                        return Ok(StepStats {
+                            loss_sum: loss.iter().map(|v| *v as f64).sum(),
+                            correct: correct_count(&logits, y),
+                        })
+                    }
+                    // The step undone (the weights and the step count as they were),
+                    // then run on the host.
+                    Err(e) if crate::runtime::is_out_of_memory(&e) => {
+                        net.leave_runtime_memory(opt, &e)?
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             let out = net.run_graph(LossKind::CrossEntropy, true, b, &x, &[y1])?;
             let stats = StepStats {
@@ -597,6 +608,9 @@ pub fn fit(
             let (x, y) = train.gather(&order[bi * b..(bi + 1) * b]);
             let mut rng = Rng::derive(cfg.seed ^ STREAM_ATTACK, ((epoch as u64) << 32) | bi as u64);
             let s = train_step(net, &mut opt, cfg, &train_threat, &x, &y, &mut rng)?;
+            for n in net.take_notes() {
+                progress(Event::Note(&n));
+            }
             state.running.0 += s.loss_sum;
             state.running.1 += s.correct;
             state.running.2 += y.len() as u64;
@@ -614,6 +628,9 @@ pub fn fit(
         }
         progress(Event::Validating { epoch });
         let v = validate(net, val, threat, cfg, epoch)?;
+        for n in net.take_notes() {
+            progress(Event::Note(&n));
+        }
         let (loss, correct, seen) = state.running;
         let row = EpochRow {
             epoch,

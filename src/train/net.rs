@@ -68,6 +68,11 @@ pub struct TrainNet {
     resident_stale: bool,
     state_host_stale: bool,
     state_resident_stale: bool,
+    /// Set when a resident step ran out of memory: the steps run on the host since.
+    resident_off: bool,
+    /// What the caller should tell the user (runs made smaller after running out of
+    /// memory), taken by [`TrainNet::take_notes`].
+    notes: Vec<String>,
 }
 
 impl TrainNet {
@@ -120,6 +125,8 @@ impl TrainNet {
             resident_stale: false,
             state_host_stale: false,
             state_resident_stale: false,
+            resident_off: false,
+            notes: vec![],
         })
     }
 
@@ -134,6 +141,23 @@ impl TrainNet {
     /// examples with the step mode `Bound`): the last iterate, or `None` with the step
     /// mode `Host` (or a model whose opset has no step graph), for the caller's loop.
     pub fn run_steps(
+        &mut self,
+        kind: LossKind,
+        heads: &[Vec<f32>],
+        x0: &[f32],
+        x: &[f32],
+        rule: &StepRule,
+        steps: usize,
+    ) -> Result<Option<Vec<f32>>> {
+        loop {
+            match self.run_steps_once(kind, heads, x0, x, rule, steps) {
+                Err(e) if runtime::is_out_of_memory(&e) => self.shrink_runs(e)?,
+                done => return done,
+            }
+        }
+    }
+
+    fn run_steps_once(
         &mut self,
         kind: LossKind,
         heads: &[Vec<f32>],
@@ -250,13 +274,56 @@ impl TrainNet {
         Ok(())
     }
 
+    /// After `e`, a run out of memory: the runs of every graph made half the size of
+    /// the one that failed (the graphs opened anew), and a note for the user. `e` itself
+    /// where the runs cannot shrink further (one example, or runs already cut to the size
+    /// asked for that still failed: [`runtime::split_plan`]'s runs have a least size).
+    fn shrink_runs(&mut self, e: anyhow::Error) -> Result<()> {
+        let Some(n) = runtime::out_of_memory_in(&e).and_then(|o| o.examples) else {
+            return Err(e);
+        };
+        if n <= 1 || self.chunk.is_some_and(|c| c < n) {
+            return Err(e);
+        }
+        let half = n / 2;
+        self.chunk = Some(half);
+        self.graphs.clear();
+        self.step_loops.clear();
+        self.notes.push(format!(
+            "onnxruntime ran out of memory running {n} examples at once; training goes on in runs of at most {half} (the same batches)"
+        ));
+        Ok(())
+    }
+
+    /// After `e`, a resident step out of memory: the weights and the optimiser's state
+    /// (`opt`) back to the host, the runtime's copies freed, and the steps from now on
+    /// on the host (in runs that shrink as they need to).
+    pub fn leave_runtime_memory(&mut self, opt: &mut Optimizer, e: &anyhow::Error) -> Result<()> {
+        self.pull()?;
+        self.sync_optimizer(opt, true)?;
+        self.resident = None;
+        self.resident_off = true;
+        let n = runtime::out_of_memory_in(e).and_then(|o| o.examples);
+        self.notes.push(format!(
+            "onnxruntime ran out of memory running {} examples at once with the weights held in its memory: they and the optimiser's state go back to the host, where the training steps run on (in smaller runs as needed)",
+            n.map_or("the batch's".to_string(), |n| n.to_string())
+        ));
+        Ok(())
+    }
+
+    /// The notes for the user since the last call (see [`TrainNet::shrink_runs`]).
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
     /// Whether training steps run with the weights and the optimiser state in the
     /// runtime's memory: bound step loops on ONNX Runtime and one device (on several, the
-    /// batch is split and the gradients summed on the host). The whole batch is one run
-    /// (on the CPU, where bound is not the default, without the cache-sized runs of the
-    /// host loop).
+    /// batch is split and the gradients summed on the host), unless a resident step ran
+    /// out of memory. The whole batch is one run (on the CPU, where bound is not the
+    /// default, without the cache-sized runs of the host loop).
     pub fn resident(&self) -> bool {
-        self.step_mode == StepMode::Bound
+        !self.resident_off
+            && self.step_mode == StepMode::Bound
             && runtime::uses_ort(self.opts.runtime, &self.opts.ort)
             && self.opts.ort.device.cuda_ids().len() <= 1
     }
@@ -422,6 +489,22 @@ impl TrainNet {
         x: &[f32],
         heads: &[Vec<f32>],
     ) -> Result<GraphOut> {
+        loop {
+            match self.run_graph_once(kind, param_grads, batch, x, heads) {
+                Err(e) if runtime::is_out_of_memory(&e) => self.shrink_runs(e)?,
+                done => return done,
+            }
+        }
+    }
+
+    fn run_graph_once(
+        &mut self,
+        kind: LossKind,
+        param_grads: bool,
+        batch: usize,
+        x: &[f32],
+        heads: &[Vec<f32>],
+    ) -> Result<GraphOut> {
         self.prepare(kind, param_grads, batch)?;
         self.pull()?;
         let k = self.num_classes;
@@ -504,9 +587,43 @@ impl Oracle for TrainNet {
     }
 
     fn logits(&mut self, x: &[f32]) -> Result<Array2<f32>> {
+        loop {
+            let b = self.eval_batch;
+            match self.logits_at(x, b) {
+                Err(e) if runtime::is_out_of_memory(&e) && b > 1 => {
+                    self.eval_batch = b / 2;
+                    self.notes.push(format!(
+                        "onnxruntime ran out of memory running {b} examples at once; evaluating in runs of {}",
+                        b / 2
+                    ));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn loss_grad(&mut self, x: &[f32], head: Head<'_>) -> Result<LossGrad> {
+        loop {
+            let b = self.eval_batch;
+            match self.loss_grad_at(x, head, b) {
+                Err(e) if runtime::is_out_of_memory(&e) && b > 1 => {
+                    self.eval_batch = b / 2;
+                    self.notes.push(format!(
+                        "onnxruntime ran out of memory running {b} examples at once; evaluating in runs of {}",
+                        b / 2
+                    ));
+                }
+                done => return done,
+            }
+        }
+    }
+}
+
+impl TrainNet {
+    /// [`Oracle::logits`] in batches of `b`.
+    fn logits_at(&mut self, x: &[f32], b: usize) -> Result<Array2<f32>> {
         let len = self.example_len();
         let n = x.len() / len;
-        let b = self.eval_batch;
         let k = self.num_classes;
         let xs = self.x_shape(b);
         self.forward_runtime()?;
@@ -535,7 +652,8 @@ impl Oracle for TrainNet {
         Ok(Array2::from_shape_vec((n, k), rows)?)
     }
 
-    fn loss_grad(&mut self, x: &[f32], head: Head<'_>) -> Result<LossGrad> {
+    /// [`Oracle::loss_grad`] in batches of `b`.
+    fn loss_grad_at(&mut self, x: &[f32], head: Head<'_>, b: usize) -> Result<LossGrad> {
         let k = self.num_classes;
         let len = self.example_len();
         let n = x.len() / len;
@@ -543,7 +661,6 @@ impl Oracle for TrainNet {
         if extra.iter().any(|e| e.len() != n * k) {
             bail!("loss inputs do not match {n} examples of {k} classes");
         }
-        let b = self.eval_batch;
         let mut logits = Vec::with_capacity(n * k);
         let mut loss = Vec::with_capacity(n);
         let mut grad = Vec::with_capacity(n * len);

@@ -806,11 +806,11 @@ pub(crate) fn halving_batch<T>(
     what: &str,
     mut f: impl FnMut(usize) -> Result<T>,
 ) -> Result<T> {
-    let mut b = batch.max(1);
+    let mut b = batch;
     loop {
         match f(b) {
             Err(e) if crate::runtime::is_out_of_memory(&e) => {
-                if b == 1 {
+                if b <= 1 {
                     bail!("onnxruntime ran out of memory running one example at a time: the model's graphs do not fit in this device's memory ({e})");
                 }
                 eprintln!(

@@ -807,9 +807,17 @@ pub(crate) fn halving_batch<T>(
     mut f: impl FnMut(usize) -> Result<T>,
 ) -> Result<T> {
     let mut b = batch;
+    let mut failed: Option<usize> = None;
     loop {
         match f(b) {
             Err(e) if crate::runtime::is_out_of_memory(&e) => {
+                // Runs that did not shrink with the batch (a model's fixed batch): the
+                // error as it is.
+                let n = crate::runtime::out_of_memory_in(&e).and_then(|o| o.examples);
+                if n.is_some() && failed.is_some_and(|f| n >= Some(f)) {
+                    return Err(e);
+                }
+                failed = n;
                 if b <= 1 {
                     bail!("onnxruntime ran out of memory running one example at a time: the model's graphs do not fit in this device's memory ({e})");
                 }

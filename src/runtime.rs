@@ -1225,25 +1225,34 @@ pub fn out_of_memory_in(e: &anyhow::Error) -> Option<&OutOfMemory> {
 
 /// For tests of the out-of-memory path on machines with memory to spare: with
 /// `HARDEN_SIMULATE_OOM_ABOVE=N`, every ONNX Runtime run of more than N examples fails as
-/// out of memory.
+/// out of memory; with `N@K`, every such run after the first K.
 pub(crate) fn simulated_oom(examples: usize) -> Result<()> {
-    static LIMIT: OnceLock<Option<usize>> = OnceLock::new();
+    static LIMIT: OnceLock<Option<(usize, usize)>> = OnceLock::new();
+    static BIG_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let limit = LIMIT.get_or_init(|| {
-        std::env::var("HARDEN_SIMULATE_OOM_ABOVE")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
+        let v = std::env::var("HARDEN_SIMULATE_OOM_ABOVE").ok()?;
+        let (n, k) = v.trim().split_once('@').unwrap_or((v.trim(), "0"));
+        Some((n.parse().ok()?, k.parse().ok()?))
     });
-    match limit {
-        Some(n) if examples > *n => Err(run_failure(
-            &format!("Failed to allocate memory (simulated: HARDEN_SIMULATE_OOM_ABOVE={n})"),
-            Some(examples),
-        )),
+    match *limit {
+        Some((n, k)) if examples > n => {
+            let seen = BIG_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if seen < k {
+                return Ok(());
+            }
+            Err(run_failure(
+                &format!(
+                    "Failed to allocate memory (simulated: HARDEN_SIMULATE_OOM_ABOVE={n}@{k})"
+                ),
+                Some(examples),
+            ))
+        }
         _ => Ok(()),
     }
 }
 
 /// The out-of-memory error for `msg`, if it is one.
-fn out_of_memory(msg: &str, batch: Option<usize>) -> Option<anyhow::Error> {
+pub(crate) fn out_of_memory(msg: &str, batch: Option<usize>) -> Option<anyhow::Error> {
     let m = msg.to_ascii_lowercase();
     let oom = [
         "out of memory",

@@ -178,8 +178,8 @@ fn unwritable_json_path_is_an_error() {
 }
 
 /// An audit whose runs go out of memory (simulated: `HARDEN_SIMULATE_OOM_ABOVE`) runs
-/// again at half the batch size until they fit, says so, and reports what an audit at
-/// that batch size reports; at one example it stops saying the model does not fit, and
+/// again at half the batch size until they fit, says so, and reports what the audit
+/// without the limit reports (its batch size apart); at one example it stops saying the model does not fit, and
 /// with `--checkpoint` (whose batches are counted at the size asked for) it stops naming
 /// `--batch-size` (exit 2, no report written).
 #[test]
@@ -217,10 +217,11 @@ fn out_of_memory_audits_halve_the_batch() {
         let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
         v["meta"] = serde_json::Value::Null;
         v["audit"]["meta"] = serde_json::Value::Null;
+        v["audit"]["batch"] = serde_json::Value::Null;
         v
     };
     let want = d.path().join("want.json");
-    let out = audit("16", &want, None, &[]);
+    let out = audit("64", &want, None, &[]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let got = d.path().join("got.json");
     let out = audit("64", &got, Some("20"), &[]);
@@ -234,6 +235,7 @@ fn out_of_memory_audits_halve_the_batch() {
         assert!(err.contains(line), "no '{line}' in: {err}");
     }
     assert!(!err.contains("--batch-size 8"), "{err}");
+    assert_eq!(batch_of(&got), 16, "the batch size the audit ran at");
     assert_eq!(strip(&got), strip(&want), "the halved audit's report");
     // Where halving cannot help, or is not done: one line naming --batch-size.
     let never = d.path().join("never.json");
@@ -256,4 +258,10 @@ fn out_of_memory_audits_halve_the_batch() {
         "{err}"
     );
     assert!(!never.exists());
+}
+
+/// The batch size a report's audit ran at.
+fn batch_of(p: &std::path::Path) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    v["audit"]["batch"].as_u64().unwrap()
 }

@@ -743,7 +743,8 @@ fn bound_training_holds_the_weights_in_the_runtime_and_trains_the_same_model() {
 }
 
 /// Hardening whose runs go out of memory (simulated above 20 examples) goes on in smaller
-/// runs and says so: the audits at half the batch size, then a quarter; training's graph
+/// runs and says so: the first audit at half the batch size, then a quarter (the second
+/// starting there); training's graph
 /// runs and validation in runs that fit; with `--step-loop bound` the weights leave the
 /// runtime's memory for the host. The batches stay those asked for, so the hardened
 /// weights are the unconstrained run's up to the order of sums.
@@ -791,7 +792,6 @@ fn out_of_memory_runs_shrink_and_training_goes_on() {
         let (got, err, r) = run(step_loop, Some("20"), step_loop);
         for line in [
             "at --batch-size 50; auditing the original model again at --batch-size 25",
-            "auditing the hardened model again at --batch-size 12",
             "training goes on in runs of at most 12",
             "evaluating in runs of 12",
         ] {
@@ -802,6 +802,8 @@ fn out_of_memory_runs_shrink_and_training_goes_on() {
             step_loop == "bound",
             "{err}"
         );
+        // The second audit starts at the batch size the first one ran at.
+        assert!(!err.contains("auditing the hardened model again"), "{err}");
         assert_eq!(r["meta"]["train_weights"], "host");
         let worst = want
             .iter()
@@ -811,4 +813,65 @@ fn out_of_memory_runs_shrink_and_training_goes_on() {
             .fold(0.0f32, f32::max);
         assert!(worst <= 1e-5, "{step_loop}: weights moved by {worst}");
     }
+}
+
+/// Bound training whose runs start running out of memory after a while (simulated: runs
+/// above 20 examples fail after the first 24 of them, in the second epoch) moves the
+/// weights and the SGD momenta it held in the runtime's memory back to the host and
+/// trains on there, to the weights of a run that never ran out (up to the order of sums).
+#[test]
+fn resident_training_running_out_of_memory_goes_on_on_the_host() {
+    if !ort_available() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let run = |name: &str, oom: Option<&str>| {
+        let out = d.path().join(format!("{name}.onnx"));
+        let rep = d.path().join(name);
+        // Audits of 10 examples and no validation: the runs above 20 examples are the
+        // training's, two a step (the attack's step loop, the weight-gradient graph).
+        let args = quick(
+            &f("mlp.onnx"),
+            &out,
+            &[
+                "--runtime",
+                "ort",
+                "--threads",
+                "1",
+                "--method",
+                "pgd",
+                "--optimizer",
+                "sgd",
+                "--epochs",
+                "2",
+                "--val-size",
+                "0",
+                "--audit-limit",
+                "10",
+                "--step-loop",
+                "bound",
+                "--report",
+                &rep.display().to_string(),
+            ],
+        );
+        let mut c = assert_cmd::Command::cargo_bin("harden").unwrap();
+        c.args(&args).env("CI", "1");
+        if let Some(n) = oom {
+            c.env("HARDEN_SIMULATE_OOM_ABOVE", n);
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        (weights(&out), err)
+    };
+    let (want, _) = run("free", None);
+    let (got, err) = run("late", Some("20@24"));
+    assert!(err.contains("go back to the host"), "{err}");
+    let worst = want
+        .iter()
+        .zip(&got)
+        .flat_map(|((_, a), (_, b))| a.iter().zip(b))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-5, "weights moved by {worst}");
 }

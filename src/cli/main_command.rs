@@ -41,6 +41,7 @@ pub(super) fn run(a: HardenArgs, env: &Env) -> Result<i32> {
         opts,
         sanity: !a.no_sanity_checks,
         env,
+        batch: std::cell::Cell::new(opts.batch_size),
     };
 
     let before = audits.run("auditing the original model", &loaded.model)?;
@@ -459,18 +460,23 @@ struct Audits<'a> {
     opts: &'a RunOptions,
     sanity: bool,
     env: &'a Env,
+    /// The batch size the audits run at: `--batch-size`, or less where an audit ran
+    /// out of memory (the next one starts there).
+    batch: std::cell::Cell<usize>,
 }
 
 impl Audits<'_> {
     /// Stages 4 and 7: one audit of `model`, `what` on the progress bar (again at half
     /// the batch size where it runs out of memory).
     fn run(&self, what: &str, model: &OnnxModel) -> Result<AuditReport> {
-        super::halving_batch(self.opts.batch_size, what, |b| {
+        super::halving_batch(self.batch.get(), what, |b| {
             let opts = RunOptions {
                 batch_size: b,
                 ..self.opts.clone()
             };
-            self.run_with(what, model, &opts)
+            let r = self.run_with(what, model, &opts)?;
+            self.batch.set(b);
+            Ok(r)
         })
     }
 

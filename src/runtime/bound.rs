@@ -87,13 +87,18 @@ impl BoundDevice {
             .transpose()
     }
 
-    /// An uninitialised tensor of `shape` on the device.
+    /// An uninitialised tensor of `shape` on the device (out of memory: the typed
+    /// [`super::OutOfMemory`], for `shape[0]` examples).
     pub fn alloc(&self, shape: &[usize]) -> Result<Tensor> {
         let t = match self.cuda()? {
             None => Tensor::new(&Allocator::default(), shape.to_vec()),
             Some(m) => Tensor::new(&m.alloc, shape.to_vec()),
         };
-        t.map_err(ort_err("allocating a bound value"))
+        t.map_err(|e| {
+            let msg = e.to_string();
+            super::out_of_memory(&msg, shape.first().copied())
+                .unwrap_or_else(|| anyhow!("onnxruntime: allocating a bound value: {msg}"))
+        })
     }
 
     /// A tensor of `shape` on the host (for the outputs that come back).

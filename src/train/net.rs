@@ -290,13 +290,14 @@ impl TrainNet {
         self.graphs.clear();
         self.step_loops.clear();
         self.notes.push(format!(
-            "onnxruntime ran out of memory running {n} examples at once; training goes on in runs of at most {half} (the same batches)"
+            "onnxruntime ran out of memory running {n} examples at once; training goes on in runs of at most {} (the same batches)",
+            half.max(runtime::MIN_PART.min(n - 1))
         ));
         Ok(())
     }
 
     /// After `e`, a resident step out of memory: the weights and the optimiser's state
-    /// (`opt`) back to the host, the runtime's copies freed, and the steps from now on
+    /// (`opt`) back to the host, the runtime's copies dropped, and the steps from now on
     /// on the host (in runs that shrink as they need to).
     pub fn leave_runtime_memory(&mut self, opt: &mut Optimizer, e: &anyhow::Error) -> Result<()> {
         self.pull()?;
@@ -591,6 +592,8 @@ impl Oracle for TrainNet {
             let b = self.eval_batch;
             match self.logits_at(x, b) {
                 Err(e) if runtime::is_out_of_memory(&e) && b > 1 => {
+                    // A session keeps the memory its arena grew to: opened anew.
+                    self.forward = None;
                     self.eval_batch = b / 2;
                     self.notes.push(format!(
                         "onnxruntime ran out of memory running {b} examples at once; evaluating in runs of {}",
@@ -607,6 +610,7 @@ impl Oracle for TrainNet {
             let b = self.eval_batch;
             match self.loss_grad_at(x, head, b) {
                 Err(e) if runtime::is_out_of_memory(&e) && b > 1 => {
+                    self.graphs.clear();
                     self.eval_batch = b / 2;
                     self.notes.push(format!(
                         "onnxruntime ran out of memory running {b} examples at once; evaluating in runs of {}",

@@ -701,6 +701,50 @@ fn gates_judge_the_hardened_model() {
     assert_eq!(bad.status.code(), Some(2));
 }
 
+/// The main command on the MLP on ONNX Runtime, one thread, PGD, with `extra` flags (and
+/// `HARDEN_SIMULATE_OOM_ABOVE=oom`), into `dir/name.onnx` and its report `dir/name`:
+/// the hardened weights, stderr and report.json.
+fn hardened_mlp(
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+    oom: Option<&str>,
+) -> (Vec<(String, Vec<f32>)>, String, serde_json::Value) {
+    let out = dir.join(format!("{name}.onnx"));
+    let rep = dir.join(name);
+    let rep_s = rep.display().to_string();
+    let mut flags = vec![
+        "--runtime",
+        "ort",
+        "--threads",
+        "1",
+        "--method",
+        "pgd",
+        "--report",
+        &rep_s,
+    ];
+    flags.extend_from_slice(extra);
+    let mut c = assert_cmd::Command::cargo_bin("harden").unwrap();
+    c.args(quick(&f("mlp.onnx"), &out, &flags)).env("CI", "1");
+    if let Some(n) = oom {
+        c.env("HARDEN_SIMULATE_OOM_ABOVE", n);
+    }
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(0), "{name}: {err}");
+    let r = serde_json::from_slice(&std::fs::read(rep.join("report.json")).unwrap()).unwrap();
+    (weights(&out), err, r)
+}
+
+/// The largest difference between two models' weights.
+fn weight_gap(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
+    a.iter()
+        .zip(b)
+        .flat_map(|((_, x), (_, y))| x.iter().zip(y))
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
 /// `--step-loop bound` on ONNX Runtime trains with the weights and the optimiser's state
 /// in the runtime's memory (`meta.train_weights: bound`) and hardens the MLP to the same
 /// weights as the host loop (one thread: the same sums in the same order).
@@ -712,84 +756,31 @@ fn bound_training_holds_the_weights_in_the_runtime_and_trains_the_same_model() {
     let d = tempfile::tempdir().unwrap();
     let mut got = vec![];
     for mode in ["host", "bound"] {
-        let out = d.path().join(format!("{mode}.onnx"));
-        let rep = d.path().join(mode);
-        run_ok(&quick(
-            &f("mlp.onnx"),
-            &out,
-            &[
-                "--runtime",
-                "ort",
-                "--threads",
-                "1",
-                "--method",
-                "pgd",
-                "--epochs",
-                "1",
-                "--step-loop",
-                mode,
-                "--report",
-                &rep.display().to_string(),
-            ],
-        ));
-        let r: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(rep.join("report.json")).unwrap()).unwrap();
-        let want = if mode == "bound" { "bound" } else { "host" };
-        assert_eq!(r["meta"]["train_weights"], want, "{mode}");
+        let extra = ["--epochs", "1", "--step-loop", mode];
+        let (w, _, r) = hardened_mlp(d.path(), mode, &extra, None);
+        assert_eq!(r["meta"]["train_weights"], mode, "{mode}");
         assert_eq!(r["meta"]["step_loop"], mode);
-        got.push(weights(&out));
+        got.push(w);
     }
     assert!(got[0] == got[1], "bound training gave other weights");
 }
 
 /// Hardening whose runs go out of memory (simulated above 20 examples) goes on in smaller
 /// runs and says so: the first audit at half the batch size, then a quarter (the second
-/// starting there); training's graph
-/// runs and validation in runs that fit; with `--step-loop bound` the weights leave the
-/// runtime's memory for the host. The batches stay those asked for, so the hardened
-/// weights are the unconstrained run's up to the order of sums.
+/// starting there); training's graph runs and validation in runs that fit; with
+/// `--step-loop bound` the weights leave the runtime's memory for the host. The batches
+/// stay those asked for, so the hardened weights are the unconstrained run's up to the
+/// order of sums.
 #[test]
 fn out_of_memory_runs_shrink_and_training_goes_on() {
     if !ort_available() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let run = |name: &str, oom: Option<&str>, step_loop: &str| {
-        let out = d.path().join(format!("{name}.onnx"));
-        let rep = d.path().join(name);
-        let args = quick(
-            &f("mlp.onnx"),
-            &out,
-            &[
-                "--runtime",
-                "ort",
-                "--threads",
-                "1",
-                "--method",
-                "pgd",
-                "--epochs",
-                "1",
-                "--step-loop",
-                step_loop,
-                "--report",
-                &rep.display().to_string(),
-            ],
-        );
-        let mut c = assert_cmd::Command::cargo_bin("harden").unwrap();
-        c.args(&args).env("CI", "1");
-        if let Some(n) = oom {
-            c.env("HARDEN_SIMULATE_OOM_ABOVE", n);
-        }
-        let o = c.output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert_eq!(o.status.code(), Some(0), "{err}");
-        let r: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(rep.join("report.json")).unwrap()).unwrap();
-        (weights(&out), err, r)
-    };
-    let (want, _, _) = run("free", None, "host");
+    let (want, _, _) = hardened_mlp(d.path(), "free", &["--epochs", "1"], None);
     for step_loop in ["host", "bound"] {
-        let (got, err, r) = run(step_loop, Some("20"), step_loop);
+        let extra = ["--epochs", "1", "--step-loop", step_loop];
+        let (got, err, r) = hardened_mlp(d.path(), step_loop, &extra, Some("20"));
         for line in [
             "at --batch-size 50; auditing the original model again at --batch-size 25",
             "training goes on in runs of at most 12",
@@ -805,12 +796,7 @@ fn out_of_memory_runs_shrink_and_training_goes_on() {
         // The second audit starts at the batch size the first one ran at.
         assert!(!err.contains("auditing the hardened model again"), "{err}");
         assert_eq!(r["meta"]["train_weights"], "host");
-        let worst = want
-            .iter()
-            .zip(&got)
-            .flat_map(|((_, a), (_, b))| a.iter().zip(b))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = weight_gap(&want, &got);
         assert!(worst <= 1e-5, "{step_loop}: weights moved by {worst}");
     }
 }
@@ -825,53 +811,23 @@ fn resident_training_running_out_of_memory_goes_on_on_the_host() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let run = |name: &str, oom: Option<&str>| {
-        let out = d.path().join(format!("{name}.onnx"));
-        let rep = d.path().join(name);
-        // Audits of 10 examples and no validation: the runs above 20 examples are the
-        // training's, two a step (the attack's step loop, the weight-gradient graph).
-        let args = quick(
-            &f("mlp.onnx"),
-            &out,
-            &[
-                "--runtime",
-                "ort",
-                "--threads",
-                "1",
-                "--method",
-                "pgd",
-                "--optimizer",
-                "sgd",
-                "--epochs",
-                "2",
-                "--val-size",
-                "0",
-                "--audit-limit",
-                "10",
-                "--step-loop",
-                "bound",
-                "--report",
-                &rep.display().to_string(),
-            ],
-        );
-        let mut c = assert_cmd::Command::cargo_bin("harden").unwrap();
-        c.args(&args).env("CI", "1");
-        if let Some(n) = oom {
-            c.env("HARDEN_SIMULATE_OOM_ABOVE", n);
-        }
-        let o = c.output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert_eq!(o.status.code(), Some(0), "{err}");
-        (weights(&out), err)
-    };
-    let (want, _) = run("free", None);
-    let (got, err) = run("late", Some("20@24"));
+    // Audits of 10 examples and no validation: the runs above 20 examples are the
+    // training's, two a step (the attack's step loop, the weight-gradient graph).
+    let extra = [
+        "--optimizer",
+        "sgd",
+        "--epochs",
+        "2",
+        "--val-size",
+        "0",
+        "--audit-limit",
+        "10",
+        "--step-loop",
+        "bound",
+    ];
+    let (want, _, _) = hardened_mlp(d.path(), "free", &extra, None);
+    let (got, err, _) = hardened_mlp(d.path(), "late", &extra, Some("20@24"));
     assert!(err.contains("go back to the host"), "{err}");
-    let worst = want
-        .iter()
-        .zip(&got)
-        .flat_map(|((_, a), (_, b))| a.iter().zip(b))
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = weight_gap(&want, &got);
     assert!(worst <= 1e-5, "weights moved by {worst}");
 }

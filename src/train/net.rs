@@ -27,6 +27,9 @@ use crate::runtime::{self, first_rows, Join, Runtime, Shared, Split, StepLoops};
 use super::optim::Optimizer;
 use super::resident::Resident;
 
+/// Step loops by loss kind, step mode, step rule and run size.
+type StepKey = (LossKind, StepMode, [u32; 5], usize);
+
 /// What a gradient-graph run gives back.
 pub struct GraphOut {
     pub logits: Array2<f32>,
@@ -59,7 +62,7 @@ pub struct TrainNet {
     step_mode: StepMode,
     /// Step graphs (weights as inputs) by loss kind, step rule and run size; `None`
     /// where the model's opset has none.
-    step_loops: HashMap<(LossKind, StepMode, [u32; 5], usize), Option<StepLoops>>,
+    step_loops: HashMap<StepKey, Option<StepLoops>>,
     /// Weights and optimiser state in the runtime's memory, once a step ran there.
     resident: Option<Resident>,
     /// Which copies are behind: the host's weights (after resident steps), the resident
@@ -149,29 +152,21 @@ impl TrainNet {
         rule: &StepRule,
         steps: usize,
     ) -> Result<Option<Vec<f32>>> {
-        loop {
-            match self.run_steps_once(kind, heads, x0, x, rule, steps) {
-                Err(e) if runtime::is_out_of_memory(&e) => self.shrink_runs(e)?,
-                done => return done,
-            }
-        }
-    }
-
-    fn run_steps_once(
-        &mut self,
-        kind: LossKind,
-        heads: &[Vec<f32>],
-        x0: &[f32],
-        x: &[f32],
-        rule: &StepRule,
-        steps: usize,
-    ) -> Result<Option<Vec<f32>>> {
         if self.step_mode == StepMode::Host || steps == 0 {
             return Ok(None);
         }
         let n = x.len() / self.example_len().max(1);
+        self.shrinking(|net| match net.open_steps(kind, rule, n)? {
+            Some(key) => net.steps_on(&key, heads, x0, x, steps).map(Some),
+            None => Ok(None),
+        })
+    }
+
+    /// The key of the step loops (opened on first use) for `n` examples under the loss
+    /// `kind` and `rule`, in runs of the gradient graphs' size and at least one per
+    /// thread (or device); `None` where the model's opset has no step graph.
+    fn open_steps(&mut self, kind: LossKind, rule: &StepRule, n: usize) -> Result<Option<StepKey>> {
         let chunk = self.chunk();
-        // Runs of the gradient graphs' size, at least one per thread (or device).
         let ways = match self.opts.ort.device.cuda_ids().len() {
             0 => self.opts.threads.max(1),
             d => d,
@@ -202,8 +197,20 @@ impl TrainNet {
             )?;
             self.step_loops.insert(key, loops);
         }
-        let Some(Some(loops)) = self.step_loops.get_mut(&key) else {
-            return Ok(None);
+        Ok(matches!(self.step_loops.get(&key), Some(Some(_))).then_some(key))
+    }
+
+    /// `steps` steps of the loops `key` from `x` around `x0`: the last iterate.
+    fn steps_on(
+        &mut self,
+        key: &StepKey,
+        heads: &[Vec<f32>],
+        x0: &[f32],
+        x: &[f32],
+        steps: usize,
+    ) -> Result<Vec<f32>> {
+        let Some(Some(loops)) = self.step_loops.get_mut(key) else {
+            bail!("no step loops open for these steps");
         };
         let never = |_: usize, _: &[f32]| false;
         let job = StepJob {
@@ -214,17 +221,13 @@ impl TrainNet {
         };
         // The weights where they are current: bound in place when resident.
         if let (Some(r), true, false) = (&self.resident, loops.bound(), self.resident_stale) {
-            return Ok(Some(
-                loops
-                    .run(x, x0, heads, Shared::Bound(r.weights()), &job)?
-                    .last,
-            ));
+            return Ok(loops
+                .run(x, x0, heads, Shared::Bound(r.weights()), &job)?
+                .last);
         }
         pull_weights(&mut self.resident, &mut self.values, &mut self.host_stale)?;
         let weights: Vec<ArrayViewD<'_, f32>> = self.values.iter().map(|v| v.view()).collect();
-        Ok(Some(
-            loops.run(x, x0, heads, Shared::Host(&weights), &job)?.last,
-        ))
+        Ok(loops.run(x, x0, heads, Shared::Host(&weights), &job)?.last)
     }
 
     /// The current weights (fetched from the runtime's memory when training steps ran
@@ -490,75 +493,61 @@ impl TrainNet {
         x: &[f32],
         heads: &[Vec<f32>],
     ) -> Result<GraphOut> {
-        loop {
-            match self.run_graph_once(kind, param_grads, batch, x, heads) {
-                Err(e) if runtime::is_out_of_memory(&e) => self.shrink_runs(e)?,
-                done => return done,
+        self.shrinking(|net| {
+            net.prepare(kind, param_grads, batch)?;
+            net.pull()?;
+            let k = net.num_classes;
+            let xa = ArrayD::from_shape_vec(IxDyn(&net.x_shape(batch)), x.to_vec())?;
+            let ha: Vec<ArrayD<f32>> = heads
+                .iter()
+                .map(|h| ArrayD::from_shape_vec(IxDyn(&[batch, k]), h.clone()))
+                .collect::<std::result::Result<_, _>>()?;
+            let mut views: Vec<ArrayViewD<'_, f32>> = vec![xa.view()];
+            views.extend(ha.iter().map(|h| h.view()));
+            views.extend(net.values.iter().map(|v| v.view()));
+            let split = net
+                .graphs
+                .get_mut(&(kind, param_grads, batch))
+                .ok_or_else(|| anyhow!("no graph for {kind:?}"))?;
+            // x and the heads are cut into the parts, the weights go whole to every part; the
+            // per-example outputs (logits, loss, input gradient) are stacked, the weight
+            // gradients (d sum(loss) / d param) of the parts added.
+            let batched = views.len() - net.values.len();
+            let out = split.run(
+                &views,
+                |i| i < batched,
+                |j| {
+                    if j < 3 {
+                        Join::Stack
+                    } else {
+                        Join::Sum
+                    }
+                },
+            )?;
+            let want = 3 + if param_grads { net.params.len() } else { 0 };
+            if out.len() != want {
+                bail!(
+                    "the training graph returned {} outputs, expected {want}",
+                    out.len()
+                );
             }
-        }
-    }
-
-    fn run_graph_once(
-        &mut self,
-        kind: LossKind,
-        param_grads: bool,
-        batch: usize,
-        x: &[f32],
-        heads: &[Vec<f32>],
-    ) -> Result<GraphOut> {
-        self.prepare(kind, param_grads, batch)?;
-        self.pull()?;
-        let k = self.num_classes;
-        let xa = ArrayD::from_shape_vec(IxDyn(&self.x_shape(batch)), x.to_vec())?;
-        let ha: Vec<ArrayD<f32>> = heads
-            .iter()
-            .map(|h| ArrayD::from_shape_vec(IxDyn(&[batch, k]), h.clone()))
-            .collect::<std::result::Result<_, _>>()?;
-        let mut views: Vec<ArrayViewD<'_, f32>> = vec![xa.view()];
-        views.extend(ha.iter().map(|h| h.view()));
-        views.extend(self.values.iter().map(|v| v.view()));
-        let split = self
-            .graphs
-            .get_mut(&(kind, param_grads, batch))
-            .ok_or_else(|| anyhow!("no graph for {kind:?}"))?;
-        // x and the heads are cut into the parts, the weights go whole to every part; the
-        // per-example outputs (logits, loss, input gradient) are stacked, the weight
-        // gradients (d sum(loss) / d param) of the parts added.
-        let batched = views.len() - self.values.len();
-        let out = split.run(
-            &views,
-            |i| i < batched,
-            |j| {
-                if j < 3 {
-                    Join::Stack
-                } else {
-                    Join::Sum
+            let mut it = out.into_iter();
+            let mut next = || it.next().ok_or_else(|| anyhow!("missing graph output"));
+            let logits = next()?.into_shape_with_order((batch, k))?;
+            let loss = next()?.into_raw_vec_and_offset().0;
+            let grad = next()?.into_raw_vec_and_offset().0;
+            let mut param_grads_out = vec![];
+            if param_grads {
+                for _ in 0..net.params.len() {
+                    param_grads_out.push(next()?.into_raw_vec_and_offset().0);
                 }
-            },
-        )?;
-        let want = 3 + if param_grads { self.params.len() } else { 0 };
-        if out.len() != want {
-            bail!(
-                "the training graph returned {} outputs, expected {want}",
-                out.len()
-            );
-        }
-        let mut it = out.into_iter();
-        let mut next = || it.next().ok_or_else(|| anyhow!("missing graph output"));
-        let logits = next()?.into_shape_with_order((batch, k))?;
-        let loss = next()?.into_raw_vec_and_offset().0;
-        let grad = next()?.into_raw_vec_and_offset().0;
-        let mut param_grads_out = vec![];
-        if param_grads {
-            for _ in 0..self.params.len() {
-                param_grads_out.push(next()?.into_raw_vec_and_offset().0);
             }
-        }
-        Ok(GraphOut {
-            logits,
-            loss,
-            grad,
-            param_grads: param_grads_out,
+            Ok(GraphOut {
+                logits,
+                loss,
+                grad,
+                param_grads: param_grads_out,
+            })
         })
     }
 }
@@ -588,28 +577,24 @@ impl Oracle for TrainNet {
     }
 
     fn logits(&mut self, x: &[f32]) -> Result<Array2<f32>> {
-        loop {
-            let b = self.eval_batch;
-            match self.logits_at(x, b) {
-                Err(e) if runtime::is_out_of_memory(&e) && b > 1 => {
-                    // A session keeps the memory its arena grew to: opened anew.
-                    self.forward = None;
-                    self.eval_batch = b / 2;
-                    self.notes.push(format!(
-                        "onnxruntime ran out of memory running {b} examples at once; evaluating in runs of {}",
-                        b / 2
-                    ));
-                }
-                done => return done,
-            }
-        }
+        self.evaluating(|net, b| net.logits_at(x, b))
     }
 
     fn loss_grad(&mut self, x: &[f32], head: Head<'_>) -> Result<LossGrad> {
+        self.evaluating(|net, b| net.loss_grad_at(x, head, b))
+    }
+}
+
+impl TrainNet {
+    /// `f` in batches of the evaluation batch size; where a run runs out of memory,
+    /// again in batches of half the size, the sessions opened anew (a session keeps the
+    /// memory its arena grew to), and a note for the user.
+    fn evaluating<T>(&mut self, mut f: impl FnMut(&mut Self, usize) -> Result<T>) -> Result<T> {
         loop {
             let b = self.eval_batch;
-            match self.loss_grad_at(x, head, b) {
+            match f(self, b) {
                 Err(e) if runtime::is_out_of_memory(&e) && b > 1 => {
+                    self.forward = None;
                     self.graphs.clear();
                     self.eval_batch = b / 2;
                     self.notes.push(format!(
@@ -621,9 +606,17 @@ impl Oracle for TrainNet {
             }
         }
     }
-}
 
-impl TrainNet {
+    /// `f`, again after [`TrainNet::shrink_runs`] each time it runs out of memory.
+    fn shrinking<T>(&mut self, mut f: impl FnMut(&mut Self) -> Result<T>) -> Result<T> {
+        loop {
+            match f(self) {
+                Err(e) if runtime::is_out_of_memory(&e) => self.shrink_runs(e)?,
+                done => return done,
+            }
+        }
+    }
+
     /// [`Oracle::logits`] in batches of `b`.
     fn logits_at(&mut self, x: &[f32], b: usize) -> Result<Array2<f32>> {
         let len = self.example_len();

@@ -425,9 +425,10 @@ fn train_config(
 }
 
 /// Adversarial training (PGD-3 and FGSM-RS examples) with the attack's steps in the step
-/// graph (weights as its inputs) trains the same weights as with the host loop, bit for
-/// bit on ONNX Runtime; bound, with the weights, the gradients and the optimiser's state
-/// held in the runtime's memory and the optimiser's step run as a graph: bit for bit on
+/// graph (weights as its inputs; the validation attack's too) trains the same weights and
+/// validates to the same accuracies as with the host loop, bit for bit on ONNX Runtime;
+/// bound, with the weights, the gradients and the optimiser's state held in the runtime's
+/// memory and the optimiser's step run as a graph: bit for bit on
 /// one run, within 1e-6 (SGD) or 1e-3 (Adam) where the host loop cuts the batch (the
 /// gradients summed in another order).
 #[test]
@@ -451,11 +452,11 @@ fn training_with_steps_in_the_graph_trains_the_same_weights() {
             let cfg = train_config(method, steps, kind, 1, optim::Schedule::Cosine);
             let train_with = |mode: StepMode, threads: usize| {
                 let mut net = train_net(net_kind, threads, mode);
-                let none = Examples::default();
-                train::fit(
+                // Validated on the training examples (PGD-1, through the same loops).
+                let fit = train::fit(
                     &mut net,
                     &set,
-                    &none,
+                    &set,
                     &threat,
                     &cfg,
                     None,
@@ -464,25 +465,32 @@ fn training_with_steps_in_the_graph_trains_the_same_weights() {
                     &mut || 0.0,
                 )
                 .unwrap();
+                let val: Vec<(Option<f64>, Option<f64>)> = fit
+                    .history
+                    .iter()
+                    .map(|r| (r.val_clean, r.val_robust))
+                    .collect();
                 assert_eq!(
                     net.ran_resident(),
                     mode == StepMode::Bound,
                     "{mode:?}: weights held in the runtime's memory or not"
                 );
-                net.weights().unwrap().to_vec()
+                (net.weights().unwrap().to_vec(), val)
             };
             let before = train_net(net_kind, 1, StepMode::Host)
                 .weights()
                 .unwrap()
                 .to_vec();
             for threads in [1, 2] {
-                let host = train_with(StepMode::Host, threads);
+                let (host, host_val) = train_with(StepMode::Host, threads);
                 assert_ne!(
                     host, before,
                     "{net_kind:?} {method:?}: training moved nothing"
                 );
                 for mode in [StepMode::Graph, StepMode::Bound] {
-                    let w = train_with(mode, threads);
+                    let (w, val) = train_with(mode, threads);
+                    // The original model's validation: the same whichever loop.
+                    assert_eq!(val[0], host_val[0], "{net_kind:?} {mode:?}: epoch 0");
                     let worst = w
                         .iter()
                         .zip(&host)
@@ -504,6 +512,9 @@ fn training_with_steps_in_the_graph_trains_the_same_weights() {
                         if exact { w == host } else { worst <= tol },
                         "{net_kind:?} {method:?} {mode:?} on {threads} threads: other weights than the host loop's (by {worst:e})"
                     );
+                    if exact {
+                        assert_eq!(val, host_val, "{net_kind:?} {method:?} {mode:?}");
+                    }
                 }
             }
         }

@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Result};
 use ndarray::{Array2, ArrayD, ArrayViewD, IxDyn};
 
 use crate::attack::{Head, LossGrad, Oracle};
-use crate::autodiff::step::{StepJob, StepRule};
+use crate::autodiff::step::{StepJob, StepRule, StepsDone};
 use crate::autodiff::{self, LossKind, Wrt};
 use crate::classifier::RunOptions;
 use crate::model::pb;
@@ -155,9 +155,33 @@ impl TrainNet {
         if self.step_mode == StepMode::Host || steps == 0 {
             return Ok(None);
         }
+        let never = |_: usize, _: &[f32]| false;
+        let job = StepJob {
+            steps,
+            judge_from: steps,
+            stop_early: false,
+            judge: &never,
+        };
+        Ok(self
+            .steps_of(kind, heads, x0, x, rule, &job)?
+            .map(|done| done.last))
+    }
+
+    /// `job`'s steps in the step loops for `x`'s examples (see [`TrainNet::open_steps`]),
+    /// again in smaller runs where they run out of memory; `None` where the model's opset
+    /// has no step graph.
+    fn steps_of(
+        &mut self,
+        kind: LossKind,
+        heads: &[Vec<f32>],
+        x0: &[f32],
+        x: &[f32],
+        rule: &StepRule,
+        job: &StepJob<'_>,
+    ) -> Result<Option<StepsDone>> {
         let n = x.len() / self.example_len().max(1);
         self.shrinking(|net| match net.open_steps(kind, rule, n)? {
-            Some(key) => net.steps_on(&key, heads, x0, x, steps).map(Some),
+            Some(key) => net.steps_on(&key, heads, x0, x, job).map(Some),
             None => Ok(None),
         })
     }
@@ -200,34 +224,25 @@ impl TrainNet {
         Ok(matches!(self.step_loops.get(&key), Some(Some(_))).then_some(key))
     }
 
-    /// `steps` steps of the loops `key` from `x` around `x0`: the last iterate.
+    /// `job`'s steps of the loops `key` from `x` around `x0`.
     fn steps_on(
         &mut self,
         key: &StepKey,
         heads: &[Vec<f32>],
         x0: &[f32],
         x: &[f32],
-        steps: usize,
-    ) -> Result<Vec<f32>> {
+        job: &StepJob<'_>,
+    ) -> Result<StepsDone> {
         let Some(Some(loops)) = self.step_loops.get_mut(key) else {
             bail!("no step loops open for these steps");
         };
-        let never = |_: usize, _: &[f32]| false;
-        let job = StepJob {
-            steps,
-            judge_from: steps,
-            stop_early: false,
-            judge: &never,
-        };
         // The weights where they are current: bound in place when resident.
         if let (Some(r), true, false) = (&self.resident, loops.bound(), self.resident_stale) {
-            return Ok(loops
-                .run(x, x0, heads, Shared::Bound(r.weights()), &job)?
-                .last);
+            return loops.run(x, x0, heads, Shared::Bound(r.weights()), job);
         }
         pull_weights(&mut self.resident, &mut self.values, &mut self.host_stale)?;
         let weights: Vec<ArrayViewD<'_, f32>> = self.values.iter().map(|v| v.view()).collect();
-        Ok(loops.run(x, x0, heads, Shared::Host(&weights), &job)?.last)
+        loops.run(x, x0, heads, Shared::Host(&weights), job)
     }
 
     /// The current weights (fetched from the runtime's memory when training steps ran
@@ -582,6 +597,23 @@ impl Oracle for TrainNet {
 
     fn loss_grad(&mut self, x: &[f32], head: Head<'_>) -> Result<LossGrad> {
         self.evaluating(|net, b| net.loss_grad_at(x, head, b))
+    }
+
+    /// The validation attack's steps as the training attack's (see
+    /// [`TrainNet::run_steps`]): in a step graph with the weights where they are current.
+    fn run_steps(
+        &mut self,
+        x: &[f32],
+        x0: &[f32],
+        head: Head<'_>,
+        rule: &StepRule,
+        job: &StepJob<'_>,
+    ) -> Result<Option<StepsDone>> {
+        if self.step_mode == StepMode::Host || job.steps == 0 {
+            return Ok(None);
+        }
+        let (kind, heads) = head_inputs(head, self.num_classes);
+        self.steps_of(kind, &heads, x0, x, rule, job)
     }
 }
 

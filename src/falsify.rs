@@ -264,7 +264,10 @@ pub fn render_counterexample(cx: &Counterexample) -> String {
             s.push_str("\n ");
         }
         first = false;
-        s.push_str(&format!("({name} {v:e})"));
+        // The f32's exact value in f64's shortest form: f32's own shortest form (0.03)
+        // read back as f64, as checkers read it, can fall outside a box whose bound is
+        // that f32 written in f64 (0.029999999329447746).
+        s.push_str(&format!("({name} {:e})", f64::from(v)));
     };
     for (i, v) in cx.x.iter().enumerate() {
         item(format!("X_{i}"), *v);

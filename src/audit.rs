@@ -70,6 +70,17 @@ pub struct Meta {
     pub examples_per_second: f64,
 }
 
+impl Meta {
+    /// This build of harden, `seconds` spent on `examples` examples.
+    pub fn timed(examples: u64, seconds: f64) -> Meta {
+        Meta {
+            harden_version: env!("CARGO_PKG_VERSION").to_string(),
+            seconds,
+            examples_per_second: examples as f64 / seconds.max(1e-9),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct AuditReport {
     /// The report's (`report::Report` carries it at the top).

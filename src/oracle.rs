@@ -12,7 +12,7 @@ use crate::autodiff::step::{self, StepJob, StepRule, StepsDone};
 use crate::autodiff::{self, LossKind};
 use crate::classifier::{Classifier, RunOptions};
 use crate::model::{self, pb, OnnxModel};
-use crate::runtime::{first_rows, Join, Shared, Split, StepLoops, StepMode};
+use crate::runtime::{first_rows, padded_rows, Join, Shared, Split, StepLoops, StepMode};
 use crate::spec::InputSpec;
 
 pub struct ModelOracle {
@@ -260,14 +260,12 @@ impl Oracle for ModelOracle {
             evict_if_full(&mut self.step_loops);
             // Runs of the gradient graphs' size, and at least one per thread (or
             // device) for a full batch.
-            let ways = match self.opts.ort.device.cuda_ids().len() {
-                0 => self.opts.threads.max(1),
-                n => n,
+            let size = if self.dynamic {
+                let parts = self.opts.ort.parts(self.opts.threads);
+                crate::runtime::step_run_size(self.batch, self.chunk(), parts)
+            } else {
+                self.batch
             };
-            let mut size = self.run_size().unwrap_or(self.batch);
-            if self.dynamic && self.batch / ways >= crate::runtime::MIN_PART {
-                size = size.min(self.batch.div_ceil(ways));
-            }
             let grad = self.graph_at(kind, size)?;
             let loops = open_step_loops(
                 &grad,
@@ -325,16 +323,11 @@ impl Oracle for ModelOracle {
             let Some(split) = self.graphs.get_mut(&key) else {
                 bail!("no gradient graph for {kind:?}");
             };
-            let mut xb = x[done * len..(done + take) * len].to_vec();
-            xb.resize(b * len, 0.0);
+            let xb = padded_rows(x, done, take, b, len);
             let xa = ArrayD::from_shape_vec(IxDyn(&xshape), xb)?;
             let heads: Vec<ArrayD<f32>> = extra
                 .iter()
-                .map(|e| {
-                    let mut v = e[done * k..(done + take) * k].to_vec();
-                    v.resize(b * k, 0.0);
-                    ArrayD::from_shape_vec(IxDyn(&[b, k]), v)
-                })
+                .map(|e| ArrayD::from_shape_vec(IxDyn(&[b, k]), padded_rows(e, done, take, b, k)))
                 .collect::<std::result::Result<_, _>>()?;
             let mut views = vec![xa.view()];
             views.extend(heads.iter().map(|h| h.view()));

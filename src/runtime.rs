@@ -56,6 +56,15 @@ pub struct OrtLocator {
 }
 
 impl OrtLocator {
+    /// How many sessions a batch is spread over side by side: one per CUDA device, else
+    /// one per thread of `threads` (at least one).
+    pub fn parts(&self, threads: usize) -> usize {
+        match self.device.cuda_ids().len() {
+            0 => threads.max(1),
+            gpus => gpus,
+        }
+    }
+
     /// `ORT_DYLIB_PATH` (explicit), then `~/.cache/harden/onnxruntime/libonnxruntime.so`
     /// (where `scripts/fetch-onnxruntime.sh` puts it), then next to the executable; for a
     /// CUDA device `~/.cache/harden/onnxruntime-gpu/libonnxruntime.so` before those two.
@@ -277,6 +286,26 @@ pub fn uses_ort(choice: RuntimeChoice, ort: &OrtLocator) -> bool {
     }
 }
 
+/// The size of the runs a step loop takes `n` examples in: at most `chunk`, and at least
+/// one run for each of `parts` sessions when each gets [`MIN_PART`] examples.
+pub fn step_run_size(n: usize, chunk: usize, parts: usize) -> usize {
+    let size = chunk.min(n.max(1));
+    if n / parts.max(1) >= MIN_PART {
+        size.min(n.div_ceil(parts.max(1)))
+    } else {
+        size
+    }
+}
+
+/// Rows `from..from + take` of `values` (`per` values a row), zeros after them up to
+/// `size` rows: a batch padded to the size a graph runs at.
+pub fn padded_rows(values: &[f32], from: usize, take: usize, size: usize, per: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(size.max(take) * per);
+    v.extend_from_slice(&values[from * per..(from + take) * per]);
+    v.resize(size * per, 0.0);
+    v
+}
+
 /// The values of the first `n` entries along axis 0 of a runtime output, in order:
 /// borrowed when the array is in standard layout (as runtimes and [`Split::run`] return
 /// them), copied otherwise. An output with fewer entries is an error.
@@ -426,8 +455,7 @@ impl Split {
     ) -> Result<Split> {
         // On CUDA devices a part per device, each whole in one run (`chunk_for` sets no
         // limit there; one comes only from a run that ran out of memory).
-        let gpus = ort.device.cuda_ids();
-        let threads = if gpus.is_empty() { threads } else { gpus.len() };
+        let threads = ort.parts(threads);
         let plan = if splittable {
             split_plan(batch, threads, chunk)
         } else {
@@ -471,8 +499,7 @@ impl Split {
         splittable: bool,
         ort: &OrtLocator,
     ) -> Result<Split> {
-        let gpus = ort.device.cuda_ids().len();
-        let threads = if gpus > 0 { gpus } else { threads.max(1) };
+        let threads = ort.parts(threads);
         let (n, each) = if splittable && threads > 1 {
             (threads, 1)
         } else {
@@ -506,8 +533,7 @@ impl Split {
         build: impl Fn(usize) -> Result<Vec<u8>>,
     ) -> Result<Split> {
         let size = size.max(1);
-        let gpus = ort.device.cuda_ids().len();
-        let threads = if gpus > 0 { gpus } else { threads.max(1) };
+        let threads = ort.parts(threads);
         let bytes = build(size)?;
         let sessions = (0..threads)
             .map(|i| Ok(vec![(size, open(choice, &bytes, 1, &device_of(ort, i))?)]))
@@ -1095,46 +1121,43 @@ pub(crate) fn ort_session(
     threads: usize,
     loc: &OrtLocator,
 ) -> Result<ort::session::Session> {
-    {
-        let (env, _) = ort_environment(loc)?;
-        use ort::session::builder::GraphOptimizationLevel;
-        let err =
-            |e: ort::Error<ort::session::builder::SessionBuilder>| anyhow!("onnxruntime: {e}");
-        let builder = ort::session::Session::builder(env)
-            .map_err(|e| anyhow!("onnxruntime: {e}"))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(err)?
-            .with_intra_threads(threads.max(1))
-            .map_err(err)?
-            .with_inter_threads(1)
-            .map_err(err)?
-            // Idle workers sleep instead of spinning: on a machine with few cores or
-            // other work, and with several sessions taking turns (classifier and
-            // gradient graphs), spinning threads take CPU from the ones computing
-            // (measured: PGD-10 1.5x, clean audit 1.2x faster).
-            .with_intra_op_spinning(false)
-            .map_err(err)?;
-        let builder = match &loc.profile {
-            None => builder,
-            Some(prefix) => {
-                static SESSIONS: std::sync::atomic::AtomicUsize =
-                    std::sync::atomic::AtomicUsize::new(0);
-                let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut name = prefix.as_os_str().to_owned();
-                name.push(format!("-{}-{n}", std::process::id()));
-                builder.with_profiling(PathBuf::from(name)).map_err(err)?
-            }
-        };
-        let mut builder = match loc.device.cuda_ids().first() {
-            None => builder,
-            Some(&id) => builder
-                .with_execution_providers([cuda_provider(id, loc.tf32)])
-                .map_err(|e| anyhow!("onnxruntime: CUDA device {id}: {e}"))?,
-        };
-        builder
-            .commit_from_memory(model_bytes)
-            .map_err(|e| anyhow!("onnxruntime cannot load the model: {e}"))
-    }
+    let (env, _) = ort_environment(loc)?;
+    use ort::session::builder::GraphOptimizationLevel;
+    let err = |e: ort::Error<ort::session::builder::SessionBuilder>| anyhow!("onnxruntime: {e}");
+    let builder = ort::session::Session::builder(env)
+        .map_err(|e| anyhow!("onnxruntime: {e}"))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(err)?
+        .with_intra_threads(threads.max(1))
+        .map_err(err)?
+        .with_inter_threads(1)
+        .map_err(err)?
+        // Idle workers sleep instead of spinning: on a machine with few cores or
+        // other work, and with several sessions taking turns (classifier and
+        // gradient graphs), spinning threads take CPU from the ones computing
+        // (measured: PGD-10 1.5x, clean audit 1.2x faster).
+        .with_intra_op_spinning(false)
+        .map_err(err)?;
+    let builder = match &loc.profile {
+        None => builder,
+        Some(prefix) => {
+            static SESSIONS: std::sync::atomic::AtomicUsize =
+                std::sync::atomic::AtomicUsize::new(0);
+            let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut name = prefix.as_os_str().to_owned();
+            name.push(format!("-{}-{n}", std::process::id()));
+            builder.with_profiling(PathBuf::from(name)).map_err(err)?
+        }
+    };
+    let mut builder = match loc.device.cuda_ids().first() {
+        None => builder,
+        Some(&id) => builder
+            .with_execution_providers([cuda_provider(id, loc.tf32)])
+            .map_err(|e| anyhow!("onnxruntime: CUDA device {id}: {e}"))?,
+    };
+    builder
+        .commit_from_memory(model_bytes)
+        .map_err(|e| anyhow!("onnxruntime cannot load the model: {e}"))
 }
 
 impl Runtime for OrtRuntime {

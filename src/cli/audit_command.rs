@@ -168,11 +168,7 @@ fn audit(a: &AuditArgs, env: &Env) -> Result<i32> {
     )?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    report.meta = audit::Meta {
-        harden_version: env!("CARGO_PKG_VERSION").to_string(),
-        seconds: secs,
-        examples_per_second: report.data.examples as f64 / secs.max(1e-9),
-    };
+    report.meta = audit::Meta::timed(report.data.examples, secs);
     if let Some(sh) = shard {
         let eps = plan.as_ref().map(|p| p.eps.clone()).unwrap_or_default();
         let device = s.ort.device.to_string();

@@ -506,12 +506,7 @@ impl Audits<'_> {
             &mut |n| bar.set_position(n),
         )?;
         bar.finish_and_clear();
-        let secs = t0.elapsed().as_secs_f64();
-        r.meta = audit::Meta {
-            harden_version: env!("CARGO_PKG_VERSION").to_string(),
-            seconds: secs,
-            examples_per_second: r.data.examples as f64 / secs.max(1e-9),
-        };
+        r.meta = audit::Meta::timed(r.data.examples, t0.elapsed().as_secs_f64());
         Ok(r)
     }
 }

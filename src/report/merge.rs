@@ -485,10 +485,10 @@ pub fn merge_files(paths: &[PathBuf]) -> Result<(AuditReport, f64, String)> {
         predictions: rows.iter().map(|o| o.clean_prediction).collect(),
         per_example: rows,
         probe: by_index[&0].facts.probe.clone(),
+        // The parts' version, not this build's.
         meta: audit::Meta {
             harden_version: first.harden_version.clone(),
-            seconds,
-            examples_per_second: total as f64 / seconds.max(1e-9),
+            ..audit::Meta::timed(total, seconds)
         },
     };
     Ok((report, seconds, first.harden_version.clone()))

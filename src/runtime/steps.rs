@@ -106,8 +106,7 @@ impl StepLoops {
         threads: usize,
         ort: &OrtLocator,
     ) -> Result<StepLoops> {
-        let gpus = ort.device.cuda_ids().len();
-        let threads = if gpus > 0 { gpus } else { threads.max(1) };
+        let threads = ort.parts(threads);
         let bound = bound && super::uses_ort(choice, ort);
         let loops = (0..threads)
             .map(|i| -> Result<Box<dyn StepLoop>> {
@@ -162,11 +161,7 @@ impl StepLoops {
         let size = self.size;
         let runs = n.div_ceil(size).max(1);
         let rows = runs * size;
-        let pad = |v: &[f32], per: usize| {
-            let mut v = v.to_vec();
-            v.resize(rows * per, 0.0);
-            v
-        };
+        let pad = |v: &[f32], per: usize| super::padded_rows(v, 0, n, rows, per);
         let (x, x0) = (pad(x, len), pad(x0, len));
         let heads: Vec<Vec<f32>> = heads.iter().map(|h| pad(h, k)).collect();
         // Consecutive runs per thread.

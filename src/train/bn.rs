@@ -123,8 +123,7 @@ pub(super) fn run_taps(
     let mut done = 0;
     while done < n {
         let take = (n - done).min(batch);
-        let mut xb = x[done * len..(done + take) * len].to_vec();
-        xb.resize(batch * len, 0.0);
+        let xb = crate::runtime::padded_rows(x, done, take, batch, len);
         let xa = ArrayD::from_shape_vec(IxDyn(&xs), xb)?;
         visit(take, batch, rt.run(&[xa.view()])?)?;
         done += take;

@@ -263,8 +263,15 @@ fn perturb(
         threat: *threat,
         alpha,
     };
-    if let Some(x) = net.run_steps(kind, heads, x0, &x, &rule, steps)? {
-        return Ok(x);
+    let never = |_: usize, _: &[f32]| false;
+    let job = crate::autodiff::step::StepJob {
+        steps,
+        judge_from: steps,
+        stop_early: false,
+        judge: &never,
+    };
+    if let Some(done) = net.steps_of(kind, heads, x0, &x, &rule, &job)? {
+        return Ok(done.last);
     }
     let len = net.example_len();
     let n = x0.len() / len;

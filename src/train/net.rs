@@ -138,39 +138,15 @@ impl TrainNet {
         self.step_mode = mode;
     }
 
-    /// `steps` attack steps from `x` around `x0` under the loss `kind` (head inputs
-    /// `heads`), each as [`crate::attack::Threat::ascend`] then `project` take it, run
-    /// in the runtime as a step graph with the current weights (bound once per run of
-    /// examples with the step mode `Bound`): the last iterate, or `None` with the step
-    /// mode `Host` (or a model whose opset has no step graph), for the caller's loop.
-    pub fn run_steps(
-        &mut self,
-        kind: LossKind,
-        heads: &[Vec<f32>],
-        x0: &[f32],
-        x: &[f32],
-        rule: &StepRule,
-        steps: usize,
-    ) -> Result<Option<Vec<f32>>> {
-        if self.step_mode == StepMode::Host || steps == 0 {
-            return Ok(None);
-        }
-        let never = |_: usize, _: &[f32]| false;
-        let job = StepJob {
-            steps,
-            judge_from: steps,
-            stop_early: false,
-            judge: &never,
-        };
-        Ok(self
-            .steps_of(kind, heads, x0, x, rule, &job)?
-            .map(|done| done.last))
-    }
-
-    /// `job`'s steps in the step loops for `x`'s examples (see [`TrainNet::open_steps`]),
-    /// again in smaller runs where they run out of memory; `None` where the model's opset
-    /// has no step graph.
-    fn steps_of(
+    /// `job`'s attack steps from `x` around `x0` under the loss `kind` (head inputs
+    /// `heads`), each as [`crate::attack::Threat::ascend`] then `project` take it, run in
+    /// the runtime as a step graph with the current weights (in place when they are held
+    /// in the runtime's memory), in the step loops for `x`'s examples (see
+    /// [`TrainNet::open_steps`]), again in smaller runs where they run out of memory.
+    /// `None` with the step mode `Host` (or a model whose opset has no step graph), for
+    /// the caller's loop. The training attack's and (as [`Oracle::run_steps`]) the
+    /// validation attack's.
+    pub fn steps_of(
         &mut self,
         kind: LossKind,
         heads: &[Vec<f32>],
@@ -179,6 +155,9 @@ impl TrainNet {
         rule: &StepRule,
         job: &StepJob<'_>,
     ) -> Result<Option<StepsDone>> {
+        if self.step_mode == StepMode::Host || job.steps == 0 {
+            return Ok(None);
+        }
         let n = x.len() / self.example_len().max(1);
         self.shrinking(|net| match net.open_steps(kind, rule, n)? {
             Some(key) => net.steps_on(&key, heads, x0, x, job).map(Some),
@@ -191,14 +170,7 @@ impl TrainNet {
     /// thread (or device); `None` where the model's opset has no step graph.
     fn open_steps(&mut self, kind: LossKind, rule: &StepRule, n: usize) -> Result<Option<StepKey>> {
         let chunk = self.chunk();
-        let ways = match self.opts.ort.device.cuda_ids().len() {
-            0 => self.opts.threads.max(1),
-            d => d,
-        };
-        let mut size = chunk.min(n.max(1));
-        if n / ways >= runtime::MIN_PART {
-            size = size.min(n.div_ceil(ways));
-        }
+        let size = runtime::step_run_size(n, chunk, self.opts.ort.parts(self.opts.threads));
         let key = (kind, self.step_mode, rule.key(), size);
         if !self.step_loops.contains_key(&key) {
             crate::oracle::evict_if_full(&mut self.step_loops);
@@ -599,8 +571,7 @@ impl Oracle for TrainNet {
         self.evaluating(|net, b| net.loss_grad_at(x, head, b))
     }
 
-    /// The validation attack's steps as the training attack's (see
-    /// [`TrainNet::run_steps`]): in a step graph with the weights where they are current.
+    /// The validation attack's steps as the training attack's ([`TrainNet::steps_of`]).
     fn run_steps(
         &mut self,
         x: &[f32],
@@ -609,9 +580,6 @@ impl Oracle for TrainNet {
         rule: &StepRule,
         job: &StepJob<'_>,
     ) -> Result<Option<StepsDone>> {
-        if self.step_mode == StepMode::Host || job.steps == 0 {
-            return Ok(None);
-        }
         let (kind, heads) = head_inputs(head, self.num_classes);
         self.steps_of(kind, &heads, x0, x, rule, job)
     }
@@ -661,8 +629,7 @@ impl TrainNet {
         let mut done = 0;
         while done < n {
             let take = (n - done).min(b);
-            let mut xb = x[done * len..(done + take) * len].to_vec();
-            xb.resize(b * len, 0.0);
+            let xb = runtime::padded_rows(x, done, take, b, len);
             let xa = ArrayD::from_shape_vec(IxDyn(&xs), xb)?;
             let mut views = vec![xa.view()];
             views.extend(self.values.iter().map(|v| v.view()));
@@ -696,15 +663,10 @@ impl TrainNet {
         let mut done = 0;
         while done < n {
             let take = (n - done).min(b);
-            let mut xb = x[done * len..(done + take) * len].to_vec();
-            xb.resize(b * len, 0.0);
+            let xb = runtime::padded_rows(x, done, take, b, len);
             let heads: Vec<Vec<f32>> = extra
                 .iter()
-                .map(|e| {
-                    let mut v = e[done * k..(done + take) * k].to_vec();
-                    v.resize(b * k, 0.0);
-                    v
-                })
+                .map(|e| runtime::padded_rows(e, done, take, b, k))
                 .collect();
             let out = self.run_graph(kind, false, b, &xb, &heads)?;
             logits.extend(out.logits.iter().take(take * k));

@@ -72,7 +72,7 @@ impl Classifier {
         c.dynamic = dynamic;
         if c.batch < opts.batch_size {
             if let Some(freed) =
-                c.try_free_batch(&wrapped, spec, opts.batch_size, &|p| open(p, true))
+                c.try_free_batch(&wrapped, spec, opts.batch_size, &|p| open(p, true))?
             {
                 c = freed;
             }
@@ -104,23 +104,38 @@ impl Classifier {
     }
 
     /// The model with its fixed batch (usually 1) made dynamic, run `batch_size` examples
-    /// at a time, when that gives the same outputs as `self` on a random probe.
+    /// at a time, when that gives the same outputs as `self` on a random probe. A model
+    /// that does not run so stays at its batch; running out of memory at `batch_size` is
+    /// an error (not a silent fall back to a run per example).
     fn try_free_batch(
         &mut self,
         wrapped: &crate::model::pb::ModelProto,
         spec: &InputSpec,
         batch_size: usize,
         open: &dyn Fn(&crate::model::pb::ModelProto) -> Result<Split>,
-    ) -> Option<Classifier> {
-        let free = crate::model::free_batch(wrapped, &spec.input_name)?;
-        let mut candidate =
-            Classifier::with_runtime(open(&free).ok()?, batch_size, &self.example_shape).ok()?;
+    ) -> Result<Option<Classifier>> {
+        let Some(free) = crate::model::free_batch(wrapped, &spec.input_name) else {
+            return Ok(None);
+        };
+        let unless_oom = |e: anyhow::Error| match crate::runtime::is_out_of_memory(&e) {
+            true => Err(e),
+            false => Ok(None),
+        };
+        let mut candidate = match open(&free)
+            .and_then(|r| Classifier::with_runtime(r, batch_size, &self.example_shape))
+        {
+            Ok(c) => c,
+            Err(e) => return unless_oom(e),
+        };
         let mut rng = crate::rng::Rng::new(0xBA7C);
         let probe: Vec<f32> = (0..3 * self.batch * self.example_len())
             .map(|_| rng.range(spec.range.0, spec.range.1))
             .collect();
-        let a = self.logits(&probe).ok()?;
-        let b = candidate.logits(&probe).ok()?;
+        let a = self.logits(&probe)?;
+        let b = match candidate.logits(&probe) {
+            Ok(b) => b,
+            Err(e) => return unless_oom(e),
+        };
         let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
         let agree = a.shape() == b.shape()
             && a.iter()
@@ -128,7 +143,7 @@ impl Classifier {
                 .all(|(x, y)| (x - y).abs() <= 1e-4 * scale);
         candidate.batch_freed = true;
         candidate.dynamic = true;
-        agree.then_some(candidate)
+        Ok(agree.then_some(candidate))
     }
 
     /// Whether runs may take fewer examples than [`Classifier::batch`]: the model's batch

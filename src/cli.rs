@@ -818,6 +818,9 @@ pub(crate) fn halving_batch<T>(
                     return Err(e);
                 }
                 failed = n;
+                if n == Some(1) {
+                    return Err(e);
+                }
                 if b <= 1 {
                     bail!("onnxruntime ran out of memory running one example at a time: the model's graphs do not fit in this device's memory ({e})");
                 }

@@ -1228,6 +1228,7 @@ pub struct OutOfMemory {
 impl std::fmt::Display for OutOfMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.examples {
+            Some(1) => write!(f, "onnxruntime ran out of memory running one example ({}): the model's graphs do not fit in this device's memory", self.detail),
             Some(n) => write!(f, "onnxruntime ran out of memory running {n} examples at once ({}); pass a smaller --batch-size", self.detail),
             None => write!(f, "onnxruntime ran out of memory ({}); pass a smaller --batch-size", self.detail),
         }

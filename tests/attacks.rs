@@ -417,3 +417,43 @@ fn falsify_answers_sat_with_a_checked_point_and_never_on_unsat() {
         "sat {sat_checked}, unsat {unsat_checked}"
     );
 }
+
+/// `harden falsify` on a model exported with batch 1, whose runs go out of memory
+/// (simulated above 10 examples) when the batch is freed: it falsifies again at half the
+/// batch size, saying so, instead of quietly running one point at a time, and prints the
+/// point the unconstrained run prints.
+#[test]
+fn falsify_halves_the_batch_out_of_memory() {
+    let Some(corpus) = common::corpus() else {
+        return;
+    };
+    if !common::ort_available() {
+        return;
+    }
+    let dir = corpus.join("vnncomp2022/mnist_fc");
+    let run = |oom: Option<&str>| {
+        let mut c = harden();
+        c.arg("falsify")
+            .arg(dir.join("onnx/mnist-net_256x2.onnx"))
+            .arg(dir.join("vnnlib/prop_2_0.03.vnnlib"))
+            .args(["--timeout", "60", "--runtime", "ort", "--threads", "1"]);
+        if let Some(n) = oom {
+            c.env("HARDEN_SIMULATE_OOM_ABOVE", n);
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        (String::from_utf8_lossy(&o.stdout).into_owned(), err)
+    };
+    let (want, _) = run(None);
+    assert!(want.starts_with("sat\n"), "{want}");
+    let (got, err) = run(Some("10"));
+    for line in [
+        "ran out of memory at --batch-size 128; falsifying again at --batch-size 64",
+        "falsifying again at --batch-size 8",
+    ] {
+        assert!(err.contains(line), "no '{line}' in: {err}");
+    }
+    assert!(!err.contains("--batch-size 4"), "{err}");
+    assert_eq!(got, want);
+}

@@ -242,7 +242,10 @@ fn out_of_memory_audits_halve_the_batch() {
     let out = audit("4", &never, Some("0"), &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("running one example at a time"), "{err}");
+    assert!(
+        err.contains("running one example") && err.contains("do not fit"),
+        "{err}"
+    );
     assert!(!never.exists());
     let ck = d.path().join("audit.ckpt");
     let out = audit(
@@ -258,6 +261,53 @@ fn out_of_memory_audits_halve_the_batch() {
         "{err}"
     );
     assert!(!never.exists());
+}
+
+/// `harden attack` draws an example's random start from its position in the data, so
+/// its adversarial examples do not depend on the batch size (128, 16); where its runs go
+/// out of memory (simulated above 20 examples) it attacks again at half the batch size,
+/// says so and writes the same file.
+#[test]
+fn attacks_do_not_depend_on_the_batch_and_halve_it_out_of_memory() {
+    if !common::ort_available() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let data = format!(
+        "{}:test",
+        common::root().join("data/fashion-mnist-slice").display()
+    );
+    let attack = |batch: &str, oom: Option<&str>| {
+        let out = d
+            .path()
+            .join(format!("b{batch}-{}.npz", oom.unwrap_or("free")));
+        let mut c = harden();
+        c.args(["attack", &f("mlp.onnx"), "--data", &data, "--limit", "150"])
+            .args(["--attack", "pgd", "--eps", "0.05", "--runtime", "ort"])
+            .args(["--threads", "1", "--batch-size", batch])
+            .args(["--out", out.to_str().unwrap()]);
+        if let Some(n) = oom {
+            c.env("HARDEN_SIMULATE_OOM_ABOVE", n);
+        }
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        (std::fs::read(&out).unwrap(), err)
+    };
+    let (want, _) = attack("128", None);
+    let (small, _) = attack("16", None);
+    assert!(
+        small == want,
+        "the batch size changed the adversarial examples"
+    );
+    let (halved, err) = attack("64", Some("20"));
+    for line in [
+        "ran out of memory at --batch-size 64; attacking again at --batch-size 32",
+        "attacking again at --batch-size 16",
+    ] {
+        assert!(err.contains(line), "no '{line}' in: {err}");
+    }
+    assert!(halved == want, "the halved attack wrote other examples");
 }
 
 /// The batch size a report's audit ran at.

@@ -30,7 +30,17 @@ pub struct AttackArgs {
     pub rounding: RoundingArgs,
 }
 
-pub(super) fn run(a: AttackArgs, env: &Env) -> Result<i32> {
+/// Runs the attack; where ONNX Runtime runs out of memory, again at half the batch size
+/// (an example's random draws come from its position in the data, so the outcomes do
+/// not depend on it), down to one example, saying so.
+pub(super) fn run(mut a: AttackArgs, env: &Env) -> Result<i32> {
+    halving_batch(a.run.batch_size, "attacking", |b| {
+        a.run.batch_size = b;
+        attack(&a, env)
+    })
+}
+
+fn attack(a: &AttackArgs, env: &Env) -> Result<i32> {
     let (mut attacks, _) = crate::robust::parse_attacks(&a.attack, &a.attack_opts.knobs())?;
     if attacks.len() != 1 || a.attack.contains(',') || a.attack == "standard" {
         bail!("--attack takes one attack name (use `harden audit --attacks` for several)");
@@ -83,8 +93,16 @@ pub(super) fn run(a: AttackArgs, env: &Env) -> Result<i32> {
         let clean_logits = s.oracle.classifier().logits(&mapped)?;
         crate::classifier::check_finite(&clean_logits, seen)?;
         let clean = crate::robust::predictions(&clean_logits);
-        let out =
-            crate::robust::run_attack(&spec_attack, &mut s.oracle, &mapped, &y, &threat, geo)?;
+        let ids: Vec<u64> = (seen as u64..(seen + n) as u64).collect();
+        let out = crate::robust::run_attack_at(
+            &spec_attack,
+            &mut s.oracle,
+            &mapped,
+            &y,
+            &ids,
+            &threat,
+            geo,
+        )?;
         // Re-check with a plain forward pass of the original model.
         let after = crate::robust::predictions(&s.oracle.classifier().logits(&out.x_adv)?);
         for i in 0..n {

@@ -23,8 +23,18 @@ pub struct FalsifyArgs {
     pub rounding: RoundingArgs,
 }
 
-pub(super) fn run(a: FalsifyArgs, env: &Env) -> Result<i32> {
+/// Falsifies; where ONNX Runtime runs out of memory, again at half the batch size (the
+/// points tried do not depend on it), down to one example, saying so, all within the one
+/// --timeout.
+pub(super) fn run(mut a: FalsifyArgs, env: &Env) -> Result<i32> {
     let started = Instant::now();
+    halving_batch(a.run.batch_size, "falsifying", |b| {
+        a.run.batch_size = b;
+        falsify(&a, env, started)
+    })
+}
+
+fn falsify(a: &FalsifyArgs, env: &Env, started: Instant) -> Result<i32> {
     if !(a.timeout.is_finite() && a.timeout > 0.0) {
         bail!("--timeout must be a positive number of seconds");
     }

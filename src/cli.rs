@@ -409,7 +409,7 @@ impl ReportArgs {
             check_writable("--junit", j)?;
         }
         if let Some(d) = &self.report {
-            crate::report::prepare_dir(d)?;
+            crate::report::check_dir(d)?;
         }
         Ok(())
     }

@@ -1175,7 +1175,7 @@ impl Runtime for OrtRuntime {
         if names.len() != inputs.len() {
             bail!("graph takes {} inputs, {} given", names.len(), inputs.len());
         }
-        simulated_oom(
+        simulated_failure(
             inputs
                 .first()
                 .and_then(|x| x.shape().first().copied())
@@ -1247,10 +1247,33 @@ pub fn out_of_memory_in(e: &anyhow::Error) -> Option<&OutOfMemory> {
     e.chain().find_map(|c| c.downcast_ref::<OutOfMemory>())
 }
 
-/// For tests of the out-of-memory path on machines with memory to spare: with
+/// For tests of failures that need a device to happen: with
 /// `HARDEN_SIMULATE_OOM_ABOVE=N`, every ONNX Runtime run of more than N examples fails as
-/// out of memory; with `N@K`, every such run after the first K.
-pub(crate) fn simulated_oom(examples: usize) -> Result<()> {
+/// out of memory; with `N@K`, every such run after the first K. With
+/// `HARDEN_SIMULATE_RUN_FAILURE=K`, the K-th run (from 1) and every later one fails as a
+/// provider failing mid-run does (CUDA's illegal memory access).
+pub(crate) fn simulated_failure(examples: usize) -> Result<()> {
+    static FAIL_AT: OnceLock<Option<usize>> = OnceLock::new();
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let fail_at = FAIL_AT.get_or_init(|| {
+        std::env::var("HARDEN_SIMULATE_RUN_FAILURE")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    if let Some(k) = *fail_at {
+        if RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= k {
+            return Err(run_failure(
+                &format!("CUDA failure 700: an illegal memory access was encountered (simulated: HARDEN_SIMULATE_RUN_FAILURE={k})"),
+                Some(examples),
+            ));
+        }
+    }
+    simulated_oom(examples)
+}
+
+fn simulated_oom(examples: usize) -> Result<()> {
     static LIMIT: OnceLock<Option<(usize, usize)>> = OnceLock::new();
     static BIG_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let limit = LIMIT.get_or_init(|| {

@@ -352,8 +352,11 @@ impl Probe {
         facts: &Facts,
         plan: Option<&RobustPlan>,
     ) -> Result<ProbeFacts> {
+        // Out of memory is the run's failure (the caller may run again in smaller
+        // batches), not the model's.
         let grads_ok = match oracle.prepare(crate::autodiff::LossKind::CrossEntropy) {
             Ok(()) => Ok(()),
+            Err(e) if crate::runtime::is_out_of_memory(&e) => return Err(e),
             Err(e) => Err(format!("no gradient graph for this model: {e:#}")),
         };
         let gradients = match &grads_ok {
@@ -385,6 +388,7 @@ impl Probe {
             },
         ) {
             Ok(lg) => lg,
+            Err(e) if crate::runtime::is_out_of_memory(&e) => return Err(e),
             Err(e) => return Ok(GRADIENTS.not_run(format!("the gradient graph failed: {e:#}"))),
         };
         let n = self.grad_y.len();

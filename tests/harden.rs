@@ -736,6 +736,56 @@ fn hardened_mlp(
     (weights(&out), err, r)
 }
 
+/// A provider that fails mid-run (simulated: `HARDEN_SIMULATE_RUN_FAILURE=K`, the K-th
+/// ONNX Runtime run and all later ones fail as CUDA's illegal memory access does), at the
+/// first run and at two later ones (of some 90 with the bound step loop, 190 with the
+/// host loop), with either loop:
+/// one line naming ONNX Runtime's failure, exit 2, and nothing written (no hardened
+/// model, no report folder, no temporary file).
+#[test]
+fn a_runtime_failing_mid_run_leaves_nothing_written() {
+    if !ort_available() {
+        return;
+    }
+    for step_loop in ["host", "bound"] {
+        for k in ["1", "40", "80"] {
+            let d = tempfile::tempdir().unwrap();
+            let out = d.path().join("h.onnx");
+            let rep = d.path().join("report");
+            let extra = [
+                "--runtime",
+                "ort",
+                "--threads",
+                "1",
+                "--epochs",
+                "1",
+                "--step-loop",
+                step_loop,
+                "--report",
+                rep.to_str().unwrap(),
+            ];
+            let o = assert_cmd::Command::cargo_bin("harden")
+                .unwrap()
+                .args(quick(&f("mlp.onnx"), &out, &extra))
+                .env("CI", "1")
+                .env("HARDEN_SIMULATE_RUN_FAILURE", k)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{step_loop} {k}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(
+                err.starts_with(
+                    "harden: error: onnxruntime failed to run the model: CUDA failure 700"
+                ),
+                "{err}"
+            );
+            let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
+            assert!(left.is_empty(), "{step_loop} {k}: left {left:?}");
+        }
+    }
+}
+
 /// The largest difference between two models' weights.
 fn weight_gap(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
     a.iter()

@@ -266,14 +266,49 @@ pub fn write_dir(dir: &Path, report: &Report) -> Result<()> {
 
 /// Creates `dir` if needed; an existing file there is an error.
 pub fn prepare_dir(dir: &Path) -> Result<()> {
+    not_a_file(dir)?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--report {}: cannot create the folder", dir.display()))
+}
+
+/// Checks, before any work, that the report can be written to `dir` without creating it
+/// yet (a run that fails leaves no empty folder behind): an existing folder that takes a
+/// new file, or a missing one whose nearest existing ancestor is such a folder.
+pub fn check_dir(dir: &Path) -> Result<()> {
+    not_a_file(dir)?;
+    let mut base = dir;
+    while !base.exists() {
+        base = match base.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+    }
+    if !base.is_dir() {
+        anyhow::bail!(
+            "--report {}: cannot create the folder: {} is a file",
+            dir.display(),
+            base.display()
+        );
+    }
+    tempfile::NamedTempFile::new_in(base)
+        .map(drop)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--report {}: cannot write there: cannot create a file in {}: {e}",
+                dir.display(),
+                base.display()
+            )
+        })
+}
+
+fn not_a_file(dir: &Path) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         anyhow::bail!(
             "--report {}: is a file, not a folder (the report writes report.json, report.md and report.html into a folder)",
             dir.display()
         );
     }
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("--report {}: cannot create the folder", dir.display()))
+    Ok(())
 }
 
 fn pct(v: Option<f64>) -> String {

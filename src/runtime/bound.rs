@@ -224,7 +224,7 @@ impl BoundGraph {
         outputs: &mut [(&str, &mut Tensor)],
         rows: Option<usize>,
     ) -> Result<()> {
-        super::simulated_oom(rows.unwrap_or(0))?;
+        super::simulated_failure(rows.unwrap_or(0))?;
         let mut binding = self.session.create_binding().map_err(ort_err("binding"))?;
         for (name, v) in inputs {
             binding

@@ -384,7 +384,7 @@ impl StepLoop for BoundLoop {
     }
 
     fn run(&mut self, run: &Run<'_>, job: &StepJob<'_>) -> Result<StepsDone> {
-        super::simulated_oom(run.size)?;
+        super::simulated_failure(run.size)?;
         let shape = run.x_shape();
         let host = BoundDevice::host_input;
         let cuda = self.dev.is_cuda();

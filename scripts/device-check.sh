@@ -15,7 +15,9 @@
 # on the CPU and on CUDA agree (clean accuracy exactly, robust accuracies within two
 # examples, and `cuda:0,0`, the batch split over two sessions, as `cuda:0`; PGD with its
 # steps bound on the device against PGD's host loop on the CPU); a hardening
-# run on CUDA; bad devices are refused with exit 2 (`cuda:7`, tract with cuda).
+# run on CUDA; bad devices are refused with exit 2 (`cuda:7`, tract with cuda); a real
+# out of memory (`--gpu-memory-limit`) met by halving in audits and smaller runs in
+# training.
 # Logs and reports go to $OUT (default DIR/out) as well as stdout.
 set -uo pipefail
 PHASE="${1:-all}"
@@ -191,6 +193,27 @@ assert rows[1]["meta"].get("train_weights") == "host"
 accs = [r["after"]["clean"]["accuracy"] for r in rows]
 assert max(accs) - min(accs) <= 0.02, f"hardened clean accuracies differ: {accs}"
 PY
+
+section "out of memory on CUDA (each session's arena capped with --gpu-memory-limit)"
+# A real allocation failure of the CUDA provider at a small size: the audit runs again at
+# half the batch size until its runs fit and reports what the uncapped CUDA audit does;
+# hardening keeps its batches and runs its graphs in smaller runs (weights leave the
+# device if they were bound there).
+audit cuda-fmnist-capped "$M" cuda --batch-size 1024 --gpu-memory-limit 64M
+grep -E "out of memory|again at" "$OUT/cuda-fmnist-capped.err" | sed 's/^/      /' | head -n 8
+if grep -q "ran out of memory at --batch-size 1024" "$OUT/cuda-fmnist-capped.err"; then
+  ok "capped audit: out of memory met and the batch halved"
+else
+  bad "capped audit: no halving seen (see cuda-fmnist-capped.err)"
+fi
+compare cuda-fmnist cuda-fmnist-capped
+t0=$(date +%s%N)
+"$H" "$M" --eps 0.1 --data "$D" --epochs 1 --device cuda --batch-size 512 --gpu-memory-limit 64M \
+  -o "$OUT/hardened-capped.onnx" --report "$OUT/harden-capped" > "$OUT/harden-capped.out" 2> "$OUT/harden-capped.err"
+rc=$?
+echo "harden --device cuda --gpu-memory-limit 64M: exit $rc, $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+grep -E "out of memory|runs of|go back" "$OUT/harden-capped.err" | sed 's/^/      /' | head -n 8
+[ $rc = 0 ] && ok "capped hardening finished" || { bad "capped hardening: exit $rc"; tail -n 3 "$OUT/harden-capped.err"; }
 
 section "harden's side of the benchmark"
 BENCH_GPU="$DIR/bench_gpu" MODEL="$DIR/preact18.onnx" GPU_BENCH_TOOLS=harden TORCH_SCRIPT="$here/gpu_bench_torch.py" \

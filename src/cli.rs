@@ -195,14 +195,8 @@ pub struct HardenArgs {
     /// Threads for the runtime (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// cpu, cuda (cuda:0), cuda:N, cuda:N,M,... (a batch split across them) or auto
-    /// (CUDA when ONNX Runtime's CUDA provider starts, else the CPU).
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    pub device: Device,
-    /// On CUDA: fp32 (float32 throughout) or tf32 (convolutions and matrix products on
-    /// TF32 tensor cores, about 3x faster, within about 1e-4 relative).
-    #[arg(long, value_enum, default_value = "fp32")]
-    pub precision: Precision,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// How PGD's steps run (audits and training): host (a gradient-graph run per step,
     /// the step on the host), graph (the step in the graph) or bound (the step in the
     /// graph, the iterate kept in the runtime's memory, on the GPU on CUDA). Default:
@@ -550,6 +544,49 @@ pub enum PresetArg {
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// Where the graphs run (ONNX Runtime's device) and how on CUDA.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// cpu, cuda (cuda:0), cuda:N, cuda:N,M,... (a batch split across them) or auto
+    /// (CUDA when ONNX Runtime's CUDA provider starts, else the CPU).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
+    /// On CUDA: fp32 (float32 throughout) or tf32 (convolutions and matrix products on
+    /// TF32 tensor cores, about 3x faster, within about 1e-4 relative).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: Precision,
+    /// On CUDA: cap each ONNX Runtime session's memory arena at SIZE (bytes, or with
+    /// K, M, G or T: powers of 1024), to share a GPU or to meet out-of-memory handling at
+    /// a small size; runs that need more go out of memory as on a full device.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub gpu_memory_limit: Option<usize>,
+}
+
+/// A size in bytes: a whole number, optionally followed by K, M, G or T (KiB, MiB, GiB,
+/// TiB: powers of 1024; a trailing "B" or "iB" is allowed).
+pub fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    let t = s.trim();
+    let body = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match body.chars().last() {
+        Some(c @ ('K' | 'M' | 'G' | 'T' | 'k' | 'm' | 'g' | 't')) => (
+            &body[..body.len() - 1],
+            10 * (1 + "KMGT".find(c.to_ascii_uppercase()).unwrap_or(0) as u32),
+        ),
+        _ => (body, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (a number of bytes, or with K, M, G or T)"))?;
+    n.checked_mul(1u64 << shift)
+        .filter(|b| *b > 0)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| format!("'{s}': the size must be above zero and below 2^64 bytes"))
+}
+
 /// How to run the model.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
@@ -562,14 +599,8 @@ pub struct RunArgs {
     /// Examples per runtime call (models with a fixed batch use theirs).
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
-    /// cpu, cuda (cuda:0), cuda:N, cuda:N,M,... (a batch split across them) or auto
-    /// (CUDA when ONNX Runtime's CUDA provider starts, else the CPU).
-    #[arg(long, default_value = "cpu", value_parser = parse_device)]
-    pub device: Device,
-    /// On CUDA: fp32 (float32 throughout) or tf32 (convolutions and matrix products on
-    /// TF32 tensor cores, about 3x faster, within about 1e-4 relative).
-    #[arg(long, value_enum, default_value = "fp32")]
-    pub precision: Precision,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// How PGD's steps run (audits and training): host (a gradient-graph run per step,
     /// the step on the host), graph (the step in the graph) or bound (the step in the
     /// graph, the iterate kept in the runtime's memory, on the GPU on CUDA). Default:
@@ -758,7 +789,7 @@ impl RunArgs {
             runtime: self.runtime,
             threads: threads_or_all(self.threads),
             batch_size: self.batch_size,
-            ort: resolve_device(env, &self.device, self.precision, self.runtime)?,
+            ort: resolve_device(env, &self.device, self.runtime)?,
             step_loop: self.step_loop,
         })
     }
@@ -775,21 +806,23 @@ fn threads_or_all(given: Option<usize>) -> usize {
 
 /// `env`'s locator with `device` checked for `runtime` (see [`OrtLocator::resolve`]);
 /// says on stderr where the graphs run unless on the CPU as asked.
-pub fn resolve_device(
-    env: &Env,
-    device: &Device,
-    precision: Precision,
-    runtime: RuntimeChoice,
-) -> Result<OrtLocator> {
-    if precision == Precision::Tf32 && *device == Device::Cpu {
-        bail!("--precision tf32 is for CUDA devices; give --device cuda (or auto)");
+pub fn resolve_device(env: &Env, args: &DeviceArgs, runtime: RuntimeChoice) -> Result<OrtLocator> {
+    if args.device == Device::Cpu {
+        if args.precision == Precision::Tf32 {
+            bail!("--precision tf32 is for CUDA devices; give --device cuda (or auto)");
+        }
+        if args.gpu_memory_limit.is_some() {
+            bail!("--gpu-memory-limit is for CUDA devices; give --device cuda (or auto)");
+        }
     }
     let mut ort = env
         .ort
         .clone()
-        .with_device(device.clone())
+        .with_device(args.device.clone())
         .resolve(runtime)?;
-    ort.tf32 = precision == Precision::Tf32 && !ort.device.cuda_ids().is_empty();
+    let cuda = !ort.device.cuda_ids().is_empty();
+    ort.tf32 = args.precision == Precision::Tf32 && cuda;
+    ort.cuda_memory_limit = args.gpu_memory_limit.filter(|_| cuda);
     match &ort.fallback {
         Some(why) => eprintln!("device   cpu ({why})"),
         None if ort.device != Device::Cpu => eprintln!("device   {}", ort.device),

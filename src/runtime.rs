@@ -53,6 +53,9 @@ pub struct OrtLocator {
     /// faster on an H200, outputs within about 1e-4 relative of float32's, and a batch of
     /// another size may round differently. Off: float32 throughout.
     pub tf32: bool,
+    /// On CUDA, each session's memory arena capped at this many bytes
+    /// (`--gpu-memory-limit`); none: the device's memory.
+    pub cuda_memory_limit: Option<usize>,
 }
 
 impl OrtLocator {
@@ -94,6 +97,7 @@ impl OrtLocator {
             fallback: None,
             profile: None,
             tf32: false,
+            cuda_memory_limit: None,
         }
     }
 
@@ -811,12 +815,20 @@ fn ort_environment(loc: &OrtLocator) -> Result<&'static (ort::environment::Envir
 /// ONNX Runtime's CUDA execution provider on device `id`; registering it fails (rather
 /// than falling back to the CPU) when the provider library or its CUDA libraries cannot
 /// load.
-fn cuda_provider(id: usize, tf32: bool) -> ort::ep::ExecutionProviderDispatch {
-    ort::ep::CUDA::default()
+fn cuda_provider(
+    id: usize,
+    tf32: bool,
+    limit: Option<usize>,
+) -> ort::ep::ExecutionProviderDispatch {
+    let cuda = ort::ep::CUDA::default()
         .with_device_id(i32::try_from(id).unwrap_or(i32::MAX))
-        .with_tf32(tf32)
-        .build()
-        .error_on_failure()
+        .with_tf32(tf32);
+    match limit {
+        Some(bytes) => cuda.with_memory_limit(bytes),
+        None => cuda,
+    }
+    .build()
+    .error_on_failure()
 }
 
 /// cuDNN's libraries in load order (cuDNN 9 loads its parts by name at run time).
@@ -871,7 +883,7 @@ fn check_cuda(loc: &OrtLocator, ids: &[usize]) -> Result<()> {
             .map_err(|e| anyhow!("{e}"))?
             .with_optimization_level(GraphOptimizationLevel::Disable)
             .map_err(|e| anyhow!("{e}"))?
-            .with_execution_providers([cuda_provider(id, false)])
+            .with_execution_providers([cuda_provider(id, false, None)])
             .map_err(|e| anyhow!("{e}"))?
             .commit_from_memory(&probe)
             .map_err(|e| anyhow!("{e}"))?;
@@ -1152,7 +1164,7 @@ pub(crate) fn ort_session(
     let mut builder = match loc.device.cuda_ids().first() {
         None => builder,
         Some(&id) => builder
-            .with_execution_providers([cuda_provider(id, loc.tf32)])
+            .with_execution_providers([cuda_provider(id, loc.tf32, loc.cuda_memory_limit)])
             .map_err(|e| anyhow!("onnxruntime: CUDA device {id}: {e}"))?,
     };
     builder

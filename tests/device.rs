@@ -68,6 +68,49 @@ fn tf32_is_for_cuda_only() {
     assert_eq!(code, 2, "{err}");
 }
 
+/// `--gpu-memory-limit` takes a size (bytes, K, M, G, T) above zero, and only with CUDA;
+/// with `auto` falling back to the CPU it is dropped.
+#[test]
+fn gpu_memory_limit_is_a_size_for_cuda_only() {
+    for bad in ["0", "1.5G", "abc", "12X", "20000000T"] {
+        let (code, err, report) = audit(&["--device", "cuda", "--gpu-memory-limit", bad], &[]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains("--gpu-memory-limit"), "{bad}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(report.is_none());
+    }
+    let (code, err, _) = audit(&["--runtime", "tract", "--gpu-memory-limit", "1G"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--gpu-memory-limit is for CUDA devices"),
+        "{err}"
+    );
+    for (size, bytes) in [
+        ("512", 512),
+        ("8K", 8 << 10),
+        ("1GiB", 1 << 30),
+        ("2MB", 2 << 20),
+    ] {
+        assert_eq!(harden::cli::parse_size(size), Ok(bytes), "{size}");
+    }
+    if cpu_ort().is_some() {
+        // The CPU build: auto falls back to the CPU, where the limit does not apply.
+        let (code, err, report) = audit(
+            &[
+                "--runtime",
+                "ort",
+                "--device",
+                "auto",
+                "--gpu-memory-limit",
+                "1G",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(report.unwrap()["meta"]["device"], "cpu");
+    }
+}
+
 #[test]
 fn the_cpu_is_the_default_and_is_recorded() {
     let (code, err, report) = audit(&["--runtime", "tract"], &[]);

@@ -161,7 +161,7 @@ fn check_flags(a: &HardenArgs, env: &Env) -> Result<Flags> {
     if a.threads == Some(0) {
         bail!("--threads must be at least 1");
     }
-    let ort = super::resolve_device(env, &a.device, a.precision, a.runtime)?;
+    let ort = super::resolve_device(env, &a.device, a.runtime)?;
     let cfg = config_of(a, eps);
     cfg.check()?;
     let knobs = AttackKnobs {

@@ -1216,7 +1216,8 @@ impl Runtime for OrtRuntime {
 
 /// ONNX Runtime's failure to run a graph on `batch` examples: out of memory (the CPU
 /// arena's "Failed to allocate memory", CUDA's "out of memory", cuDNN's allocation
-/// failures) names `--batch-size`, the one setting that bounds it; anything else is
+/// failures, an arena at its `--gpu-memory-limit`'s "Available memory of X is smaller
+/// than requested bytes of Y") names `--batch-size`, the one setting that bounds it; anything else is
 /// passed on.
 pub(crate) fn run_failure(msg: &str, batch: Option<usize>) -> anyhow::Error {
     if let Some(e) = out_of_memory(msg, batch) {
@@ -1318,6 +1319,8 @@ pub(crate) fn out_of_memory(msg: &str, batch: Option<usize>) -> Option<anyhow::E
         "failed to allocate",
         "bad_alloc",
         "alloc_failed",
+        // The BFC arena at its cap (`--gpu-memory-limit`).
+        "is smaller than requested bytes",
     ]
     .iter()
     .any(|p| m.contains(p));
@@ -1435,6 +1438,9 @@ mod tests {
         );
         let e = run_failure("CUDA failure 2: out of memory ; GPU=0", Some(8));
         assert!(e.to_string().contains("--batch-size"), "{e}");
+        // An arena capped by --gpu-memory-limit (gpu_mem_limit) words it otherwise.
+        let e = run_failure("Non-zero status code returned while running Conv node. Name:'c1' Status Message: BFCArena::AllocateRawInternal: Available memory of 1048576 is smaller than requested bytes of 4194304", Some(8));
+        assert!(is_out_of_memory(&e), "{e}");
         let e = run_failure(
             "Non-zero status code returned while running Conv node",
             Some(8),

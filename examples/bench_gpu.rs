@@ -173,8 +173,12 @@ fn main() -> anyhow::Result<()> {
         }
         w => anyhow::bail!("--work {w}: expected pgd, fast or pgd-at"),
     };
+    // The arithmetic that ran (TF32 only on CUDA) and the conv weight-gradient form
+    // forced, if any (HARDEN_CONV_WEIGHT_GRAD).
+    let ran = if ort.tf32 { "tf32" } else { "fp32" };
+    let wgrad = std::env::var("HARDEN_CONV_WEIGHT_GRAD").unwrap_or_else(|_| "auto".into());
     println!(
-        "{{\"tool\": \"harden-{precision}\", \"device\": \"{}\", \"work\": \"{work}\", \"step\": \"{step}\", \"train_weights\": \"{train_weights}\", \"images\": {done}, \"batch\": {batch}, \"seconds\": {secs:.3}, \"images_per_s\": {:.1}}}",
+        "{{\"tool\": \"harden-{ran}\", \"device\": \"{}\", \"work\": \"{work}\", \"step\": \"{step}\", \"train_weights\": \"{train_weights}\", \"conv_weight_grad\": \"{wgrad}\", \"images\": {done}, \"batch\": {batch}, \"seconds\": {secs:.3}, \"images_per_s\": {:.1}}}",
         ort.device,
         done as f64 / secs
     );

@@ -220,6 +220,20 @@ BENCH_GPU="$DIR/bench_gpu" MODEL="$DIR/preact18.onnx" GPU_BENCH_TOOLS=harden TOR
   bash "$here/gpu-bench.sh" "$DIR/bench"
 cp "$DIR"/bench/*.err "$OUT"/ 2>/dev/null
 
+section "a conv's weight gradient on CUDA: matrix product over shifted views or correlation"
+# gemm_pays chose between them on ONNX Runtime's CPU kernels; here a short Fast-AT epoch
+# with each forced (HARDEN_CONV_WEIGHT_GRAD) and with the CPU-tuned choice.
+if [ -f "$DIR/preact18.onnx" ]; then
+  for form in auto gemm correlation; do
+    HARDEN_CONV_WEIGHT_GRAD=$form timeout 300 "$DIR/bench_gpu" --model "$DIR/preact18.onnx" --device cuda \
+      --precision tf32 --work fast --images 10240 > "$OUT/wgrad-$form.out" 2> "$OUT/wgrad-$form.err"
+    echo "$form: $(grep '^{' "$OUT/wgrad-$form.out" | tail -n 1)"
+    grep -q '^{' "$OUT/wgrad-$form.out" || tail -n 3 "$OUT/wgrad-$form.err"
+  done
+else
+  echo "no $DIR/preact18.onnx: skipped"
+fi
+
 section "where a Fast-AT step's time goes (ONNX Runtime profiles, scripts/ort-profile.py)"
 # Per session: runs and their total (synchronised) time; per op type the host-side time of
 # each kernel and the provider it ran on: nodes placed on the CPU inside a CUDA session

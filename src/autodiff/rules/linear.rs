@@ -370,10 +370,22 @@ fn conv_weight_grad(
 /// channel), for kernels of up to 9 taps on outputs of at least 14x14 (1.2-1.8x); not
 /// for larger kernels or small outputs, whose copies of X cost more than they save.
 /// Needs Slice with steps (opset 10) and no negative pads.
+/// Measured on ONNX Runtime's CPU kernels; `HARDEN_CONV_WEIGHT_GRAD=gemm|correlation`
+/// forces one form wherever both apply, to measure them elsewhere (on CUDA:
+/// scripts/device-check.sh times a Fast-AT epoch with each).
 fn gemm_pays(b: &Builder, ws: &[usize], ys: &[usize], pads: &[i64]) -> bool {
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
+        match std::env::var("HARDEN_CONV_WEIGHT_GRAD").ok()?.as_str() {
+            "gemm" => Some(true),
+            "correlation" => Some(false),
+            _ => None,
+        }
+    });
     let taps: usize = ws[2..].iter().product();
     let positions: usize = ys[2..].iter().product();
-    b.opset >= 10 && pads.iter().all(|p| *p >= 0) && (taps == 1 || (taps <= 9 && positions >= 196))
+    let possible = b.opset >= 10 && pads.iter().all(|p| *p >= 0);
+    possible && forced.unwrap_or(taps == 1 || (taps <= 9 && positions >= 196))
 }
 
 /// dW of a group-1 Conv as a matrix product: the kernel's shifted, strided views of

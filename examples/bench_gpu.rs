@@ -176,7 +176,11 @@ fn main() -> anyhow::Result<()> {
     // The arithmetic that ran (TF32 only on CUDA) and the conv weight-gradient form
     // forced, if any (HARDEN_CONV_WEIGHT_GRAD).
     let ran = if ort.tf32 { "tf32" } else { "fp32" };
-    let wgrad = std::env::var("HARDEN_CONV_WEIGHT_GRAD").unwrap_or_else(|_| "auto".into());
+    let wgrad = match std::env::var("HARDEN_CONV_WEIGHT_GRAD").as_deref() {
+        Ok("gemm") => "gemm",
+        Ok("correlation") => "correlation",
+        _ => "auto",
+    };
     println!(
         "{{\"tool\": \"harden-{ran}\", \"device\": \"{}\", \"work\": \"{work}\", \"step\": \"{step}\", \"train_weights\": \"{train_weights}\", \"conv_weight_grad\": \"{wgrad}\", \"images\": {done}, \"batch\": {batch}, \"seconds\": {secs:.3}, \"images_per_s\": {:.1}}}",
         ort.device,

@@ -12,13 +12,20 @@
 #   with every call). preact18.onnx is not carried: device-check.sh exports it there
 #   with PyTorch and onnx.
 # Each printed call copies its folder into /tmp/harden-dev on the device machine (kept
-# while the machine stays warm, about 30 s between calls); the last one also runs the
-# check, which joins and unpacks the pieces (NAME.xz.partNN, NAME.xz) first.
+# while the machine stays warm, about 30 s between calls); the last two run the check's
+# PyTorch side and harden's side (each well inside one call's 600 s), which first join
+# and unpack the pieces (NAME.xz.partNN, NAME.xz) and verify them against
+# MANIFEST.sha256.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-tree_mib=$(( ($(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -n 1 | cut -f1) + 1048575) / 1048576 ))
+# What travels with every call: tracked files and untracked ones git does not ignore.
+tree_bytes=$(git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s 2>/dev/null | awk '{s += $1} END {print s + 0}')
+tree_mib=$(( (tree_bytes + 1048575) / 1048576 ))
 budget_mib="${1:-$((62 - tree_mib))}"
+case "$budget_mib" in
+  '' | *[!0-9]*) echo "device-pack: BUDGET_MIB must be a whole number of MiB, not '$budget_mib'" >&2; exit 2 ;;
+esac
 if [ "$budget_mib" -lt 8 ]; then
   echo "device-pack: only $budget_mib MiB per carry besides the $tree_mib MiB tree" >&2
   exit 2
@@ -45,6 +52,9 @@ if command -v cc >/dev/null; then
   cc -shared -fPIC -Wl,-soname,libcurand.so.10 -o "$work/libcurand.so.10" "$work/stub.c" && rm "$work/stub.c"
 fi
 
+# The unpacked files' checksums, which device-check.sh verifies before using them (a
+# piece lost when the machine went back between calls shows there as one clear line).
+(cd "$work" && sha256sum -- *) > "$root/.gpu/MANIFEST.sha256"
 piece_mib=$(( budget_mib < 60 ? budget_mib : 60 ))
 for f in "$work"/*; do
   name="$(basename "$f")"
@@ -69,6 +79,7 @@ while read -r size path; do
   used[$placed]=$((used[$placed] + size))
 done < <(find "$work" -type f -printf '%s %p\n' | sort -rn)
 rmdir "$work"
+mv "$root/.gpu/MANIFEST.sha256" "$root/.gpu/c$n/"
 
 echo "$n carries of at most $budget_mib MiB (the tree: $tree_mib MiB):"
 for ((i = 1; i <= n; i++)); do
@@ -79,4 +90,5 @@ echo "device calls, one after the other (the machine stays warm about 30 s betwe
 for ((i = 1; i < n; i++)); do
   echo "  run carry=[\".gpu/c$i\"] command='mkdir -p /tmp/harden-dev && cp .gpu/c$i/* /tmp/harden-dev/'"
 done
-echo "  run carry=[\".gpu/c$n\"] timeout_s=600 command='mkdir -p /tmp/harden-dev && cp .gpu/c$n/* /tmp/harden-dev/ && scripts/device-check.sh all /tmp/harden-dev'"
+echo "  run carry=[\".gpu/c$n\"] timeout_s=600 command='mkdir -p /tmp/harden-dev && cp .gpu/c$n/* /tmp/harden-dev/ && scripts/device-check.sh torch /tmp/harden-dev'"
+echo "  run timeout_s=600 command='scripts/device-check.sh harden /tmp/harden-dev'"

@@ -377,9 +377,12 @@ impl ReportArgs {
     /// [`ReportArgs::validate`], with a baseline comparison (whose metrics also go to
     /// `--junit`) when `has_baseline`.
     pub fn validate_with(&self, has_eps: bool, has_baseline: bool) -> Result<()> {
+        if let Some(d) = &self.report {
+            crate::report::check_dir(d)?;
+        }
         if let Some(p) = &self.per_example {
             crate::report::outcomes::format_of(p)?;
-            check_writable("--per-example", p)?;
+            self.check_output("--per-example", p)?;
         }
         use crate::report::gate::check_threshold;
         if let Some(v) = self.min_clean_accuracy {
@@ -400,12 +403,29 @@ impl ReportArgs {
                     "--junit writes the gates: pass --min-clean-accuracy, --min-robust-accuracy or --baseline"
                 );
             }
-            check_writable("--junit", j)?;
-        }
-        if let Some(d) = &self.report {
-            crate::report::check_dir(d)?;
+            self.check_output("--junit", j)?;
         }
         Ok(())
+    }
+
+    /// [`check_writable`] for an output that may go into the `--report` folder, which is
+    /// created (before any file is written into it: [`ReportArgs::prepare_for`]) only at
+    /// the end.
+    pub fn check_output(&self, flag: &str, path: &Path) -> Result<()> {
+        match &self.report {
+            Some(d) if path.parent() == Some(d.as_path()) && !path.is_dir() => {
+                crate::report::check_dir(d)
+            }
+            _ => check_writable(flag, path),
+        }
+    }
+
+    /// Creates the `--report` folder if `path` is to be written into it.
+    pub fn prepare_for(&self, path: &Path) -> Result<()> {
+        match &self.report {
+            Some(d) if path.parent() == Some(d.as_path()) => crate::report::prepare_dir(d),
+            _ => Ok(()),
+        }
     }
 
     /// [`ReportArgs::finish`], then the terminal output of a command that also takes
@@ -846,9 +866,15 @@ pub(crate) fn halving_batch<T>(
             Err(e) if crate::runtime::is_out_of_memory(&e) => {
                 // Runs that did not shrink with the batch (a model's fixed batch): the
                 // error as it is.
-                let n = crate::runtime::out_of_memory_in(&e).and_then(|o| o.examples);
-                if n.is_some() && failed.is_some_and(|f| n >= Some(f)) {
-                    return Err(e);
+                let oom = crate::runtime::out_of_memory_in(&e);
+                let n = oom.and_then(|o| o.examples);
+                if let (Some(n), Some(f)) = (n, failed) {
+                    if n >= f {
+                        bail!(
+                            "onnxruntime ran out of memory running {n} examples at once, the model's fixed batch, which a smaller --batch-size does not change: the model does not fit in this device's memory ({})",
+                            oom.map(|o| o.detail()).unwrap_or_default()
+                        );
+                    }
                 }
                 failed = n;
                 if n == Some(1) {
@@ -1059,10 +1085,12 @@ fn progress_bar(len: Option<u64>, what: &'static str) -> indicatif::ProgressBar 
     if quiet {
         return indicatif::ProgressBar::hidden();
     }
+    // Cleared when dropped unfinished too (an error, a run again at a smaller batch).
     let bar = match len {
         Some(n) => indicatif::ProgressBar::new(n),
         None => indicatif::ProgressBar::new_spinner(),
-    };
+    }
+    .with_finish(indicatif::ProgressFinish::AndClear);
     bar.set_message(what);
     if let Ok(style) = indicatif::ProgressStyle::with_template(
         "{msg} [{bar:30}] {pos}/{len} ({per_sec}, eta {eta})",
@@ -1078,5 +1106,47 @@ fn print_stdout(s: &str) -> Result<()> {
     match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         r => r.context("cannot write to standard output"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::halving_batch;
+    use crate::runtime::run_failure;
+
+    /// Halving goes on while the failing runs shrink with the batch and stops, with one
+    /// line saying why, at one example or where they stop shrinking (a fixed batch).
+    #[test]
+    fn halving_stops_at_one_example_or_where_runs_stop_shrinking() {
+        let mut tried = vec![];
+        let r: anyhow::Result<()> = halving_batch(64, "testing", |b| {
+            tried.push(b);
+            Err(run_failure(
+                "CUDA failure 2: out of memory",
+                Some(b.max(16)),
+            ))
+        });
+        assert_eq!(tried, [64, 32, 16, 8]);
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("16 examples at once, the model's fixed batch"),
+            "{e}"
+        );
+        tried.clear();
+        let r: anyhow::Result<()> = halving_batch(4, "testing", |b| {
+            tried.push(b);
+            Err(run_failure("CUDA failure 2: out of memory", Some(b)))
+        });
+        assert_eq!(tried, [4, 2, 1]);
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("running one example") && e.contains("do not fit"),
+            "{e}"
+        );
+        let r = halving_batch(8, "testing", |b| match b {
+            8 => Err(run_failure("Failed to allocate memory", Some(8))),
+            _ => Ok(b),
+        });
+        assert_eq!(r.unwrap(), 4);
     }
 }

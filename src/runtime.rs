@@ -1248,6 +1248,13 @@ impl std::fmt::Display for OutOfMemory {
     }
 }
 
+impl OutOfMemory {
+    /// ONNX Runtime's own words.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+}
+
 impl std::error::Error for OutOfMemory {}
 
 /// Whether `e` (or an error it wraps) is a run out of memory.
@@ -1274,6 +1281,7 @@ pub(crate) fn simulated_failure(examples: usize) -> Result<()> {
             .trim()
             .parse()
             .ok()
+            .filter(|k| *k >= 1)
     });
     if let Some(k) = *fail_at {
         if RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 >= k {

@@ -93,22 +93,34 @@ fn gpu_memory_limit_is_a_size_for_cuda_only() {
     ] {
         assert_eq!(harden::cli::parse_size(size), Ok(bytes), "{size}");
     }
-    if cpu_ort().is_some() {
-        // The CPU build: auto falls back to the CPU, where the limit does not apply.
-        let (code, err, report) = audit(
-            &[
-                "--runtime",
-                "ort",
-                "--device",
-                "auto",
-                "--gpu-memory-limit",
-                "1G",
-            ],
-            &[],
+    // With the CPU build, auto falls back to the CPU, where the limit does not apply.
+    let Some(lib) = cpu_ort() else { return };
+    if lib
+        .with_file_name("libonnxruntime_providers_cuda.so")
+        .is_file()
+    {
+        eprintln!(
+            "skipping auto's fall back: {} is a GPU build",
+            lib.display()
         );
-        assert_eq!(code, 0, "{err}");
-        assert_eq!(report.unwrap()["meta"]["device"], "cpu");
+        return;
     }
+    let home = tempfile::tempdir().unwrap();
+    let env = [
+        ("ORT_DYLIB_PATH", lib.to_str().unwrap()),
+        ("HOME", home.path().to_str().unwrap()),
+    ];
+    let flags = [
+        "--runtime",
+        "ort",
+        "--device",
+        "auto",
+        "--gpu-memory-limit",
+        "1G",
+    ];
+    let (code, err, report) = audit(&flags, &env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(report.unwrap()["meta"]["device"], "cpu");
 }
 
 #[test]

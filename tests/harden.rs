@@ -738,8 +738,8 @@ fn hardened_mlp(
 
 /// A provider that fails mid-run (simulated: `HARDEN_SIMULATE_RUN_FAILURE=K`, the K-th
 /// ONNX Runtime run and all later ones fail as CUDA's illegal memory access does), at the
-/// first run and at two later ones (of some 90 with the bound step loop, 190 with the
-/// host loop), with either loop:
+/// first run and at two later ones (of some 90 runs with the bound step loop, 190 with
+/// the host loop), with either loop:
 /// one line naming ONNX Runtime's failure, exit 2, and nothing written (no hardened
 /// model, no report folder, no temporary file).
 #[test]
@@ -748,7 +748,7 @@ fn a_runtime_failing_mid_run_leaves_nothing_written() {
         return;
     }
     for step_loop in ["host", "bound"] {
-        for k in ["1", "40", "80"] {
+        for k in ["1", "30", "60"] {
             let d = tempfile::tempdir().unwrap();
             let out = d.path().join("h.onnx");
             let rep = d.path().join("report");

@@ -429,6 +429,40 @@ fn gates_exit_codes_and_junit() {
     assert_eq!(code, 1);
 }
 
+/// The --report folder is created only when the report is written, and the other
+/// outputs may go into it: --json, --junit and --per-example inside a folder that does
+/// not exist yet are all written there.
+#[test]
+fn outputs_go_into_a_report_folder_made_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let rep = dir.path().join("new/report");
+    let at = |name: &str| rep.join(name).display().to_string();
+    let rep_s = rep.display().to_string();
+    let (json, junit, per) = (at("r.json"), at("gates.xml"), at("outcomes.jsonl"));
+    let o = harden()
+        .args(["audit", &f("mlp.onnx"), "--data", &f("data/tiny.npz")])
+        .args(["--runtime", "tract", "--report", &rep_s, "--json", &json])
+        .args(["--junit", &junit, "--per-example", &per])
+        .args(["--min-clean-accuracy", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for name in [
+        "report.json",
+        "report.html",
+        "r.json",
+        "gates.xml",
+        "outcomes.jsonl",
+    ] {
+        assert!(rep.join(name).is_file(), "no {name}");
+    }
+}
+
 #[test]
 fn bad_report_flags_are_errors() {
     let mlp = f("mlp.onnx");

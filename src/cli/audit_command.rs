@@ -81,7 +81,7 @@ fn audit(a: &AuditArgs, env: &Env) -> Result<i32> {
     a.report
         .validate_with(a.eps.is_some(), a.baseline.is_some())?;
     if let Some(p) = a.json.as_deref().filter(|p| *p != Path::new("-")) {
-        check_writable("--json", p)?;
+        a.report.check_output("--json", p)?;
     }
     // The baseline is read and checked as far as the flags allow before any work.
     let baseline = match &a.baseline {

@@ -62,8 +62,14 @@ fn falsify(a: &FalsifyArgs, env: &Env, started: Instant) -> Result<i32> {
     let opts = a.run.options(env)?;
     let classifier = Classifier::open(&model, &spec, &example_shape, &opts)?;
     let mut oracle = ModelOracle::new(&model, &spec, classifier, &opts)?;
-    let gradients =
-        model.unsupported_nodes().is_empty() && oracle.prepare(LossKind::Linear).is_ok();
+    // Without gradients (ops harden cannot differentiate) only sampling runs; out of
+    // memory is the run's failure, not the model's.
+    let gradients = model.unsupported_nodes().is_empty()
+        && match oracle.prepare(LossKind::Linear) {
+            Ok(()) => true,
+            Err(e) if crate::runtime::is_out_of_memory(&e) => return Err(e),
+            Err(_) => false,
+        };
     let deadline = a.timeout;
     let mut answer = String::from("unknown\n");
     for (i, prop) in props.iter().enumerate() {

@@ -184,8 +184,8 @@ fn check_flags(a: &HardenArgs, env: &Env) -> Result<Flags> {
             .unwrap_or_else(|| "model".into());
         model_path.with_file_name(format!("{stem}.hardened.onnx"))
     });
-    check_writable("-o", &out_path)?;
     a.report.validate(true)?;
+    a.report.check_output("-o", &out_path)?;
     let ckpt_path: Option<PathBuf> = match &a.checkpoint_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| {
@@ -781,6 +781,7 @@ fn write_outputs(
         e.hardened
     };
     let bytes = hardened.to_bytes();
+    a.report.prepare_for(&f.out_path)?;
     write_atomic(&f.out_path, &bytes)?;
     let out_sha: String = Sha256::digest(&bytes)
         .iter()

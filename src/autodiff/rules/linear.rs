@@ -375,13 +375,14 @@ fn conv_weight_grad(
 /// scripts/device-check.sh times a Fast-AT epoch with each).
 fn gemm_pays(b: &Builder, ws: &[usize], ys: &[usize], pads: &[i64]) -> bool {
     static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let forced = *FORCED.get_or_init(|| {
-        match std::env::var("HARDEN_CONV_WEIGHT_GRAD").ok()?.as_str() {
-            "gemm" => Some(true),
-            "correlation" => Some(false),
-            _ => None,
-        }
-    });
+    let forced =
+        *FORCED.get_or_init(
+            || match std::env::var("HARDEN_CONV_WEIGHT_GRAD").ok()?.as_str() {
+                "gemm" => Some(true),
+                "correlation" => Some(false),
+                _ => None,
+            },
+        );
     let taps: usize = ws[2..].iter().product();
     let positions: usize = ys[2..].iter().product();
     let possible = b.opset >= 10 && pads.iter().all(|p| *p >= 0);

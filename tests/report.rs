@@ -439,18 +439,12 @@ fn outputs_go_into_a_report_folder_made_at_the_end() {
     let at = |name: &str| rep.join(name).display().to_string();
     let rep_s = rep.display().to_string();
     let (json, junit, per) = (at("r.json"), at("gates.xml"), at("outcomes.jsonl"));
-    let o = harden()
-        .args(["audit", &f("mlp.onnx"), "--data", &f("data/tiny.npz")])
-        .args(["--runtime", "tract", "--report", &rep_s, "--json", &json])
-        .args(["--junit", &junit, "--per-example", &per])
-        .args(["--min-clean-accuracy", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+    common::succeeds(
+        harden()
+            .args(["audit", &f("mlp.onnx"), "--data", &f("data/tiny.npz")])
+            .args(["--runtime", "tract", "--report", &rep_s, "--json", &json])
+            .args(["--junit", &junit, "--per-example", &per])
+            .args(["--min-clean-accuracy", "0"]),
     );
     for name in [
         "report.json",

@@ -126,20 +126,21 @@ pub fn fails_with(args: &[&str], needle: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// `harden audit ARGS --json -`: the report's audit section (exit code 0 required).
-pub fn audit_json(args: &[&str]) -> serde_json::Value {
-    let out = harden()
-        .arg("audit")
-        .args(args)
-        .args(["--json", "-"])
-        .output()
-        .unwrap();
+/// Runs `c`, which must exit with 0 (else its stderr is shown); its output.
+pub fn succeeds(c: &mut assert_cmd::Command) -> std::process::Output {
+    let out = c.output().unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// `harden audit ARGS --json -`: the report's audit section (exit code 0 required).
+pub fn audit_json(args: &[&str]) -> serde_json::Value {
+    let out = succeeds(harden().arg("audit").args(args).args(["--json", "-"]));
     let mut report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["kind"], "audit");
     report["audit"].take()

@@ -5,7 +5,9 @@ use anyhow::{bail, Result};
 use ndarray::{Array2, ArrayViewD, IxDyn};
 
 use crate::model::OnnxModel;
-use crate::runtime::{first_rows, Join, OrtLocator, RuntimeChoice, Split, StepMode};
+use crate::runtime::{
+    first_rows, unless_out_of_memory, Join, OrtLocator, RuntimeChoice, Split, StepMode,
+};
 use crate::spec::InputSpec;
 
 /// How to open a classifier.
@@ -117,24 +119,18 @@ impl Classifier {
         let Some(free) = crate::model::free_batch(wrapped, &spec.input_name) else {
             return Ok(None);
         };
-        let unless_oom = |e: anyhow::Error| match crate::runtime::is_out_of_memory(&e) {
-            true => Err(e),
-            false => Ok(None),
-        };
-        let mut candidate = match open(&free)
-            .and_then(|r| Classifier::with_runtime(r, batch_size, &self.example_shape))
-        {
-            Ok(c) => c,
-            Err(e) => return unless_oom(e),
+        let opened =
+            open(&free).and_then(|r| Classifier::with_runtime(r, batch_size, &self.example_shape));
+        let Ok(mut candidate) = unless_out_of_memory(opened)? else {
+            return Ok(None);
         };
         let mut rng = crate::rng::Rng::new(0xBA7C);
         let probe: Vec<f32> = (0..3 * self.batch * self.example_len())
             .map(|_| rng.range(spec.range.0, spec.range.1))
             .collect();
         let a = self.logits(&probe)?;
-        let b = match candidate.logits(&probe) {
-            Ok(b) => b,
-            Err(e) => return unless_oom(e),
+        let Ok(b) = unless_out_of_memory(candidate.logits(&probe))? else {
+            return Ok(None);
         };
         let scale = a.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
         let agree = a.shape() == b.shape()

@@ -1267,6 +1267,16 @@ pub fn out_of_memory_in(e: &anyhow::Error) -> Option<&OutOfMemory> {
     e.chain().find_map(|c| c.downcast_ref::<OutOfMemory>())
 }
 
+/// `r` with running out of memory, the run's failure (the caller may run again in
+/// smaller batches), as the outer error, and any other error, the model's (no gradient
+/// graph, a batch that cannot be freed), left inside for the caller to fall back on.
+pub fn unless_out_of_memory<T>(r: Result<T>) -> Result<Result<T>> {
+    match r {
+        Err(e) if is_out_of_memory(&e) => Err(e),
+        r => Ok(r),
+    }
+}
+
 /// For tests of failures that need a device to happen: with
 /// `HARDEN_SIMULATE_OOM_ABOVE=N`, every ONNX Runtime run of more than N examples fails as
 /// out of memory; with `N@K`, every such run after the first K. With
@@ -1449,6 +1459,10 @@ mod tests {
         // An arena capped by --gpu-memory-limit (gpu_mem_limit) words it otherwise.
         let e = run_failure("Non-zero status code returned while running Conv node. Name:'c1' Status Message: BFCArena::AllocateRawInternal: Available memory of 1048576 is smaller than requested bytes of 4194304", Some(8));
         assert!(is_out_of_memory(&e), "{e}");
+        // Out of memory goes out; another failure stays inside for a fall back.
+        assert!(unless_out_of_memory::<()>(Err(e)).is_err());
+        let other = unless_out_of_memory::<()>(Err(anyhow!("no gradient rule for Foo")));
+        assert!(matches!(other, Ok(Err(_))));
         let e = run_failure(
             "Non-zero status code returned while running Conv node",
             Some(8),

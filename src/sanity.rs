@@ -352,13 +352,9 @@ impl Probe {
         facts: &Facts,
         plan: Option<&RobustPlan>,
     ) -> Result<ProbeFacts> {
-        // Out of memory is the run's failure (the caller may run again in smaller
-        // batches), not the model's.
-        let grads_ok = match oracle.prepare(crate::autodiff::LossKind::CrossEntropy) {
-            Ok(()) => Ok(()),
-            Err(e) if crate::runtime::is_out_of_memory(&e) => return Err(e),
-            Err(e) => Err(format!("no gradient graph for this model: {e:#}")),
-        };
+        let prepared = oracle.prepare(crate::autodiff::LossKind::CrossEntropy);
+        let grads_ok = crate::runtime::unless_out_of_memory(prepared)?
+            .map_err(|e| format!("no gradient graph for this model: {e:#}"));
         let gradients = match &grads_ok {
             Err(why) => GRADIENTS.not_run(why.clone()),
             Ok(()) if self.grad_y.is_empty() => GRADIENTS.not_run("the data has no labels"),
@@ -381,14 +377,11 @@ impl Probe {
     }
 
     fn gradient_check(&self, oracle: &mut ModelOracle, facts: &Facts) -> Result<Check> {
-        let lg = match oracle.loss_grad(
-            &self.grad_x,
-            Head::CrossEntropy {
-                labels: &self.grad_y,
-            },
-        ) {
+        let head = Head::CrossEntropy {
+            labels: &self.grad_y,
+        };
+        let lg = match crate::runtime::unless_out_of_memory(oracle.loss_grad(&self.grad_x, head))? {
             Ok(lg) => lg,
-            Err(e) if crate::runtime::is_out_of_memory(&e) => return Err(e),
             Err(e) => return Ok(GRADIENTS.not_run(format!("the gradient graph failed: {e:#}"))),
         };
         let n = self.grad_y.len();

@@ -62,14 +62,9 @@ fn falsify(a: &FalsifyArgs, env: &Env, started: Instant) -> Result<i32> {
     let opts = a.run.options(env)?;
     let classifier = Classifier::open(&model, &spec, &example_shape, &opts)?;
     let mut oracle = ModelOracle::new(&model, &spec, classifier, &opts)?;
-    // Without gradients (ops harden cannot differentiate) only sampling runs; out of
-    // memory is the run's failure, not the model's.
+    // Without gradients (ops harden cannot differentiate) only sampling runs.
     let gradients = model.unsupported_nodes().is_empty()
-        && match oracle.prepare(LossKind::Linear) {
-            Ok(()) => true,
-            Err(e) if crate::runtime::is_out_of_memory(&e) => return Err(e),
-            Err(_) => false,
-        };
+        && crate::runtime::unless_out_of_memory(oracle.prepare(LossKind::Linear))?.is_ok();
     let deadline = a.timeout;
     let mut answer = String::from("unknown\n");
     for (i, prop) in props.iter().enumerate() {

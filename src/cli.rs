@@ -868,20 +868,17 @@ pub(crate) fn halving_batch<T>(
                 // error as it is.
                 let oom = crate::runtime::out_of_memory_in(&e);
                 let n = oom.and_then(|o| o.examples);
+                let detail = oom.map(|o| o.detail()).unwrap_or_default();
                 if let (Some(n), Some(f)) = (n, failed) {
                     if n >= f {
                         bail!(
-                            "onnxruntime ran out of memory running {n} examples at once, the model's fixed batch, which a smaller --batch-size does not change: the model does not fit in this device's memory ({})",
-                            oom.map(|o| o.detail()).unwrap_or_default()
+                            "onnxruntime ran out of memory running {n} examples at once, the model's fixed batch, which a smaller --batch-size does not change: the model does not fit in this device's memory ({detail})"
                         );
                     }
                 }
                 failed = n;
-                if n == Some(1) {
-                    return Err(e);
-                }
-                if b <= 1 {
-                    bail!("onnxruntime ran out of memory running one example at a time: the model's graphs do not fit in this device's memory ({e})");
+                if b <= 1 || n == Some(1) {
+                    bail!("onnxruntime ran out of memory running one example at a time ({detail}): the model's graphs do not fit in this device's memory");
                 }
                 eprintln!(
                     "onnxruntime ran out of memory at --batch-size {b}; {what} again at --batch-size {}",

@@ -35,23 +35,16 @@ pub fn build(
     };
     let (mut inputs, mut outputs) = (vec![], vec![]);
     for (i, s) in shapes.iter().enumerate() {
-        inputs.push(value(&format!("w.{i}"), s));
-        inputs.push(value(&format!("g.{i}"), s));
-        inputs.push(value(&format!("m.{i}"), s));
-        if adam {
-            inputs.push(value(&format!("v.{i}"), s));
-        }
+        let names = param_inputs(i);
+        let used = if adam { 4 } else { 3 };
+        inputs.extend(names[..used].iter().map(|n| value(n, s)));
     }
-    for s in ["scale", "lr"]
-        .iter()
-        .chain(if adam { &["c1", "c2"][..] } else { &[] })
-    {
-        inputs.push(value(s, &[]));
-    }
+    inputs.extend(scalar_names(kind).iter().map(|n| value(n, &[])));
     let zero = b.scalar(0.0);
     let mut checks = vec![];
     for (i, shape) in shapes.iter().enumerate() {
-        let (w, g_sum, m) = (format!("w.{i}"), format!("g.{i}"), format!("m.{i}"));
+        let [w, g_sum, m, v] = param_inputs(i);
+        let [w_next, m_next, v_next] = param_outputs(i);
         let g = b.mul(&g_sum, "scale");
         let wd = if decay[i] { weight_decay } else { 0.0 };
         match kind {
@@ -62,25 +55,24 @@ pub fn build(
                 let mg = b.add(&mm, &g);
                 let d = b.scalar(wd);
                 let dw = b.mul(&d, &w);
-                b.op_into("Add", &[&mg, &dw], vec![], &format!("m.{i}.next"));
-                let step = b.mul("lr", &format!("m.{i}.next"));
-                b.op_into("Sub", &[&w, &step], vec![], &format!("w.{i}.next"));
+                b.op_into("Add", &[&mg, &dw], vec![], &m_next);
+                let step = b.mul("lr", &m_next);
+                b.op_into("Sub", &[&w, &step], vec![], &w_next);
             }
             OptimizerKind::Adam => {
                 // m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g g;
                 // w -= lr (m / c1 / (sqrt(v / c2) + eps) + d w)
-                let v = format!("v.{i}");
                 let (b1, nb1) = (b.scalar(BETA1), b.scalar(1.0 - BETA1));
                 let (b2, nb2) = (b.scalar(BETA2), b.scalar(1.0 - BETA2));
                 let t1 = b.mul(&b1, &m);
                 let t2 = b.mul(&nb1, &g);
-                b.op_into("Add", &[&t1, &t2], vec![], &format!("m.{i}.next"));
+                b.op_into("Add", &[&t1, &t2], vec![], &m_next);
                 let t3 = b.mul(&b2, &v);
                 let t4 = b.mul(&nb2, &g);
                 let t5 = b.mul(&t4, &g);
-                b.op_into("Add", &[&t3, &t5], vec![], &format!("v.{i}.next"));
-                let mh = b.div(&format!("m.{i}.next"), "c1");
-                let vh = b.div(&format!("v.{i}.next"), "c2");
+                b.op_into("Add", &[&t3, &t5], vec![], &v_next);
+                let mh = b.div(&m_next, "c1");
+                let vh = b.div(&v_next, "c2");
                 let root = b.op("Sqrt", &[&vh], vec![]);
                 let eps = b.scalar(ADAM_EPS);
                 let den = b.add(&root, &eps);
@@ -89,13 +81,13 @@ pub fn build(
                 let dw = b.mul(&d, &w);
                 let u = b.add(&q, &dw);
                 let step = b.mul("lr", &u);
-                b.op_into("Sub", &[&w, &step], vec![], &format!("w.{i}.next"));
+                b.op_into("Sub", &[&w, &step], vec![], &w_next);
             }
         }
-        outputs.push(value(&format!("w.{i}.next"), &shapes[i]));
-        outputs.push(value(&format!("m.{i}.next"), &shapes[i]));
+        outputs.push(value(&w_next, &shapes[i]));
+        outputs.push(value(&m_next, &shapes[i]));
         if adam {
-            outputs.push(value(&format!("v.{i}.next"), &shapes[i]));
+            outputs.push(value(&v_next, &shapes[i]));
         }
         // IsNaN/IsInf, not `g * 0`: tract folds a product with zero.
         let nan = b.op("IsNaN", &[&g_sum], vec![]);
@@ -127,6 +119,35 @@ pub fn build(
         output: outputs,
         ..Default::default()
     })
+}
+
+/// Parameter `i`'s inputs: its value, its gradient summed over the batch, its first and
+/// (Adam only) second moments.
+pub fn param_inputs(i: usize) -> [String; 4] {
+    [
+        format!("w.{i}"),
+        format!("g.{i}"),
+        format!("m.{i}"),
+        format!("v.{i}"),
+    ]
+}
+
+/// Parameter `i`'s outputs: its new value and moments (the second for Adam only).
+pub fn param_outputs(i: usize) -> [String; 3] {
+    [
+        format!("w.{i}.next"),
+        format!("m.{i}.next"),
+        format!("v.{i}.next"),
+    ]
+}
+
+/// The names of the scalar inputs after the tensors, in the graph's order (their values:
+/// [`scalar_inputs`]).
+pub fn scalar_names(kind: OptimizerKind) -> &'static [&'static str] {
+    match kind {
+        OptimizerKind::Adam => &["scale", "lr", "c1", "c2"],
+        OptimizerKind::Sgd => &["scale", "lr"],
+    }
 }
 
 /// The scalar inputs after the tensors, in the graph's order.

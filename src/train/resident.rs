@@ -266,30 +266,13 @@ impl Resident {
             bail!("the held optimiser state is not {:?}'s", opt.cfg.kind);
         }
         let scalars = optim_graph::scalar_inputs(opt.cfg.kind, &opt.next_scalars(), b);
-        let scalar_names: &[&str] = if adam {
-            &["scale", "lr", "c1", "c2"]
-        } else {
-            &["scale", "lr"]
-        };
+        let scalar_names = optim_graph::scalar_names(opt.cfg.kind);
         let sts: Vec<Tensor> = scalars
             .iter()
             .map(|s| BoundDevice::host_input(&[*s], &[]))
             .collect::<Result<_>>()?;
-        let mut in_names = vec![];
-        let mut out_names = vec![];
-        for i in 0..p {
-            in_names.push([
-                format!("w.{i}"),
-                format!("g.{i}"),
-                format!("m.{i}"),
-                format!("v.{i}"),
-            ]);
-            out_names.push([
-                format!("w.{i}.next"),
-                format!("m.{i}.next"),
-                format!("v.{i}.next"),
-            ]);
-        }
+        let in_names: Vec<[String; 4]> = (0..p).map(optim_graph::param_inputs).collect();
+        let out_names: Vec<[String; 3]> = (0..p).map(optim_graph::param_outputs).collect();
         let mut inputs: Vec<(&str, &Tensor)> = vec![];
         for (i, n) in in_names.iter().enumerate() {
             inputs.push((&n[0], &self.w[i]));
